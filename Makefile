@@ -1,0 +1,50 @@
+# reloadtrace — the two set-up commands are `make demo` and `make test`; the rest are parts of them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+KAFKA_PORT ?= 9092
+KAFKA_DATA_DIR ?= .kafka
+PARTITIONS ?= 4
+PYTEST_ARGS ?=
+
+.PHONY: help venv jars up down status test demo bench clean
+
+help:
+	@echo "make demo    run the pipeline end to end on the embedded defaults"
+	@echo "make test    run the whole test suite against a real Kafka it starts and stops"
+	@echo "make up|down|status   the local Kafka broker (port $(KAFKA_PORT), data in $(KAFKA_DATA_DIR))"
+	@echo "make bench   measure throughput and latency, writing BENCHMARKS.md"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+jars: venv
+	$(BIN)/python -m infra.kafka jars
+
+up: jars
+	$(BIN)/python -m infra.kafka up --port $(KAFKA_PORT) --data-dir $(KAFKA_DATA_DIR) --partitions $(PARTITIONS)
+
+down: venv
+	$(BIN)/python -m infra.kafka down --port $(KAFKA_PORT) --data-dir $(KAFKA_DATA_DIR)
+
+status: venv
+	$(BIN)/python -m infra.kafka status --port $(KAFKA_PORT) --data-dir $(KAFKA_DATA_DIR)
+
+# A fresh broker on a free port just for the tests, stopped afterwards even when tests fail.
+test: jars
+	$(BIN)/python -m infra.kafka run --port 0 --data-dir .kafka-test --fresh -- \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: jars
+	@echo "reloadtrace demo: the pipeline (enrichment, detection, ClickHouse sink) is not built yet."
+	@echo "What exists today: the Avro contract (schemas/) and the local Kafka (make up / make down)."
+	@exit 1
+
+clean:
+	rm -rf .kafka-test .pytest_cache build *.egg-info

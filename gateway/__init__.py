@@ -1,0 +1,1 @@
+"""Producer side: reload handles, OpenTelemetry span processing and export to Kafka, traffic simulation."""

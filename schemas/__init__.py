@@ -1,0 +1,1 @@
+"""The record contract: Avro schemas, their codec, topic names and ClickHouse DDL."""

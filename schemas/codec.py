@@ -1,0 +1,323 @@
+"""Avro encoding and decoding of contract records: single-object framing by default, Confluent framing with a registry.
+
+Single-object encoding (the Avro spec): ``0xC3 0x01`` + the 8-byte little-endian CRC-64-AVRO
+fingerprint of the writer schema's parsing canonical form + the Avro binary body. A reader
+resolves the writer schema by fingerprint among every version it knows (``schemas/avro/*.avsc``)
+and reads it into its own, newest version with Avro's resolution rules, so an older writer's
+message still decodes after a field with a default is added, and a newer writer's message decodes
+in an older reader as long as that reader has the newer ``.avsc`` file.
+
+Confluent framing (when a schema-registry URL is configured): magic byte ``0x00`` + 4-byte
+big-endian schema id + body; ids come from confluent-kafka's schema-registry client and subjects
+follow the record-name strategy (``dev.reloadtrace.Span``), so one subject serves every topic.
+
+Every decoding failure raises :class:`~schemas.errors.DecodeError` with a :class:`DecodeErrorKind`
+that says why; no other exception escapes ``decode`` for any input bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import fastavro
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from schemas.errors import DecodeError, DecodeErrorKind, EncodeError, SchemaStoreError
+
+AVRO_DIR = Path(__file__).resolve().parent / "avro"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+_SINGLE_OBJECT_HEADER_BYTES = 10
+_CONFLUENT_HEADER_BYTES = 5
+_FILE_NAME = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>[0-9]+)\.avsc$")
+
+RECORD_NAMES = ("Span", "ReloadEvent", "EnrichedSpan", "Anomaly", "DeadLetter")
+
+
+def crc64_avro_fingerprint(schema: Any) -> bytes:
+    """The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's parsing canonical form."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """One known version of one record schema."""
+
+    name: str
+    version: int
+    raw: dict[str, Any]
+    parsed: Any
+    fingerprint: bytes
+
+    @property
+    def full_name(self) -> str:
+        namespace = self.raw.get("namespace")
+        return f"{namespace}.{self.name}" if namespace else self.name
+
+    @property
+    def canonical_json(self) -> str:
+        return to_parsing_canonical_form(self.raw)
+
+
+class SchemaStore:
+    """Every version of every record schema this process knows, by name and by fingerprint.
+
+    Files are ``<RecordName>.v<N>.avsc``; the highest ``N`` is the reader (and writer) schema.
+    """
+
+    def __init__(self, versions: list[SchemaVersion]) -> None:
+        self._by_name: dict[str, list[SchemaVersion]] = {}
+        self._by_fingerprint: dict[bytes, SchemaVersion] = {}
+        for version in sorted(versions, key=lambda v: (v.name, v.version)):
+            self._by_name.setdefault(version.name, []).append(version)
+            self._by_fingerprint.setdefault(version.fingerprint, version)
+
+    @classmethod
+    def from_directory(cls, directory: Path | str = AVRO_DIR) -> SchemaStore:
+        """Load every ``<Name>.v<N>.avsc`` file in ``directory``.
+
+        Raises:
+            SchemaStoreError: a file is unreadable, not a valid Avro schema, or misnamed.
+        """
+        directory = Path(directory)
+        versions: list[SchemaVersion] = []
+        for path in sorted(directory.glob("*.avsc")):
+            match = _FILE_NAME.match(path.name)
+            if match is None:
+                raise SchemaStoreError(f"{path}: schema files must be named <RecordName>.v<N>.avsc")
+            try:
+                raw = json.loads(path.read_text())
+                parsed = fastavro.parse_schema(raw, named_schemas={})
+            except (OSError, ValueError, fastavro.schema.SchemaParseException) as error:
+                raise SchemaStoreError(f"{path}: {error}") from error
+            if raw.get("name") != match["name"]:
+                raise SchemaStoreError(f"{path}: file name says {match['name']}, schema says {raw.get('name')}")
+            versions.append(
+                SchemaVersion(match["name"], int(match["version"]), raw, parsed, crc64_avro_fingerprint(raw))
+            )
+        if not versions:
+            raise SchemaStoreError(f"no .avsc files in {directory}")
+        return cls(versions)
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def latest(self, name: str) -> SchemaVersion:
+        try:
+            return self._by_name[name][-1]
+        except KeyError:
+            raise SchemaStoreError(f"no schema named {name!r}; known: {', '.join(self.names())}") from None
+
+    def versions(self, name: str) -> list[SchemaVersion]:
+        return list(self._by_name.get(name, []))
+
+    def by_fingerprint(self, fingerprint_bytes: bytes) -> SchemaVersion | None:
+        return self._by_fingerprint.get(fingerprint_bytes)
+
+
+@cache
+def default_store() -> SchemaStore:
+    """The schemas shipped in ``schemas/avro`` (loaded once; they are immutable package data)."""
+    return SchemaStore.from_directory(AVRO_DIR)
+
+
+class Codec(Protocol):
+    """Turns one record type into Kafka message values and back."""
+
+    record_name: str
+
+    def encode(self, record: Mapping[str, Any]) -> bytes: ...
+
+    def decode(self, data: bytes) -> dict[str, Any]: ...
+
+
+def _write_body(buffer: io.BytesIO, schema: SchemaVersion, record: Mapping[str, Any]) -> None:
+    try:
+        schemaless_writer(buffer, schema.parsed, record, strict_allow_default=True)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
+        raise EncodeError(f"{schema.name} record does not fit its schema: {error}") from error
+
+
+def _read_body(
+    data: bytes, offset: int, writer: SchemaVersion, reader: SchemaVersion, record_name: str
+) -> dict[str, Any]:
+    stream = io.BytesIO(data)
+    stream.seek(offset)
+    try:
+        record = schemaless_reader(stream, writer.parsed, None if writer is reader else reader.parsed)
+    except (EOFError, StopIteration) as error:
+        raise DecodeError(DecodeErrorKind.TRUNCATED, f"body ends early: {error!r}", record_name) from error
+    except Exception as error:  # noqa: BLE001 - any reader failure on hostile bytes is malformed input
+        raise DecodeError(DecodeErrorKind.MALFORMED, f"body is not a valid {writer.name}: {error!r}", record_name) from error
+    if stream.tell() != len(data):
+        raise DecodeError(
+            DecodeErrorKind.MALFORMED,
+            f"{len(data) - stream.tell()} bytes after the end of the {writer.name} record",
+            record_name,
+        )
+    if not isinstance(record, dict):
+        raise DecodeError(DecodeErrorKind.MALFORMED, "body is not a record", record_name)
+    return record
+
+
+class SingleObjectCodec:
+    """Avro single-object encoding; needs no registry.
+
+    Args:
+        record_name: e.g. ``"Span"``; encodes with, and decodes into, its newest known version.
+        store: the known schema versions (default: ``schemas/avro``).
+    """
+
+    def __init__(self, record_name: str, store: SchemaStore | None = None) -> None:
+        self.record_name = record_name
+        self._store = store or default_store()
+        self._schema = self._store.latest(record_name)
+        self._header = SINGLE_OBJECT_MAGIC + self._schema.fingerprint
+
+    @property
+    def schema(self) -> SchemaVersion:
+        return self._schema
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        buffer = io.BytesIO()
+        buffer.write(self._header)
+        _write_body(buffer, self._schema, record)
+        return buffer.getvalue()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(DecodeErrorKind.MALFORMED, f"expected bytes, got {type(data).__name__}", self.record_name)
+        data = bytes(data)
+        if data[:2] != SINGLE_OBJECT_MAGIC[: len(data)] or not data:
+            raise DecodeError(
+                DecodeErrorKind.WRONG_MAGIC,
+                f"expected Avro single-object marker c301, got {data[:2].hex() or 'empty message'}",
+                self.record_name,
+            )
+        if len(data) < _SINGLE_OBJECT_HEADER_BYTES:
+            raise DecodeError(
+                DecodeErrorKind.TRUNCATED, f"{len(data)} bytes is shorter than the 10-byte header", self.record_name
+            )
+        writer = self._store.by_fingerprint(data[2:_SINGLE_OBJECT_HEADER_BYTES])
+        if writer is None:
+            raise DecodeError(
+                DecodeErrorKind.UNKNOWN_FINGERPRINT,
+                f"writer schema fingerprint {data[2:10].hex()} is not among the known schema versions",
+                self.record_name,
+            )
+        if writer.name != self.record_name:
+            raise DecodeError(
+                DecodeErrorKind.WRONG_RECORD_TYPE,
+                f"message holds a {writer.name} (v{writer.version}), expected a {self.record_name}",
+                self.record_name,
+            )
+        return _read_body(data, _SINGLE_OBJECT_HEADER_BYTES, writer, self._schema, self.record_name)
+
+
+class ConfluentCodec:
+    """Confluent wire format: magic byte 0, 4-byte schema id, body; schemas live in a registry.
+
+    The writer schema is registered once (auto-registration) under the record-name subject.
+    Schema ids seen while decoding are fetched once from the registry and cached.
+
+    Args:
+        record_name: e.g. ``"Span"``.
+        registry: a confluent-kafka ``SchemaRegistryClient`` (``mock://`` URLs give the in-memory one).
+        store: the known schema versions; the newest is the writer and reader schema.
+    """
+
+    def __init__(self, record_name: str, registry: Any, store: SchemaStore | None = None) -> None:
+        self.record_name = record_name
+        self._registry = registry
+        self._store = store or default_store()
+        self._schema = self._store.latest(record_name)
+        self._writer_header: bytes | None = None
+        self._writers_by_id: dict[int, SchemaVersion] = {}
+
+    @property
+    def subject(self) -> str:
+        return self._schema.full_name
+
+    def _header(self) -> bytes:
+        if self._writer_header is None:
+            from confluent_kafka.schema_registry import Schema
+
+            schema_id = self._registry.register_schema(self.subject, Schema(json.dumps(self._schema.raw), "AVRO"))
+            self._writers_by_id[schema_id] = self._schema
+            self._writer_header = CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")
+        return self._writer_header
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        buffer = io.BytesIO()
+        buffer.write(self._header())
+        _write_body(buffer, self._schema, record)
+        return buffer.getvalue()
+
+    def _writer(self, schema_id: int) -> SchemaVersion:
+        writer = self._writers_by_id.get(schema_id)
+        if writer is not None:
+            return writer
+        try:
+            registered = self._registry.get_schema(schema_id)
+            raw = json.loads(registered.schema_str)
+            parsed = fastavro.parse_schema(raw, named_schemas={})
+        except Exception as error:  # noqa: BLE001 - registry or parse failure: the id is unusable
+            raise DecodeError(
+                DecodeErrorKind.UNKNOWN_SCHEMA_ID, f"schema id {schema_id} not resolvable: {error}", self.record_name
+            ) from error
+        name = raw.get("name", "") if isinstance(raw, dict) else ""
+        writer = SchemaVersion(name, 0, raw, parsed, crc64_avro_fingerprint(raw))
+        known = self._store.by_fingerprint(writer.fingerprint)
+        self._writers_by_id[schema_id] = known or writer
+        return self._writers_by_id[schema_id]
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(DecodeErrorKind.MALFORMED, f"expected bytes, got {type(data).__name__}", self.record_name)
+        data = bytes(data)
+        if not data or data[:1] != CONFLUENT_MAGIC:
+            raise DecodeError(
+                DecodeErrorKind.WRONG_MAGIC,
+                f"expected Confluent magic byte 00, got {data[:1].hex() or 'empty message'}",
+                self.record_name,
+            )
+        if len(data) < _CONFLUENT_HEADER_BYTES:
+            raise DecodeError(
+                DecodeErrorKind.TRUNCATED, f"{len(data)} bytes is shorter than the 5-byte header", self.record_name
+            )
+        writer = self._writer(int.from_bytes(data[1:5], "big"))
+        if writer.name != self.record_name:
+            raise DecodeError(
+                DecodeErrorKind.WRONG_RECORD_TYPE,
+                f"schema id {int.from_bytes(data[1:5], 'big')} is a {writer.name}, expected a {self.record_name}",
+                self.record_name,
+            )
+        return _read_body(data, _CONFLUENT_HEADER_BYTES, writer, self._schema, self.record_name)
+
+
+def codec_for(
+    record_name: str, *, schema_registry_url: str | None = None, store: SchemaStore | None = None
+) -> Codec:
+    """The codec for ``record_name``: Confluent framing when a registry URL is given, else single-object.
+
+    Raises:
+        SchemaStoreError: ``record_name`` has no schema.
+    """
+    if schema_registry_url:
+        return ConfluentCodec(record_name, _registry_client(schema_registry_url), store)
+    return SingleObjectCodec(record_name, store)
+
+
+@cache
+def _registry_client(url: str) -> Any:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient.new_client({"url": url})

@@ -1,0 +1,247 @@
+"""Typed views of the contract records and the rules a decodable record must also follow.
+
+Spans travel as plain dicts (:class:`Span`, :class:`EnrichedSpan` TypedDicts): that is what
+fastavro reads and writes, and the hot path stays free of conversions. Reload events are few and
+are used as keys of the version timeline, so they are frozen dataclasses (:class:`ReloadEvent`).
+The field names are exactly those of ``schemas/avro/*.avsc`` and DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, NotRequired, TypedDict
+
+from schemas.errors import InvalidRecordError
+
+SPAN_KINDS = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
+STATUS_CODES = ("UNSET", "OK", "ERROR")
+RELOAD_STATUSES = ("SUCCEEDED", "FAILED")
+SEVERITIES = ("INFO", "WARNING", "CRITICAL")
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+
+_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+_SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
+_INT64_MAX = 2**63 - 1
+
+AttributeValue = str | bool | int | float
+
+
+class Span(TypedDict):
+    """A finished span (see ``schemas/avro/Span.v1.avsc``)."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: Literal["INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"]
+    service_name: str
+    service_instance_id: str
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    status_code: Literal["UNSET", "OK", "ERROR"]
+    status_message: str | None
+    attributes: dict[str, AttributeValue]
+    resource_attributes: NotRequired[dict[str, AttributeValue] | None]
+
+
+class EnrichedSpan(Span):
+    """A span with the versions active when it ran (see ``EnrichedSpan.v1.avsc``)."""
+
+    versions: dict[str, str]
+    versions_at_end: dict[str, str]
+    reload_ids: dict[str, str]
+    mid_flight: bool
+    mid_flight_reload_ids: list[str]
+    enrichment_revision: int
+
+
+ENRICHMENT_FIELDS = (
+    "versions",
+    "versions_at_end",
+    "reload_ids",
+    "mid_flight",
+    "mid_flight_reload_ids",
+    "enrichment_revision",
+)
+
+
+def is_trace_id(value: object) -> bool:
+    return isinstance(value, str) and _TRACE_ID.match(value) is not None and value != "0" * 32
+
+
+def is_span_id(value: object) -> bool:
+    return isinstance(value, str) and _SPAN_ID.match(value) is not None and value != "0" * 16
+
+
+def _require_int(record: Mapping[str, Any], name: str) -> int:
+    value = record.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRecordError(f"{name} must be an integer of nanoseconds, got {value!r}", name)
+    if not 0 <= value <= _INT64_MAX:
+        raise InvalidRecordError(f"{name} out of range: {value}", name)
+    return value
+
+
+def _require_text(record: Mapping[str, Any], name: str, *, allow_empty: bool = False) -> str:
+    value = record.get(name)
+    if not isinstance(value, str) or (not allow_empty and not value):
+        raise InvalidRecordError(f"{name} must be a non-empty string, got {value!r}", name)
+    return value
+
+
+def _check_attributes(record: Mapping[str, Any], name: str, *, optional: bool) -> None:
+    value = record.get(name)
+    if value is None and optional:
+        return
+    if not isinstance(value, Mapping):
+        raise InvalidRecordError(f"{name} must be a map, got {type(value).__name__}", name)
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, (str, bool, int, float)):
+            raise InvalidRecordError(f"{name}[{key!r}] must map a string to string/int/float/bool", name)
+
+
+def validate_span(span: Mapping[str, Any]) -> None:
+    """Check the contract rules a span must follow beyond its Avro types.
+
+    Raises:
+        InvalidRecordError: the first rule broken, naming the field.
+    """
+    if not is_trace_id(span.get("trace_id")):
+        raise InvalidRecordError(f"trace_id must be 32 lowercase hex, not all zero: {span.get('trace_id')!r}", "trace_id")
+    if not is_span_id(span.get("span_id")):
+        raise InvalidRecordError(f"span_id must be 16 lowercase hex, not all zero: {span.get('span_id')!r}", "span_id")
+    parent = span.get("parent_span_id")
+    if parent is not None and not is_span_id(parent):
+        raise InvalidRecordError(f"parent_span_id must be 16 lowercase hex or null: {parent!r}", "parent_span_id")
+    _require_text(span, "name", allow_empty=True)
+    if span.get("kind") not in SPAN_KINDS:
+        raise InvalidRecordError(f"kind must be one of {SPAN_KINDS}: {span.get('kind')!r}", "kind")
+    _require_text(span, "service_name")
+    _require_text(span, "service_instance_id", allow_empty=True)
+    start = _require_int(span, "start_time_unix_nano")
+    end = _require_int(span, "end_time_unix_nano")
+    if end < start:
+        raise InvalidRecordError(f"end_time_unix_nano {end} is before start_time_unix_nano {start}", "end_time_unix_nano")
+    if span.get("status_code") not in STATUS_CODES:
+        raise InvalidRecordError(f"status_code must be one of {STATUS_CODES}: {span.get('status_code')!r}", "status_code")
+    message = span.get("status_message")
+    if message is not None and not isinstance(message, str):
+        raise InvalidRecordError("status_message must be a string or null", "status_message")
+    _check_attributes(span, "attributes", optional=False)
+    _check_attributes(span, "resource_attributes", optional=True)
+
+
+def check_time_plausible(
+    time_unix_nano: int, *, now_unix_nano: int, max_past_nanos: int, max_future_nanos: int, field_name: str
+) -> None:
+    """Reject timestamps absurdly far from ``now`` (clock bugs, seconds sent as nanoseconds).
+
+    Raises:
+        InvalidRecordError: the timestamp is more than ``max_past_nanos`` before or
+            ``max_future_nanos`` after ``now_unix_nano``.
+    """
+    if time_unix_nano < now_unix_nano - max_past_nanos or time_unix_nano > now_unix_nano + max_future_nanos:
+        raise InvalidRecordError(
+            f"{field_name} {time_unix_nano} is implausibly far from now ({now_unix_nano})", field_name
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadEvent:
+    """One reload attempt (see ``schemas/avro/ReloadEvent.v1.avsc``).
+
+    ``service_instance_id`` None means the reload applies to every instance of the service.
+    A FAILED reload never changes a version; it is kept for display and reload-health checks.
+    """
+
+    reload_id: str
+    service_name: str
+    component: str
+    new_version: str
+    requested_time_unix_nano: int
+    effective_time_unix_nano: int
+    status: Literal["SUCCEEDED", "FAILED"]
+    source: str
+    service_instance_id: str | None = None
+    old_version: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    model_context: Mapping[str, str] = field(default_factory=dict)
+    changed_keys: tuple[str, ...] = ()
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCEEDED
+
+    @property
+    def is_service_wide(self) -> bool:
+        return self.service_instance_id is None
+
+    def applies_to(self, service_name: str, service_instance_id: str) -> bool:
+        """True when this reload governs the given instance of the given service."""
+        return self.service_name == service_name and (
+            self.service_instance_id is None or self.service_instance_id == service_instance_id
+        )
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> ReloadEvent:
+        """Build from a decoded Avro or JSON record, checking the contract rules.
+
+        Raises:
+            InvalidRecordError: a required field is missing or a rule is broken.
+        """
+        reload_id = _require_text(record, "reload_id")
+        service_name = _require_text(record, "service_name")
+        component = _require_text(record, "component")
+        new_version = _require_text(record, "new_version")
+        source = _require_text(record, "source", allow_empty=True)
+        requested = _require_int(record, "requested_time_unix_nano")
+        effective = _require_int(record, "effective_time_unix_nano")
+        status = record.get("status")
+        if status not in RELOAD_STATUSES:
+            raise InvalidRecordError(f"status must be one of {RELOAD_STATUSES}: {status!r}", "status")
+        instance = record.get("service_instance_id")
+        if instance is not None and (not isinstance(instance, str) or not instance):
+            raise InvalidRecordError(f"service_instance_id must be a non-empty string or null: {instance!r}", "service_instance_id")
+        old_version = record.get("old_version")
+        if old_version is not None and not isinstance(old_version, str):
+            raise InvalidRecordError("old_version must be a string or null", "old_version")
+        trace_id, span_id = record.get("trace_id"), record.get("span_id")
+        if trace_id is not None and not is_trace_id(trace_id):
+            raise InvalidRecordError(f"trace_id must be 32 lowercase hex or null: {trace_id!r}", "trace_id")
+        if span_id is not None and not is_span_id(span_id):
+            raise InvalidRecordError(f"span_id must be 16 lowercase hex or null: {span_id!r}", "span_id")
+        model_context = record.get("model_context") or {}
+        if not isinstance(model_context, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in model_context.items()
+        ):
+            raise InvalidRecordError("model_context must map strings to strings", "model_context")
+        changed_keys = record.get("changed_keys") or ()
+        if isinstance(changed_keys, str) or not all(isinstance(k, str) for k in changed_keys):
+            raise InvalidRecordError("changed_keys must be a list of strings", "changed_keys")
+        return cls(
+            reload_id=reload_id,
+            service_name=service_name,
+            component=component,
+            new_version=new_version,
+            requested_time_unix_nano=requested,
+            effective_time_unix_nano=effective,
+            status=status,
+            source=source,
+            service_instance_id=instance,
+            old_version=old_version,
+            trace_id=trace_id,
+            span_id=span_id,
+            model_context=dict(model_context),
+            changed_keys=tuple(changed_keys),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Avro/JSON record, field for field."""
+        record = asdict(self)
+        record["model_context"] = dict(self.model_context)
+        record["changed_keys"] = list(self.changed_keys)
+        return record

@@ -1,0 +1,1 @@
+"""Writers into ClickHouse: a server through clickhouse-connect, or the embedded chDB engine."""

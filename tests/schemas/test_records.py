@@ -1,0 +1,98 @@
+"""Contract rules beyond the Avro types: span validation, reload events, plausibility."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+
+from schemas.errors import InvalidRecordError
+from schemas.records import ReloadEvent, check_time_plausible, validate_span
+from tests.schemas.test_codec import SPAN
+from tests.strategies import reload_events, spans
+
+
+@given(spans())
+def test_generated_spans_are_valid(span: dict) -> None:
+    validate_span(span)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"trace_id": "ABC"}, "trace_id"),
+        ({"trace_id": "0" * 32}, "trace_id"),
+        ({"trace_id": "4BF92F3577B34DA6A3CE929D0E0E4736"}, "trace_id"),
+        ({"span_id": "xyz"}, "span_id"),
+        ({"span_id": None}, "span_id"),
+        ({"parent_span_id": "1234"}, "parent_span_id"),
+        ({"kind": "SERVERISH"}, "kind"),
+        ({"service_name": ""}, "service_name"),
+        ({"start_time_unix_nano": "now"}, "start_time_unix_nano"),
+        ({"start_time_unix_nano": True}, "start_time_unix_nano"),
+        ({"end_time_unix_nano": SPAN["start_time_unix_nano"] - 1}, "end_time_unix_nano"),
+        ({"status_code": "FINE"}, "status_code"),
+        ({"attributes": {"a": [1, 2]}}, "attributes"),
+        ({"attributes": None}, "attributes"),
+    ],
+)
+def test_invalid_spans_name_the_field(change: dict, field: str) -> None:
+    with pytest.raises(InvalidRecordError) as caught:
+        validate_span({**SPAN, **change})
+    assert caught.value.field == field
+
+
+def test_a_span_missing_a_required_field_is_invalid() -> None:
+    span = dict(SPAN)
+    del span["span_id"]
+    with pytest.raises(InvalidRecordError):
+        validate_span(span)
+
+
+@given(reload_events())
+def test_reload_event_dict_round_trip(record: dict) -> None:
+    event = ReloadEvent.from_dict(record)
+    assert event.to_dict() == record
+
+
+def test_reload_event_scope() -> None:
+    base = {
+        "reload_id": "r1", "service_name": "gw", "component": "model", "new_version": "v2",
+        "requested_time_unix_nano": 10, "effective_time_unix_nano": 20, "status": "SUCCEEDED", "source": "ops",
+    }
+    wide = ReloadEvent.from_dict(base)
+    canary = ReloadEvent.from_dict({**base, "service_instance_id": "gw-2"})
+    assert wide.is_service_wide and wide.applies_to("gw", "gw-1") and wide.applies_to("gw", "gw-2")
+    assert not wide.applies_to("other", "gw-1")
+    assert canary.applies_to("gw", "gw-2") and not canary.applies_to("gw", "gw-1")
+    assert wide.succeeded and not ReloadEvent.from_dict({**base, "status": "FAILED"}).succeeded
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"status": "MAYBE"},
+        {"reload_id": ""},
+        {"service_instance_id": ""},
+        {"effective_time_unix_nano": -1},
+        {"trace_id": "nothex"},
+        {"model_context": {"temperature": 0.2}},
+        {"changed_keys": "model"},
+    ],
+)
+def test_invalid_reload_events(change: dict) -> None:
+    base = {
+        "reload_id": "r1", "service_name": "gw", "component": "model", "new_version": "v2",
+        "requested_time_unix_nano": 10, "effective_time_unix_nano": 20, "status": "SUCCEEDED", "source": "ops",
+    }
+    with pytest.raises(InvalidRecordError):
+        ReloadEvent.from_dict({**base, **change})
+
+
+def test_time_plausibility() -> None:
+    now = 1_763_900_000_000_000_000
+    day = 86_400 * 10**9
+    check_time_plausible(now - day, now_unix_nano=now, max_past_nanos=7 * day, max_future_nanos=day, field_name="t")
+    with pytest.raises(InvalidRecordError, match="implausibly"):
+        check_time_plausible(now // 10**9, now_unix_nano=now, max_past_nanos=7 * day, max_future_nanos=day, field_name="t")
+    with pytest.raises(InvalidRecordError):
+        check_time_plausible(now + 2 * day, now_unix_nano=now, max_past_nanos=7 * day, max_future_nanos=day, field_name="t")

@@ -1,0 +1,125 @@
+"""Hypothesis strategies for valid contract records, shared by the property tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+from schemas.records import RELOAD_STATUSES, SPAN_KINDS, STATUS_CODES
+
+HEX = "0123456789abcdef"
+BASE_TIME = 1_763_900_000_000_000_000  # 2025-11-23, nanoseconds
+
+trace_ids = st.text(HEX, min_size=32, max_size=32).filter(lambda s: s != "0" * 32)
+span_ids = st.text(HEX, min_size=16, max_size=16).filter(lambda s: s != "0" * 16)
+names = st.text(min_size=1, max_size=40)
+keys = st.text(min_size=1, max_size=30)
+attribute_values = st.one_of(
+    st.text(max_size=50),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+)
+attribute_maps = st.dictionaries(keys, attribute_values, max_size=8)
+timestamps = st.integers(min_value=0, max_value=2**62)
+
+
+@st.composite
+def spans(draw: st.DrawFn) -> dict[str, Any]:
+    start = draw(timestamps)
+    return {
+        "trace_id": draw(trace_ids),
+        "span_id": draw(span_ids),
+        "parent_span_id": draw(st.none() | span_ids),
+        "name": draw(st.text(max_size=40)),
+        "kind": draw(st.sampled_from(SPAN_KINDS)),
+        "service_name": draw(names),
+        "service_instance_id": draw(st.text(max_size=20)),
+        "start_time_unix_nano": start,
+        "end_time_unix_nano": start + draw(st.integers(min_value=0, max_value=10**12)),
+        "status_code": draw(st.sampled_from(STATUS_CODES)),
+        "status_message": draw(st.none() | st.text(max_size=40)),
+        "attributes": draw(attribute_maps),
+        "resource_attributes": draw(st.none() | attribute_maps),
+    }
+
+
+@st.composite
+def reload_events(draw: st.DrawFn) -> dict[str, Any]:
+    requested = draw(timestamps)
+    return {
+        "reload_id": draw(names),
+        "service_name": draw(names),
+        "service_instance_id": draw(st.none() | names),
+        "component": draw(st.sampled_from(["config", "model", "routing_rules", "feature_flags"]) | names),
+        "old_version": draw(st.none() | names),
+        "new_version": draw(names),
+        "requested_time_unix_nano": requested,
+        "effective_time_unix_nano": requested + draw(st.integers(min_value=0, max_value=10**10)),
+        "status": draw(st.sampled_from(RELOAD_STATUSES)),
+        "source": draw(st.text(max_size=20)),
+        "trace_id": draw(st.none() | trace_ids),
+        "span_id": draw(st.none() | span_ids),
+        "model_context": draw(st.dictionaries(keys, st.text(max_size=30), max_size=5)),
+        "changed_keys": draw(st.lists(keys, max_size=5)),
+    }
+
+
+@st.composite
+def enriched_spans(draw: st.DrawFn) -> dict[str, Any]:
+    versions = st.dictionaries(keys, names, max_size=4)
+    return {
+        **draw(spans()),
+        "versions": draw(versions),
+        "versions_at_end": draw(versions),
+        "reload_ids": draw(versions),
+        "mid_flight": draw(st.booleans()),
+        "mid_flight_reload_ids": sorted(draw(st.lists(names, max_size=3))),
+        "enrichment_revision": draw(st.integers(min_value=0, max_value=1000)),
+    }
+
+
+@st.composite
+def anomalies(draw: st.DrawFn) -> dict[str, Any]:
+    finite = st.floats(allow_nan=False, allow_infinity=False)
+    return {
+        "anomaly_id": draw(names),
+        "reload_id": draw(names),
+        "service_name": draw(names),
+        "component": draw(names),
+        "old_version": draw(st.none() | names),
+        "new_version": draw(names),
+        "metric": draw(st.sampled_from(["latency", "error_rate", "reload_duration", "reload_failed"])),
+        "baseline_value": draw(finite),
+        "observed_value": draw(finite),
+        "p_value": draw(st.floats(min_value=0, max_value=1)),
+        "baseline_count": draw(st.integers(min_value=0, max_value=10**9)),
+        "observed_count": draw(st.integers(min_value=0, max_value=10**9)),
+        "detected_time_unix_nano": draw(timestamps),
+        "severity": draw(st.sampled_from(["INFO", "WARNING", "CRITICAL"])),
+    }
+
+
+@st.composite
+def dead_letters(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "source_topic": draw(names),
+        "source_partition": draw(st.integers(min_value=-1, max_value=2**31 - 1)),
+        "source_offset": draw(st.integers(min_value=-1, max_value=2**63 - 1)),
+        "raw_key": draw(st.none() | st.binary(max_size=40)),
+        "raw_value": draw(st.none() | st.binary(max_size=200)),
+        "error_kind": draw(names),
+        "error": draw(st.text(max_size=100)),
+        "stage": draw(st.sampled_from(["decode", "validate", "enrich", "sink"])),
+        "dead_lettered_time_unix_nano": draw(timestamps),
+    }
+
+
+RECORDS = {
+    "Span": spans,
+    "ReloadEvent": reload_events,
+    "EnrichedSpan": enriched_spans,
+    "Anomaly": anomalies,
+    "DeadLetter": dead_letters,
+}
