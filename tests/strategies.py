@@ -19,7 +19,7 @@ attribute_values = st.one_of(
     st.text(max_size=50),
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=False),
+    st.floats(allow_nan=False, allow_infinity=False),
 )
 attribute_maps = st.dictionaries(keys, attribute_values, max_size=8)
 timestamps = st.integers(min_value=0, max_value=2**62)
