@@ -7,6 +7,7 @@ KAFKA_PORT ?= 9092
 KAFKA_DATA_DIR ?= .kafka
 PARTITIONS ?= 4
 PYTEST_ARGS ?=
+BENCH ?=
 
 .PHONY: help venv jars up down status test demo bench clean
 
@@ -41,10 +42,15 @@ test: jars
 	$(BIN)/python -m infra.kafka run --port 0 --data-dir .kafka-test --fresh -- \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks need a quiet machine; they get their own broker like the tests.
+bench: jars
+	$(BIN)/python -m infra.kafka run --port 0 --data-dir .kafka-bench --fresh -- \
+		$(BIN)/python -m tests.benchmarks $(BENCH)
+
 demo: jars
 	@echo "reloadtrace demo: the pipeline (enrichment, detection, ClickHouse sink) is not built yet."
 	@echo "What exists today: the Avro contract (schemas/) and the local Kafka (make up / make down)."
 	@exit 1
 
 clean:
-	rm -rf .kafka-test .pytest_cache build *.egg-info
+	rm -rf .kafka-test .kafka-bench .pytest_cache build *.egg-info
