@@ -1,0 +1,413 @@
+"""Arrival-ordered merge of spans and reloads: grace-period holding, first answers, late-reload corrections.
+
+The streaming answer for a span must not depend on how fast the worker happens to run, or on
+whether it crashed and restarted. So the engine orders everything by *arrival time* — the Kafka
+log-append timestamp of each message, which the broker assigns and which is durable — and makes
+every output a pure function of the two logs:
+
+* A span X that arrived at ``a(X)`` gets its first answer (revision 0) from exactly the reloads
+  that arrived at or before ``a(X) + grace``.
+* Every later reload R of X's service, applied in arrival order, recomputes X's answer while
+  ``a(R) - a(X) <= horizon``; when the answer changes, X is re-emitted with revision + 1.
+* A reload that would change a span but arrives after the horizon is counted in
+  :attr:`EngineStats.beyond_horizon`, never applied silently.
+
+Events are processed in key order: span X at ``a(X) + grace``, reload R at ``a(R)`` (a reload
+wins a tie, so the grace period is inclusive). An event is processed only once nothing with a
+smaller key can still arrive, which the caller states through two *progress* values: every span
+with arrival < ``span_progress_ms`` and every reload with arrival < ``reload_progress_ms`` has
+been added. Replaying the same logs therefore yields the same (answer, revision) for every span,
+which is what makes a restarted or rebalanced worker agree with one that never stopped.
+
+Pure: no Kafka, no clock. The answer function is injected (``answer_fn``), so the engine knows
+nothing of version semantics; :mod:`streams.enrichment` provides it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schemas.records import ReloadEvent
+
+NEVER = -(2**63)
+FOREVER = 2**63 - 1
+_EVICTED_SECONDS_KEPT = 86_400
+
+ReloadKey = tuple[int, int, int]
+"""(arrival_ms, partition, offset): the total order in which reloads are applied."""
+
+
+class Timeline(Protocol):
+    """What the engine needs of a version timeline (see :class:`streams.timeline.VersionTimeline`)."""
+
+    def add(self, reload: ReloadEvent) -> bool: ...
+
+
+AnswerFn = Callable[[Any, str, str, int, int], Hashable]
+"""answer_fn(timeline, service_name, service_instance_id, start_unix_nano, end_unix_nano) -> answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpanArrival:
+    """A decoded, valid span as the engine sees it: where it came from, when, and what it needs.
+
+    ``payload`` is opaque to the engine (the raw message, for re-emission by the caller).
+    """
+
+    partition: int
+    offset: int
+    arrival_ms: int
+    service_name: str
+    service_instance_id: str
+    start_time_unix_nano: int
+    end_time_unix_nano: int
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadArrival:
+    """A reload event with the position and arrival time of its message."""
+
+    reload: ReloadEvent
+    arrival_ms: int
+    partition: int = 0
+    offset: int = 0
+
+    @property
+    def key(self) -> ReloadKey:
+        return (self.arrival_ms, self.partition, self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Emission:
+    """An answer to publish: the first one (revision 0) or a correction caused by ``reload_id``."""
+
+    span: SpanArrival
+    answer: Hashable
+    revision: int
+    caused_by_reload_id: str | None = None
+
+
+@dataclass
+class EngineStats:
+    """Counters a worker reports; every late reload is accounted for here."""
+
+    spans_added: int = 0
+    first_answers: int = 0
+    corrections: int = 0
+    reloads_applied: int = 0
+    duplicate_reloads: int = 0
+    beyond_horizon: int = 0
+    """Spans a reload would have changed but that arrived more than the horizon before it."""
+    beyond_horizon_reload_ids: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Indexed:
+    span: SpanArrival
+    answer: Hashable
+    revision: int
+
+
+class EnrichmentEngine:
+    """Holds spans for the grace period, answers them, and corrects them when reloads arrive late.
+
+    Args:
+        timeline: the version timeline reloads are applied to (owned by the engine from now on).
+        answer_fn: computes a span's answer from the timeline.
+        grace_ms: how long (in arrival time) a span waits for reloads before its first answer.
+        horizon_ms: how much later (in arrival time) a reload may still correct a span.
+
+    Not thread-safe: one engine per worker thread.
+    """
+
+    def __init__(self, timeline: Timeline, answer_fn: AnswerFn, *, grace_ms: int, horizon_ms: int) -> None:
+        if grace_ms < 0:
+            raise ValueError(f"grace_ms must be >= 0, got {grace_ms}")
+        if horizon_ms < grace_ms:
+            raise ValueError(f"horizon_ms ({horizon_ms}) must be >= grace_ms ({grace_ms})")
+        self.timeline = timeline
+        self._answer_fn = answer_fn
+        self.grace_ms = grace_ms
+        self.horizon_ms = horizon_ms
+        self._pending: list[tuple[ReloadKey, ReloadArrival]] = []
+        self._pending_keys: set[ReloadKey] = set()
+        self._held: dict[int, deque[SpanArrival]] = {}
+        self._index: dict[str, deque[_Indexed]] = {}
+        self._applied_key: ReloadKey | None = None
+        self._evicted_end_seconds: dict[str, dict[int, int]] = {}
+        self.stats = EngineStats()
+
+    # --- input -----------------------------------------------------------------------------
+
+    def add_span(self, span: SpanArrival) -> None:
+        """Hold a span until its grace period has passed. Spans of one partition must come in order."""
+        held = self._held.setdefault(span.partition, deque())
+        if held and span.arrival_ms < held[-1].arrival_ms:
+            raise ValueError(
+                f"span arrivals must not go back in time within partition {span.partition}: "
+                f"{span.arrival_ms} after {held[-1].arrival_ms}"
+            )
+        held.append(span)
+        self.stats.spans_added += 1
+
+    def add_reload(self, reload: ReloadArrival) -> bool:
+        """Queue a reload for application in arrival order. False when its key was already applied or queued."""
+        key = reload.key
+        if key in self._pending_keys or (self._applied_key is not None and key <= self._applied_key):
+            return False
+        heapq.heappush(self._pending, (key, reload))
+        self._pending_keys.add(key)
+        return True
+
+    # --- processing ------------------------------------------------------------------------
+
+    @property
+    def applied_key(self) -> ReloadKey | None:
+        """Key of the last reload applied (the engine's frontier), or None."""
+        return self._applied_key
+
+    def held_count(self) -> int:
+        return sum(len(held) for held in self._held.values())
+
+    def indexed_count(self) -> int:
+        return sum(len(entries) for entries in self._index.values())
+
+    def oldest_held_offsets(self) -> dict[int, int]:
+        """partition -> offset of its oldest span still held (nothing below it is pending)."""
+        return {partition: held[0].offset for partition, held in self._held.items() if held}
+
+    def advance(self, span_progress_ms: int, reload_progress_ms: int, *, evict: bool = True) -> list[Emission]:
+        """Process everything that can no longer be affected by messages still to come.
+
+        Args:
+            span_progress_ms: every span that arrived before this has been added.
+            reload_progress_ms: every reload that arrived before this has been added.
+            evict: forget answered spans that no future reload may correct.
+
+        Returns:
+            First answers and corrections, in processing order.
+        """
+        out: list[Emission] = []
+        grace = self.grace_ms
+        while self._pending:
+            key, reload = self._pending[0]
+            arrival = key[0]
+            if not (reload_progress_ms > arrival and span_progress_ms >= arrival - grace):
+                break
+            self._emit_held(before_ms=arrival, out=out)
+            heapq.heappop(self._pending)
+            self._pending_keys.discard(key)
+            self._apply(reload, out)
+        limit = reload_progress_ms if not self._pending else min(reload_progress_ms, self._pending[0][0][0])
+        self._emit_held(before_ms=limit, out=out)
+        if evict:
+            next_reload_ms = min(reload_progress_ms, self._pending[0][0][0]) if self._pending else reload_progress_ms
+            self._evict(next_reload_ms - self.horizon_ms)
+        return out
+
+    def drain(self) -> list[Emission]:
+        """Process everything: no more spans or reloads will come (offline runs, restores, tests)."""
+        return self.advance(FOREVER, FOREVER, evict=False)
+
+    def apply_through(self, key: ReloadKey | None) -> None:
+        """Apply every queued reload up to ``key`` at once (start-up, before any span is held).
+
+        Raises:
+            RuntimeError: spans are held or answered already; their answers would be skipped.
+        """
+        if self.held_count() or self.indexed_count():
+            raise RuntimeError("apply_through is only for an engine that holds no spans yet")
+        while key is not None and self._pending and self._pending[0][0] <= key:
+            queued_key, reload = heapq.heappop(self._pending)
+            self._pending_keys.discard(queued_key)
+            self._apply(reload, [])
+
+    def _emit_held(self, *, before_ms: int, out: list[Emission]) -> None:
+        deadline_offset = self.grace_ms
+        for held in self._held.values():
+            while held and held[0].arrival_ms + deadline_offset < before_ms:
+                span = held.popleft()
+                answer = self._answer(span)
+                self._index.setdefault(span.service_name, deque()).append(_Indexed(span, answer, 0))
+                out.append(Emission(span, answer, 0))
+                self.stats.first_answers += 1
+
+    def _apply(self, arrival: ReloadArrival, out: list[Emission]) -> None:
+        self._applied_key = arrival.key
+        reload = arrival.reload
+        if not self.timeline.add(reload):
+            self.stats.duplicate_reloads += 1
+            return
+        self.stats.reloads_applied += 1
+        if not reload.succeeded:
+            return
+        effective = reload.effective_time_unix_nano
+        oldest_correctable = arrival.arrival_ms - self.horizon_ms
+        instance = reload.service_instance_id
+        for entry in self._index.get(reload.service_name, ()):
+            span = entry.span
+            if span.end_time_unix_nano < effective:
+                continue
+            if instance is not None and span.service_instance_id != instance:
+                continue
+            answer = self._answer(span)
+            if answer == entry.answer:
+                continue
+            if span.arrival_ms < oldest_correctable:
+                self.stats.beyond_horizon += 1
+                self.stats.beyond_horizon_reload_ids.add(reload.reload_id)
+                continue
+            entry.answer = answer
+            entry.revision += 1
+            out.append(Emission(span, answer, entry.revision, reload.reload_id))
+            self.stats.corrections += 1
+        evicted = self._evicted_end_seconds.get(reload.service_name)
+        if evicted:
+            stale = sum(count for second, count in evicted.items() if second >= effective // 1_000_000_000)
+            if stale:
+                self.stats.beyond_horizon += stale
+                self.stats.beyond_horizon_reload_ids.add(reload.reload_id)
+
+    def _answer(self, span: SpanArrival) -> Hashable:
+        return self._answer_fn(
+            self.timeline,
+            span.service_name,
+            span.service_instance_id,
+            span.start_time_unix_nano,
+            span.end_time_unix_nano,
+        )
+
+    def _evict(self, cutoff_arrival_ms: int) -> None:
+        """Forget answered spans no future reload may correct (arrived before the cutoff).
+
+        Their end times are kept per second, per service, so a reload arriving later still
+        reports how many spans it would have had to correct (an upper bound).
+        """
+        for service, entries in self._index.items():
+            if not entries or entries[0].span.arrival_ms >= cutoff_arrival_ms:
+                continue
+            buckets = self._evicted_end_seconds.setdefault(service, {})
+            while entries and entries[0].span.arrival_ms < cutoff_arrival_ms:
+                second = entries.popleft().span.end_time_unix_nano // 1_000_000_000
+                buckets[second] = buckets.get(second, 0) + 1
+            if len(buckets) > _EVICTED_SECONDS_KEPT:
+                for second in sorted(buckets)[: len(buckets) - _EVICTED_SECONDS_KEPT]:
+                    del buckets[second]
+
+    # --- state for restarts ----------------------------------------------------------------
+
+    def indexed(self) -> Iterable[tuple[SpanArrival, Hashable, int]]:
+        """Every answered span still correctable, with its current answer and revision."""
+        for entries in self._index.values():
+            for entry in entries:
+                yield entry.span, entry.answer, entry.revision
+
+    def adopt(self, span: SpanArrival, answer: Hashable, revision: int) -> None:
+        """Index a span answered elsewhere (by a previous owner of its partition) as correctable."""
+        self._index.setdefault(span.service_name, deque()).append(_Indexed(span, answer, revision))
+
+
+def forget_partitions(engine: EnrichmentEngine, partitions: Iterable[int]) -> None:
+    """Drop the held and answered spans of partitions this worker no longer owns."""
+    gone = set(partitions)
+    for partition in gone:
+        engine._held.pop(partition, None)
+    for entries in engine._index.values():
+        kept = [entry for entry in entries if entry.span.partition not in gone]
+        entries.clear()
+        entries.extend(kept)
+
+
+@dataclass(frozen=True)
+class RestoredPartition:
+    """What :func:`restore_partition` hands back to the live engine."""
+
+    adopt: list[tuple[SpanArrival, Hashable, int]]
+    """Answered spans (answer and revision as of the frontier) to index as correctable."""
+    emissions: list[Emission]
+    """Answers the previous owner never published: changed states and overdue first answers."""
+    hold: list[SpanArrival]
+    """Spans still inside their grace period relative to the frontier: add them to the live engine."""
+
+
+def restore_partition(
+    *,
+    timeline_factory: Callable[[], Timeline],
+    answer_fn: AnswerFn,
+    grace_ms: int,
+    horizon_ms: int,
+    reloads: Iterable[ReloadArrival],
+    emitted: Iterable[SpanArrival],
+    previous_frontier: ReloadKey | None,
+    unemitted: Iterable[SpanArrival],
+    frontier: ReloadKey | None,
+) -> RestoredPartition:
+    """Rebuild, deterministically, a partition's state for a worker whose frontier is ``frontier``.
+
+    The previous owner published answers for ``emitted`` (offsets below its commit) as of
+    ``previous_frontier`` (the last reload it had applied when it committed). Replaying the same
+    arrival-ordered rules gives the exact (answer, revision) of every span at both frontiers; what
+    changed in between, and spans whose grace period ended before ``frontier``, are emitted now.
+
+    Args:
+        timeline_factory: builds an empty timeline for the replay.
+        reloads: every known reload (any order); only keys up to the frontiers are used.
+        emitted: spans the previous owner answered, in offset order.
+        unemitted: spans after the committed offset, in offset order.
+    """
+    ordered = sorted(reloads, key=lambda reload: reload.key)
+    replay = EnrichmentEngine(timeline_factory(), answer_fn, grace_ms=grace_ms, horizon_ms=horizon_ms)
+
+    def feed_reloads(low: ReloadKey | None, high: ReloadKey | None) -> None:
+        for reload in ordered:
+            if high is None or reload.key > high:
+                break
+            if low is None or reload.key > low:
+                replay.add_reload(reload)
+
+    feed_reloads(None, previous_frontier)
+    emitted_spans = list(emitted)
+    for span in emitted_spans:
+        replay.add_span(span)
+    replay.drain()
+    before = {(span.partition, span.offset): (answer, revision) for span, answer, revision in replay.indexed()}
+
+    frontier_ms = frontier[0] if frontier is not None else NEVER
+
+    def due(span: SpanArrival) -> bool:
+        # The grace period of a due span ended before the frontier's reload was applied.
+        return span.arrival_ms + grace_ms < frontier_ms
+
+    hold = [span for span in unemitted if not due(span)]
+    behind = [span for span in unemitted if due(span)]
+    previous_is_ahead = previous_frontier is not None and (frontier is None or previous_frontier > frontier)
+    if previous_is_ahead:
+        # The previous owner applied reloads this worker has not reached yet. Replay the spans
+        # that were due at this worker's frontier; the others wait here like new ones. The live
+        # engine then re-applies the rest and republishes states identical to those published.
+        replay = EnrichmentEngine(timeline_factory(), answer_fn, grace_ms=grace_ms, horizon_ms=horizon_ms)
+        feed_reloads(None, frontier)
+        for span in emitted_spans:
+            if due(span):
+                replay.add_span(span)
+            else:
+                hold.append(span)
+        hold.sort(key=lambda span: span.offset)
+    else:
+        feed_reloads(previous_frontier, frontier)
+    for span in behind:
+        replay.add_span(span)
+    replay.drain()
+
+    adopt, emissions = [], []
+    for span, answer, revision in replay.indexed():
+        adopt.append((span, answer, revision))
+        previous = before.get((span.partition, span.offset))
+        if previous is None or (not previous_is_ahead and previous != (answer, revision)):
+            emissions.append(Emission(span, answer, revision))
+    return RestoredPartition(adopt=adopt, emissions=emissions, hold=hold)
