@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -374,15 +374,29 @@ def _kafka_uuid() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def create_topics(bootstrap_servers: str, names: Sequence[str], partitions: int, timeout_s: float = 30.0) -> None:
-    """Create the topics that do not exist yet (replication factor 1). Idempotent."""
+def create_topics(
+    bootstrap_servers: str,
+    names: Sequence[str] | Mapping[str, Mapping[str, str]],
+    partitions: int,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create the topics that do not exist yet (replication factor 1, with their configs). Idempotent.
+
+    Args:
+        names: topic names, or topic name -> topic configs (e.g. ``message.timestamp.type``).
+    """
     from confluent_kafka.admin import AdminClient, NewTopic
 
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
+    configs = dict(names) if isinstance(names, Mapping) else {name: {} for name in names}
     admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 3})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names if name not in existing]
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config))
+        for name, config in configs.items()
+        if name not in existing
+    ]
     if not missing:
         return
     for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
@@ -407,10 +421,10 @@ def _broker_from_args(args: argparse.Namespace) -> KafkaBroker:
     return KafkaBroker(port=args.port, controller_port=args.controller_port, data_dir=Path(args.data_dir))
 
 
-def _topic_names(prefix: str) -> list[str]:
+def _topic_names(prefix: str) -> dict[str, dict[str, str]]:
     from schemas.topics import TopicNames
 
-    return list(TopicNames(prefix=prefix).all())
+    return TopicNames(prefix=prefix).with_configs()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -134,9 +134,16 @@ class Codec(Protocol):
 
     record_name: str
 
+    @property
+    def schema(self) -> SchemaVersion: ...
+
     def encode(self, record: Mapping[str, Any]) -> bytes: ...
 
     def decode(self, data: bytes) -> dict[str, Any]: ...
+
+    def split(self, data: bytes) -> tuple[SchemaVersion, int]: ...
+
+    def frame(self, body: bytes) -> bytes: ...
 
 
 def _write_body(buffer: io.BytesIO, schema: SchemaVersion, record: Mapping[str, Any]) -> None:
@@ -192,25 +199,34 @@ class SingleObjectCodec:
         _write_body(buffer, self._schema, record)
         return buffer.getvalue()
 
-    def decode(self, data: bytes) -> dict[str, Any]:
+    def frame(self, body: bytes) -> bytes:
+        """A message from an Avro body already encoded with :attr:`schema`."""
+        return self._header + body
+
+    def split(self, data: bytes) -> tuple[SchemaVersion, int]:
+        """Check the header of ``data``: (its writer schema, offset of the body).
+
+        Raises:
+            DecodeError: wrong magic, truncated header, unknown fingerprint, or another record type.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise DecodeError(DecodeErrorKind.MALFORMED, f"expected bytes, got {type(data).__name__}", self.record_name)
-        data = bytes(data)
         if data[:2] != SINGLE_OBJECT_MAGIC[: len(data)] or not data:
             raise DecodeError(
                 DecodeErrorKind.WRONG_MAGIC,
-                f"expected Avro single-object marker c301, got {data[:2].hex() or 'empty message'}",
+                f"expected Avro single-object marker c301, got {bytes(data[:2]).hex() or 'empty message'}",
                 self.record_name,
             )
         if len(data) < _SINGLE_OBJECT_HEADER_BYTES:
             raise DecodeError(
                 DecodeErrorKind.TRUNCATED, f"{len(data)} bytes is shorter than the 10-byte header", self.record_name
             )
-        writer = self._store.by_fingerprint(data[2:_SINGLE_OBJECT_HEADER_BYTES])
+        fingerprint_bytes = bytes(data[2:_SINGLE_OBJECT_HEADER_BYTES])
+        writer = self._store.by_fingerprint(fingerprint_bytes)
         if writer is None:
             raise DecodeError(
                 DecodeErrorKind.UNKNOWN_FINGERPRINT,
-                f"writer schema fingerprint {data[2:10].hex()} is not among the known schema versions",
+                f"writer schema fingerprint {fingerprint_bytes.hex()} is not among the known schema versions",
                 self.record_name,
             )
         if writer.name != self.record_name:
@@ -219,7 +235,11 @@ class SingleObjectCodec:
                 f"message holds a {writer.name} (v{writer.version}), expected a {self.record_name}",
                 self.record_name,
             )
-        return _read_body(data, _SINGLE_OBJECT_HEADER_BYTES, writer, self._schema, self.record_name)
+        return writer, _SINGLE_OBJECT_HEADER_BYTES
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        writer, offset = self.split(data)
+        return _read_body(bytes(data), offset, writer, self._schema, self.record_name)
 
 
 class ConfluentCodec:
@@ -241,6 +261,10 @@ class ConfluentCodec:
         self._schema = self._store.latest(record_name)
         self._writer_header: bytes | None = None
         self._writers_by_id: dict[int, SchemaVersion] = {}
+
+    @property
+    def schema(self) -> SchemaVersion:
+        return self._schema
 
     @property
     def subject(self) -> str:
@@ -279,28 +303,41 @@ class ConfluentCodec:
         self._writers_by_id[schema_id] = known or writer
         return self._writers_by_id[schema_id]
 
-    def decode(self, data: bytes) -> dict[str, Any]:
+    def frame(self, body: bytes) -> bytes:
+        """A message from an Avro body already encoded with the newest schema."""
+        return self._header() + body
+
+    def split(self, data: bytes) -> tuple[SchemaVersion, int]:
+        """Check the header of ``data``: (its writer schema, offset of the body).
+
+        Raises:
+            DecodeError: wrong magic, truncated header, unresolvable schema id, or another record type.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise DecodeError(DecodeErrorKind.MALFORMED, f"expected bytes, got {type(data).__name__}", self.record_name)
-        data = bytes(data)
         if not data or data[:1] != CONFLUENT_MAGIC:
             raise DecodeError(
                 DecodeErrorKind.WRONG_MAGIC,
-                f"expected Confluent magic byte 00, got {data[:1].hex() or 'empty message'}",
+                f"expected Confluent magic byte 00, got {bytes(data[:1]).hex() or 'empty message'}",
                 self.record_name,
             )
         if len(data) < _CONFLUENT_HEADER_BYTES:
             raise DecodeError(
                 DecodeErrorKind.TRUNCATED, f"{len(data)} bytes is shorter than the 5-byte header", self.record_name
             )
-        writer = self._writer(int.from_bytes(data[1:5], "big"))
+        schema_id = int.from_bytes(data[1:5], "big")
+        writer = self._writer(schema_id)
         if writer.name != self.record_name:
             raise DecodeError(
                 DecodeErrorKind.WRONG_RECORD_TYPE,
-                f"schema id {int.from_bytes(data[1:5], 'big')} is a {writer.name}, expected a {self.record_name}",
+                f"schema id {schema_id} is a {writer.name}, expected a {self.record_name}",
                 self.record_name,
             )
-        return _read_body(data, _CONFLUENT_HEADER_BYTES, writer, self._schema, self.record_name)
+        return writer, _CONFLUENT_HEADER_BYTES
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        writer, offset = self.split(data)
+        return _read_body(bytes(data), offset, writer, self._schema, self.record_name)
 
 
 def codec_for(

@@ -245,3 +245,29 @@ class ReloadEvent:
         record["model_context"] = dict(self.model_context)
         record["changed_keys"] = list(self.changed_keys)
         return record
+
+
+def dead_letter(
+    *,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    raw_key: bytes | None,
+    raw_value: bytes | None,
+    error_kind: str,
+    error: str,
+    stage: str,
+    now_unix_nano: int,
+) -> dict[str, Any]:
+    """A DeadLetter record (see ``DeadLetter.v1.avsc``) keeping the original bytes whole."""
+    return {
+        "source_topic": source_topic,
+        "source_partition": source_partition,
+        "source_offset": source_offset,
+        "raw_key": None if raw_key is None else bytes(raw_key),
+        "raw_value": None if raw_value is None else bytes(raw_value),
+        "error_kind": error_kind,
+        "error": error,
+        "stage": stage,
+        "dead_lettered_time_unix_nano": now_unix_nano,
+    }

@@ -10,6 +10,19 @@ RELOADS = "reloads"
 SPANS_ENRICHED = "spans.enriched"
 RELOAD_ANOMALIES = "reload.anomalies"
 DEAD_LETTER = "dead-letter"
+REQUESTS_BY_SERVICE = "reloadtrace.requests-by-service"
+
+# The worker orders spans and reloads by broker arrival time, so both input topics must carry
+# log-append timestamps; reloads are the version history and are never deleted.
+_ARRIVAL_ORDERED = {"message.timestamp.type": "LogAppendTime"}
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    SPANS: _ARRIVAL_ORDERED,
+    RELOADS: {**_ARRIVAL_ORDERED, "retention.ms": "-1", "retention.bytes": "-1"},
+    SPANS_ENRICHED: {},
+    RELOAD_ANOMALIES: {},
+    DEAD_LETTER: {},
+    REQUESTS_BY_SERVICE: {},
+}
 
 _LEGAL = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -48,5 +61,14 @@ class TopicNames:
     def dead_letter(self) -> str:
         return self.prefix + DEAD_LETTER
 
+    @property
+    def requests_by_service(self) -> str:
+        """Internal: request summaries and reloads re-keyed by service for the regression detector."""
+        return self.prefix + REQUESTS_BY_SERVICE
+
     def all(self) -> Iterator[str]:
         yield from (self.spans, self.reloads, self.spans_enriched, self.reload_anomalies, self.dead_letter)
+
+    def with_configs(self) -> dict[str, dict[str, str]]:
+        """Every topic the pipeline uses (internal ones too) with the configs it relies on."""
+        return {self.prefix + name: dict(config) for name, config in TOPIC_CONFIGS.items()}

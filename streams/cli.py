@@ -25,6 +25,36 @@ def version() -> None:
     typer.echo(installed_version("reloadtrace"))
 
 
+@app.command()
+def worker(
+    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
+    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    partitions: int = typer.Option(None, help="Partitions of topics the worker creates [env RELOADTRACE_PARTITIONS]"),
+    grace_period_ms: int = typer.Option(None, help="Grace period for late reloads [env RELOADTRACE_GRACE_PERIOD_MS]"),
+    correction_horizon_ms: int = typer.Option(
+        None, help="How late a reload may still correct spans [env RELOADTRACE_CORRECTION_HORIZON_MS]"
+    ),
+    sink_url: str = typer.Option(None, help="ClickHouse URL, chdb://PATH or clickhouse://... [env RELOADTRACE_SINK_URL]"),
+    group_id: str = typer.Option(None, help="Consumer group of the workers [env RELOADTRACE_GROUP_ID]"),
+    loglevel: str = typer.Option("info", help="Log level: crit, error, warn, info, debug"),
+) -> None:
+    """Run a streaming worker: enrich spans, judge reloads, feed ClickHouse (until SIGTERM)."""
+    from schemas.settings import KafkaSettings
+    from streams.app import run_worker
+    from streams.settings import WorkerSettings
+
+    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix, "partitions": partitions}
+    worker_flags = {
+        "grace_period_ms": grace_period_ms,
+        "correction_horizon_ms": correction_horizon_ms,
+        "sink_url": sink_url,
+        "group_id": group_id,
+    }
+    kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
+    settings = WorkerSettings(**{key: value for key, value in worker_flags.items() if value is not None})
+    run_worker(kafka, settings, loglevel=loglevel)
+
+
 def main() -> None:
     app()
 

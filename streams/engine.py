@@ -140,6 +140,7 @@ class EnrichmentEngine:
         self._index: dict[str, deque[_Indexed]] = {}
         self._applied_key: ReloadKey | None = None
         self._evicted_end_seconds: dict[str, dict[int, int]] = {}
+        self._applied_log: list[ReloadArrival] = []
         self.stats = EngineStats()
 
     # --- input -----------------------------------------------------------------------------
@@ -237,12 +238,18 @@ class EnrichmentEngine:
                 out.append(Emission(span, answer, 0))
                 self.stats.first_answers += 1
 
+    def take_applied(self) -> list[ReloadArrival]:
+        """Reloads applied (new to the timeline) since the last call, in application order."""
+        applied, self._applied_log = self._applied_log, []
+        return applied
+
     def _apply(self, arrival: ReloadArrival, out: list[Emission]) -> None:
         self._applied_key = arrival.key
         reload = arrival.reload
         if not self.timeline.add(reload):
             self.stats.duplicate_reloads += 1
             return
+        self._applied_log.append(arrival)
         self.stats.reloads_applied += 1
         if not reload.succeeded:
             return

@@ -70,7 +70,7 @@ def kafka_bootstrap_servers(request: pytest.FixtureRequest, tmp_path_factory: py
 def topics(kafka_bootstrap_servers: str) -> TopicNames:
     """The five contract topics under a prefix unique to this test, created with 2 partitions."""
     names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    create_topics(kafka_bootstrap_servers, list(names.all()), partitions=2)
+    create_topics(kafka_bootstrap_servers, names.with_configs(), partitions=2)
     return names
 
 

@@ -245,3 +245,14 @@ def test_confluent_framing_errors() -> None:
         with pytest.raises(DecodeError) as caught:
             codec.decode(bad)
         assert caught.value.kind is kind
+
+
+@pytest.mark.parametrize("registry_url", [None, "mock://reloadtrace-split-frame"])
+def test_split_and_frame_reuse_an_encoded_body(registry_url: str | None) -> None:
+    codec = codec_for("Span", schema_registry_url=registry_url)
+    data = codec.encode(SPAN)
+    writer, offset = codec.split(data)
+    assert writer.fingerprint == codec.schema.fingerprint
+    assert codec.frame(data[offset:]) == data
+    with pytest.raises(DecodeError):
+        codec.split(b"\x07garbage")

@@ -1,0 +1,61 @@
+"""Settings of the streaming worker (``reloadtrace worker``): timing of enrichment, batching, limits."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DEFAULT_GRACE_PERIOD_MS = 2_000
+_DEFAULT_CORRECTION_HORIZON_MS = 120_000
+_DEFAULT_BATCH_SIZE = 5_000
+_DEFAULT_POLL_TIMEOUT_MS = 50
+_DEFAULT_COMMIT_INTERVAL_MS = 1_000
+_DEFAULT_WATERMARK_INTERVAL_MS = 100
+_DEFAULT_CLOCK_SKEW_MS = 200
+_DEFAULT_MAX_SPAN_AGE_MS = 30 * 24 * 3_600 * 1_000
+_DEFAULT_MAX_FUTURE_MS = 3_600 * 1_000
+
+
+class WorkerSettings(BaseSettings):
+    """Environment variables ``RELOADTRACE_<FIELD>`` (e.g. ``RELOADTRACE_GRACE_PERIOD_MS``).
+
+    Raises:
+        pydantic.ValidationError: a value is out of range (e.g. horizon shorter than grace).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RELOADTRACE_", extra="ignore")
+
+    group_id: str = Field(default="reloadtrace-worker", min_length=1, description="Kafka consumer group of the workers")
+    grace_period_ms: int = Field(
+        default=_DEFAULT_GRACE_PERIOD_MS, ge=0, description="How long (broker arrival time) a span waits for reloads"
+    )
+    correction_horizon_ms: int = Field(
+        default=_DEFAULT_CORRECTION_HORIZON_MS, ge=0, description="How much later a reload may still correct a span"
+    )
+    batch_size: int = Field(default=_DEFAULT_BATCH_SIZE, ge=1, description="Spans consumed per batch")
+    poll_timeout_ms: int = Field(default=_DEFAULT_POLL_TIMEOUT_MS, ge=1, description="Longest wait for a batch")
+    commit_interval_ms: int = Field(default=_DEFAULT_COMMIT_INTERVAL_MS, ge=10, description="Offset commit period")
+    watermark_interval_ms: int = Field(
+        default=_DEFAULT_WATERMARK_INTERVAL_MS, ge=10, description="How often idle partitions are checked for progress"
+    )
+    clock_skew_ms: int = Field(
+        default=_DEFAULT_CLOCK_SKEW_MS, ge=0, description="Allowance between this host's clock and the broker's"
+    )
+    max_span_age_ms: int = Field(
+        default=_DEFAULT_MAX_SPAN_AGE_MS, ge=1, description="Spans older than this at arrival are dead-lettered"
+    )
+    max_future_ms: int = Field(
+        default=_DEFAULT_MAX_FUTURE_MS, ge=0, description="Spans from further in the future are dead-lettered"
+    )
+    detection_enabled: bool = Field(default=True, description="Judge every reload for regressions")
+    sink_url: str | None = Field(
+        default="chdb://./data/chdb", description="ClickHouse destination (chdb://PATH or clickhouse://...); empty = none"
+    )
+
+    @model_validator(mode="after")
+    def _horizon_covers_grace(self) -> WorkerSettings:
+        if self.correction_horizon_ms < self.grace_period_ms:
+            raise ValueError(
+                f"correction_horizon_ms ({self.correction_horizon_ms}) must be >= grace_period_ms ({self.grace_period_ms})"
+            )
+        return self
