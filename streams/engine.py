@@ -101,6 +101,9 @@ class EngineStats:
     corrections: int = 0
     reloads_applied: int = 0
     duplicate_reloads: int = 0
+    conflicting_reloads: int = 0
+    """Reloads whose reload_id was already applied with different content (refused)."""
+    conflicting_reload_ids: set[str] = field(default_factory=set)
     beyond_horizon: int = 0
     """Spans a reload would have changed but that arrived more than the horizon before it."""
     beyond_horizon_reload_ids: set[str] = field(default_factory=set)
@@ -246,7 +249,14 @@ class EnrichmentEngine:
     def _apply(self, arrival: ReloadArrival, out: list[Emission]) -> None:
         self._applied_key = arrival.key
         reload = arrival.reload
-        if not self.timeline.add(reload):
+        try:
+            added = self.timeline.add(reload)
+        except ValueError:
+            # The same reload_id again with other content: the first one (in arrival order) stays.
+            self.stats.conflicting_reloads += 1
+            self.stats.conflicting_reload_ids.add(reload.reload_id)
+            return
+        if not added:
             self.stats.duplicate_reloads += 1
             return
         self._applied_log.append(arrival)

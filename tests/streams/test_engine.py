@@ -32,6 +32,8 @@ class ListTimeline:
 
     def add(self, reload: ReloadEvent) -> bool:
         if reload.reload_id in self.reloads:
+            if self.reloads[reload.reload_id] != reload:
+                raise ValueError(f"reload {reload.reload_id} known with other content")
             return False
         self.reloads[reload.reload_id] = reload
         return True
@@ -146,8 +148,10 @@ def test_duplicate_reload_ids_apply_once_and_out_of_order_spans_are_refused() ->
     assert engine.add_reload(reload_at("r1", effective=15, arrival=10, offset=0))
     assert not engine.add_reload(reload_at("r1", effective=15, arrival=10, offset=0))
     engine.add_reload(reload_at("r1", effective=15, arrival=20, offset=1))  # same id republished
+    engine.add_reload(reload_at("r1", effective=99, arrival=30, offset=2))  # same id, other content
     engine.drain()
     assert engine.stats.reloads_applied == 1 and engine.stats.duplicate_reloads == 1
+    assert engine.stats.conflicting_reloads == 1 and engine.stats.conflicting_reload_ids == {"r1"}
     engine.add_span(span_at(0, arrival=500, start=1, end=2))
     with pytest.raises(ValueError, match="back in time"):
         engine.add_span(span_at(1, arrival=499, start=1, end=2))
