@@ -1,0 +1,94 @@
+"""The OTel span processor that stamps pinned versions at start and the mid-flight mark at end."""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import context as context_api
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.attributes import BoundedAttributes
+
+from gateway.attributes import MID_FLIGHT, MID_FLIGHT_COMPONENTS, MID_FLIGHT_RELOAD_IDS, version_stamp
+from gateway.baggage import upstream_attributes
+from gateway.handle import RELOAD_ID_ATTRIBUTE, ReloadRegistry
+from gateway.pinning import current_pin
+
+_LOG = logging.getLogger(__name__)
+
+
+class ReloadStampingSpanProcessor(SpanProcessor):
+    """Stamps spans with component versions and forwards them, marked, to ``downstream``.
+
+    At start: the versions pinned by the running request (``gateway.pinning.pin``), or the
+    registry's current ones when no request is pinned. At end: ``reload.mid_flight`` (bool) and,
+    when true, ``reload.mid_flight.reload_ids`` / ``.components`` — the successful reloads of this
+    registry with start < effective ≤ end, the rule the enrichment stream applies.
+
+    The SDK freezes a span's attributes before ``on_end``, so the mark is added to a copy handed
+    to ``downstream`` (typically ``BatchSpanProcessor(KafkaSpanExporter(...))``): register this
+    processor *instead of* the exporting one, not next to it. Never raises into the application.
+
+    Args:
+        registry: the handles of this service instance.
+        downstream: receives every ended span with the mark; None = stamp only.
+        copy_baggage: also copy upstream versions found in W3C baggage onto each span.
+    """
+
+    def __init__(self, registry: ReloadRegistry, downstream: SpanProcessor | None = None, *, copy_baggage: bool = True) -> None:
+        self.registry = registry
+        self.downstream = downstream
+        self.copy_baggage = copy_baggage
+
+    def on_start(self, span: Span, parent_context: context_api.Context | None = None) -> None:
+        try:
+            pinned = current_pin(self.registry)
+            snapshots = pinned.snapshots if pinned is not None else self.registry.snapshots()
+            attributes = version_stamp(snapshots, span.attributes)
+            if self.copy_baggage:
+                attributes.update(upstream_attributes(parent_context))
+            span.set_attributes(attributes)
+        except Exception:  # noqa: BLE001 - instrumentation never breaks the application
+            _LOG.exception("could not stamp versions on span %s", span.name)
+        if self.downstream is not None:
+            self.downstream.on_start(span, parent_context)
+
+    def marked(self, span: ReadableSpan) -> ReadableSpan:
+        """A copy of ``span`` with the mid-flight attributes."""
+        attributes = dict(span.attributes or {})
+        if span.start_time is not None and span.end_time is not None and RELOAD_ID_ATTRIBUTE not in attributes:
+            reloads = self.registry.reloads_between(span.start_time, span.end_time)
+            attributes[MID_FLIGHT] = bool(reloads)
+            if reloads:
+                attributes[MID_FLIGHT_RELOAD_IDS] = tuple(sorted({reload_id for _, reload_id, _ in reloads}))
+                attributes[MID_FLIGHT_COMPONENTS] = tuple(sorted({component for _, _, component in reloads}))
+        return ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=BoundedAttributes(maxlen=None, attributes=attributes, immutable=True),
+            events=span.events,
+            links=span.links,
+            kind=span.kind,
+            status=span.status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.downstream is None:
+            return
+        try:
+            forwarded = self.marked(span)
+        except Exception:  # noqa: BLE001 - forward unmarked rather than lose the span
+            _LOG.exception("could not mark span %s", span.name)
+            forwarded = span
+        self.downstream.on_end(forwarded)
+
+    def shutdown(self) -> None:
+        if self.downstream is not None:
+            self.downstream.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True if self.downstream is None else self.downstream.force_flush(timeout_millis)
