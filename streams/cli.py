@@ -55,6 +55,24 @@ def worker(
     run_worker(kafka, settings, loglevel=loglevel)
 
 
+@app.command()
+def replay(
+    spans: str = typer.Option(..., "--spans", help="Span file (.jsonl or .avro), any order"),
+    reloads: str = typer.Option(..., "--reloads", help="Reload event file (.jsonl or .avro), any order"),
+    out: str = typer.Option(..., "--out", help="Output directory: enriched_spans.jsonl and anomalies.jsonl"),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar [default: on a terminal]"),
+) -> None:
+    """Enrich a span file offline with every reload known, and judge every reload."""
+    from streams.replay import ReplayError, RecordFileError, print_summary, run_replay
+
+    try:
+        summary = run_replay(spans, reloads, out, progress=progress)
+    except (RecordFileError, ReplayError) as error:
+        typer.echo(f"reloadtrace replay: {error}", err=True)
+        raise typer.Exit(2) from None
+    print_summary(summary)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,341 @@
+"""Offline replay: enrich a file of spans with a file of reloads, every reload known (``reloadtrace replay``).
+
+Reads spans and reloads from JSON Lines or Avro container files (format by extension, in any
+order), loads every reload into a :class:`~streams.timeline.VersionTimeline` first, then streams
+the spans once, in file order, writing ``enriched_spans.jsonl`` (revision 0: with all reloads known
+there is nothing to correct) and ``anomalies.jsonl``. The answers are those the streaming worker
+converges to (same :func:`~streams.enriched_wire.enrichment_of`).
+
+Guarantees: every input record is either written or reported as skipped (file, line or record
+number, reason); the output holds spans in input order. Non-guarantees: a reload_id present twice
+with different content keeps its first occurrence in file order (the worker keeps the first in
+arrival order); timestamps are not checked against a clock (there is none offline).
+
+Speed: a (service, instance)'s answer can change only at the effective times of its reloads, so a
+span's enrichment is looked up by the pair of segments its start and end fall in, and the encoded
+enrichment fields are reused as bytes; the span itself is decoded and re-encoded once (orjson).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import fastavro
+import orjson
+
+from schemas.errors import InvalidRecordError, ReloadtraceError
+from schemas.files import SUFFIXES, RecordFileError, read_records
+from schemas.records import ENRICHMENT_FIELDS, ReloadEvent, Span, validate_span
+from streams.enriched_wire import enrichment_of
+from streams.timeline import VersionTimeline
+
+ENRICHED_FILE = "enriched_spans.jsonl"
+ANOMALIES_FILE = "anomalies.jsonl"
+_SKIPPED_KEPT = 1_000
+_PROGRESS_EVERY = 16_384
+_SPAN_FIELD_COUNT = len(Span.__annotations__)
+
+
+class ReplayError(ReloadtraceError):
+    """Replay cannot run: an input file is unreadable or the output directory is not writable."""
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRecord:
+    """An input record replay did not use, and why."""
+
+    path: str
+    position: int
+    """1-based line number (JSONL) or record number (Avro)."""
+    reason: str
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay read, wrote and skipped."""
+
+    spans_path: Path
+    reloads_path: Path
+    enriched_path: Path
+    anomalies_path: Path
+    spans_read: int = 0
+    spans_written: int = 0
+    spans_skipped: int = 0
+    reloads_read: int = 0
+    reloads_used: int = 0
+    reloads_skipped: int = 0
+    duplicate_reloads: int = 0
+    conflicting_reloads: int = 0
+    anomalies: int = 0
+    detection_built: bool = False
+    distinct_answers: int = 0
+    seconds: float = 0.0
+    skipped: list[SkippedRecord] = field(default_factory=list)
+    """The first skipped records (at most 1000); the counts above are complete."""
+
+    @property
+    def spans_per_second(self) -> float:
+        return self.spans_read / self.seconds if self.seconds > 0 else 0.0
+
+    def _skip(self, path: Path, position: int, reason: str) -> None:
+        if len(self.skipped) < _SKIPPED_KEPT:
+            self.skipped.append(SkippedRecord(str(path), position, reason))
+
+
+def load_reloads(path: Path | str, summary: ReplaySummary | None = None) -> VersionTimeline:
+    """Every valid reload of a file in a timeline; invalid and conflicting ones are reported in ``summary``.
+
+    Raises:
+        RecordFileError: the file is unreadable.
+    """
+    path = Path(path)
+    timeline = VersionTimeline()
+    for item in read_records(path):
+        if summary is not None:
+            summary.reloads_read += 1
+        if item.record is None:
+            _count_skipped_reload(summary, path, item.position, item.error or "unreadable")
+            continue
+        try:
+            reload = ReloadEvent.from_dict(item.record)
+        except InvalidRecordError as error:
+            _count_skipped_reload(summary, path, item.position, f"invalid reload: {error}")
+            continue
+        try:
+            added = timeline.add(reload)
+        except ValueError as error:
+            _count_skipped_reload(summary, path, item.position, f"conflicting reload: {error}")
+            if summary is not None:
+                summary.conflicting_reloads += 1
+            continue
+        if summary is not None:
+            if added:
+                summary.reloads_used += 1
+            else:
+                summary.duplicate_reloads += 1
+    return timeline
+
+
+def _count_skipped_reload(summary: ReplaySummary | None, path: Path, position: int, reason: str) -> None:
+    if summary is not None:
+        summary.reloads_skipped += 1
+        summary._skip(path, position, reason)
+
+
+def iter_span_records(path: Path, handle: BinaryIO) -> Iterator[tuple[int, Any]]:
+    """(position, dict) per record, or (position, error text) for a JSON line that does not parse.
+
+    Kept apart from :func:`schemas.files.read_records` to avoid one object per span on the hot path;
+    the formats and positions are the same.
+
+    Raises:
+        RecordFileError: an Avro container is corrupt.
+    """
+    if path.suffix.lower() == ".jsonl":
+        loads = orjson.loads
+        for number, line in enumerate(handle, start=1):
+            try:
+                record = loads(line)
+            except orjson.JSONDecodeError as error:
+                if line.strip():
+                    yield number, f"not JSON: {error}"
+                continue
+            yield number, record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+        return
+    try:
+        yield from enumerate(fastavro.reader(handle), start=1)
+    except Exception as error:  # noqa: BLE001 - fastavro raises many types on corrupt containers
+        raise RecordFileError(f"{path}: not a readable Avro container file: {error!r}") from error
+
+
+def _open_input(path: Path) -> BinaryIO:
+    if path.suffix.lower() not in SUFFIXES:
+        raise RecordFileError(f"{path}: unknown extension {path.suffix!r}; use .jsonl or .avro")
+    try:
+        return path.open("rb")
+    except OSError as error:
+        raise RecordFileError(f"{path}: cannot open: {error.strerror or error}") from error
+
+
+def _detector() -> Callable[..., Any] | None:
+    """The offline detection entry point, once helper C's :mod:`streams.detection` provides it."""
+    try:
+        from streams import detection
+    except ImportError:
+        return None
+    return getattr(detection, "detect_offline", None)
+
+
+def _enrichment_tail(answer: Any) -> bytes:
+    """The JSON of the enrichment fields at revision 0, without braces, to splice after a span."""
+    return orjson.dumps(answer.fields(0))[1:-1]
+
+
+def run_replay(
+    spans_path: Path | str,
+    reloads_path: Path | str,
+    out_dir: Path | str,
+    *,
+    progress: bool | None = None,
+    detect: bool = True,
+) -> ReplaySummary:
+    """Enrich every span of ``spans_path`` with every reload of ``reloads_path`` into ``out_dir``.
+
+    Args:
+        progress: show a progress bar; default: only when stderr is a terminal.
+        detect: run offline anomaly detection when it is available.
+
+    Raises:
+        RecordFileError: an input file cannot be read (missing, unknown extension, corrupt Avro).
+        ReplayError: the output directory cannot be written.
+    """
+    spans_path, reloads_path, out = Path(spans_path), Path(reloads_path), Path(out_dir)
+    summary = ReplaySummary(spans_path, reloads_path, out / ENRICHED_FILE, out / ANOMALIES_FILE)
+    started = time.perf_counter()
+    timeline = load_reloads(reloads_path, summary)
+    handle = _open_input(spans_path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        output = summary.enriched_path.open("wb")
+    except OSError as error:
+        handle.close()
+        raise ReplayError(f"{out}: cannot write the output: {error.strerror or error}") from error
+    detect_offline = _detector() if detect else None
+    collected: list[dict[str, Any]] | None = [] if detect_offline is not None else None
+    show = sys.stderr.isatty() if progress is None else progress
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()  # the timeline and everything loaded so far: never scanned again
+    gc.disable()  # span dicts hold no cycles; a full scan per 700 allocations is pure overhead
+    try:
+        with handle, output:
+            _enrich_all(spans_path, handle, output, timeline, summary, collected, show)
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.unfreeze()
+    summary.detection_built = detect_offline is not None
+    with summary.anomalies_path.open("wb") as anomalies_out:
+        if detect_offline is not None:
+            reloads = [reload for service in timeline.services() for reload in timeline.reloads(service)]
+            for anomaly in detect_offline(collected, reloads):
+                anomalies_out.write(orjson.dumps(anomaly, option=orjson.OPT_APPEND_NEWLINE))
+                summary.anomalies += 1
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _enrich_all(
+    path: Path,
+    handle: BinaryIO,
+    output: BinaryIO,
+    timeline: VersionTimeline,
+    summary: ReplaySummary,
+    collected: list[dict[str, Any]] | None,
+    show_progress: bool,
+) -> None:
+    # The hot loop: locals only, one dict per span (the decoded record), no per-span objects.
+    dumps, write, validate = orjson.dumps, output.write, validate_span
+    cache: dict[tuple[str, str], tuple[list[int], dict[tuple[int, int], bytes]]] = {}
+    bar = _ProgressBar(path) if show_progress else None
+    read = written = 0
+    try:
+        for position, record in iter_span_records(path, handle):
+            read += 1
+            if bar is not None and not read % _PROGRESS_EVERY:
+                bar.update(handle.tell())
+            if type(record) is not dict:
+                summary.spans_skipped += 1
+                summary._skip(path, position, record)
+                continue
+            try:
+                validate(record)
+            except InvalidRecordError as error:
+                summary.spans_skipped += 1
+                summary._skip(path, position, f"invalid span: {error}")
+                continue
+            service, instance = record["service_name"], record["service_instance_id"]
+            start, end = record["start_time_unix_nano"], record["end_time_unix_nano"]
+            entry = cache.get((service, instance))
+            if entry is None:
+                entry = cache[(service, instance)] = (timeline.change_points(service, instance), {})
+            points, tails = entry
+            segments = (bisect_right(points, start), bisect_right(points, end)) if points else (0, 0)
+            tail = tails.get(segments)
+            if tail is None:
+                tail = tails[segments] = _enrichment_tail(enrichment_of(timeline, service, instance, start, end))
+            if "resource_attributes" not in record:
+                record["resource_attributes"] = None
+            if len(record) > _SPAN_FIELD_COUNT:  # an enriched span replayed: its old answer goes
+                for name in ENRICHMENT_FIELDS:
+                    record.pop(name, None)
+            write(dumps(record)[:-1] + b"," + tail + b"}\n")
+            written += 1
+            if collected is not None:
+                collected.append(record)
+    finally:
+        summary.spans_read += read
+        summary.spans_written += written
+        summary.distinct_answers += sum(len(tails) for _, tails in cache.values())
+        if bar is not None:
+            bar.close()
+
+
+class _ProgressBar:
+    """A rich progress bar over the bytes of the span file (only on a terminal)."""
+
+    def __init__(self, path: Path) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("enriching {task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+            transient=False,
+        )
+        self._task = self._progress.add_task(path.name, total=path.stat().st_size)
+        self._progress.start()
+
+    def update(self, completed: int) -> None:
+        self._progress.update(self._task, completed=completed)
+
+    def close(self) -> None:
+        self._progress.update(self._task, completed=self._progress.tasks[0].total)
+        self._progress.stop()
+
+
+def print_summary(summary: ReplaySummary, *, shown: int = 20) -> None:
+    """Tell what was written and skipped (first ``shown`` skipped records with their positions)."""
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {summary.spans_written} enriched spans to {summary.enriched_path} "
+        f"({summary.distinct_answers} distinct answers, {summary.reloads_used} reloads, "
+        f"{summary.spans_per_second:,.0f} spans/s)"
+    )
+    if summary.detection_built:
+        console.print(f"wrote {summary.anomalies} anomalies to {summary.anomalies_path}")
+    else:
+        console.print(f"anomaly detection is not built yet: wrote an empty {summary.anomalies_path}")
+    if summary.duplicate_reloads:
+        console.print(f"ignored {summary.duplicate_reloads} exact duplicate reloads")
+    for label, count, path in (
+        ("spans", summary.spans_skipped, summary.spans_path),
+        ("reloads", summary.reloads_skipped, summary.reloads_path),
+    ):
+        if count:
+            errors.print(f"skipped {count} invalid {label} in {path}:")
+    for skipped in summary.skipped[:shown]:
+        unit = "line" if skipped.path.lower().endswith(".jsonl") else "record"
+        errors.print(f"  {skipped.path} {unit} {skipped.position}: {skipped.reason}", markup=False)
+    if len(summary.skipped) > shown or summary.spans_skipped + summary.reloads_skipped > len(summary.skipped[:shown]):
+        rest = summary.spans_skipped + summary.reloads_skipped - min(shown, len(summary.skipped))
+        if rest > 0:
+            errors.print(f"  ... and {rest} more")
