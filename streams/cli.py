@@ -73,6 +73,98 @@ def replay(
     print_summary(summary)
 
 
+@app.command()
+def simulate(
+    seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files"),
+    services: int = typer.Option(3, help="Number of services"),
+    instances: int = typer.Option(2, help="Instances per service"),
+    rate: float = typer.Option(10.0, help="Requests per second per service"),
+    duration_s: float = typer.Option(60.0, "--duration-s", help="Simulated seconds"),
+    reloads_per_service: int = typer.Option(3, help="Random reloads per service"),
+    late_fraction: float = typer.Option(0.2, help="Share of reloads published late"),
+    max_lateness_s: float = typer.Option(5.0, "--max-lateness-s", help="Latest publication delay of a late reload"),
+    regression: list[str] = typer.Option(
+        [], help="INDEX:LATENCY_FACTOR:ERROR_RATE, e.g. 2:2.0:0.15 (repeatable; ERROR_RATE may be empty)"
+    ),
+    out: str = typer.Option(None, "--out", help="Write spans, reloads and ground_truth.json to this directory"),
+    file_format: str = typer.Option("jsonl", "--format", help="jsonl or avro"),
+    kafka: bool = typer.Option(None, "--kafka/--no-kafka", help="Publish to the topics [default: when no --out]"),
+    realtime: bool = typer.Option(False, "--realtime", help="Event time = now, published at real-time pace"),
+    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
+    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+) -> None:
+    """Generate multi-service LLM-gateway traffic with reloads (and injected regressions) to Kafka or files."""
+    from pathlib import Path
+
+    from gateway.commands import run_simulate
+    from gateway.errors import SimulationConfigError
+    from gateway.simulator import Regression, SimulationConfig
+    from schemas.settings import KafkaSettings
+
+    names = ("llm-gateway", "chat-api", "embeddings-api", "rag-api", "moderation-api", "agent-api")
+    try:
+        regressions = []
+        for text in regression:
+            index, factor, error_rate = (text.split(":") + ["", ""])[:3]
+            regressions.append(
+                Regression(reload_index=int(index), latency_factor=float(factor or 1.0), error_rate=float(error_rate) if error_rate else None)
+            )
+        config = SimulationConfig(
+            seed=seed,
+            services=tuple(names[i] if i < len(names) else f"service-{i}" for i in range(services)),
+            instances_per_service=instances,
+            requests_per_second_per_service=rate,
+            duration_s=duration_s,
+            reloads_per_service=reloads_per_service,
+            late_fraction=late_fraction,
+            max_lateness_s=max_lateness_s,
+            regressions=tuple(regressions),
+        )
+    except (ValueError, SimulationConfigError) as error:
+        typer.echo(f"reloadtrace simulate: {error}", err=True)
+        raise typer.Exit(2) from None
+    publish = kafka if kafka is not None else out is None
+    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
+    settings = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None}) if publish else None
+    code = run_simulate(config, kafka=settings, out=Path(out) if out else None, file_format=file_format, realtime=realtime)
+    raise typer.Exit(code)
+
+
+@app.command()
+def produce(
+    spans: str = typer.Option(..., "--spans", help="Span file (.jsonl or .avro)"),
+    reloads: str = typer.Option(..., "--reloads", help="Reload event file (.jsonl or .avro)"),
+    order: str = typer.Option(
+        "reloads-first", help="reloads-first | spans-first | event-time (spans at end, reloads at effective + delay)"
+    ),
+    ground_truth: str = typer.Option(None, help="Simulator ground_truth.json: publication delays for event-time"),
+    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
+    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+) -> None:
+    """Publish span and reload files to the topics (backfills, tests), reporting counts and skipped lines."""
+    from pathlib import Path
+
+    from gateway.commands import run_produce
+    from gateway.produce import Interleaving
+    from schemas.files import RecordFileError
+    from schemas.settings import KafkaSettings
+
+    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
+    try:
+        interleaving = Interleaving(order)
+        code = run_produce(
+            KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None}),
+            Path(spans),
+            Path(reloads),
+            interleaving=interleaving,
+            ground_truth=Path(ground_truth) if ground_truth else None,
+        )
+    except (ValueError, RecordFileError, OSError) as error:
+        typer.echo(f"reloadtrace produce: {error}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()
 
