@@ -85,6 +85,8 @@ def create_app(
         topic_partitions=kafka.partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000),
     )
     enricher = SpanEnricher(kafka, settings, timeline_factory=timeline_factory)
 

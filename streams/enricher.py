@@ -43,6 +43,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from confluent_kafka.admin import AdminClient, NewTopic
+
 from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
 from schemas.records import ReloadEvent, check_time_plausible, dead_letter, validate_span
 from schemas.settings import KafkaSettings
@@ -109,6 +111,31 @@ def decode_frontier(metadata: str | None) -> tuple[bool, ReloadKey | None]:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         logger.warning("ignoring unreadable commit metadata %r", metadata)
         return False, None
+
+
+def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
+    """Create the pipeline's topics that do not exist yet (``kafka.partitions`` each, broker-default
+    replication, the configs the worker relies on: log-append time, reloads kept forever).
+
+    Raises:
+        EnricherError: a topic could not be created.
+    """
+    admin = AdminClient(kafka.confluent_config())
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [
+        NewTopic(name, num_partitions=kafka.partitions, replication_factor=-1, config=dict(config))
+        for name, config in kafka.topics.with_configs().items()
+        if name not in existing
+    ]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except Exception as error:  # noqa: BLE001 - KafkaException; an existing topic is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(error):
+                raise EnricherError(f"creating topic {name} failed: {error}") from error
+    logger.info("created topics %s", ", ".join(topic.topic for topic in missing))
 
 
 class RequestFeed:
@@ -209,6 +236,7 @@ class SpanEnricher:
             EnricherError: deliveries failed; nothing after the last commit is acknowledged.
         """
         base = self._kafka.confluent_config()
+        ensure_topics(self._kafka)
         self._producer = Producer(
             base
             | {
@@ -240,6 +268,8 @@ class SpanEnricher:
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
                 "max.poll.interval.ms": 600_000,
+                "session.timeout.ms": self._settings.session_timeout_ms,
+                "heartbeat.interval.ms": min(3_000, self._settings.session_timeout_ms // 3),
                 "fetch.wait.max.ms": 100,
             }
         )

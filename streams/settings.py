@@ -14,6 +14,7 @@ _DEFAULT_WATERMARK_INTERVAL_MS = 100
 _DEFAULT_CLOCK_SKEW_MS = 200
 _DEFAULT_MAX_SPAN_AGE_MS = 30 * 24 * 3_600 * 1_000
 _DEFAULT_MAX_FUTURE_MS = 3_600 * 1_000
+_DEFAULT_SESSION_TIMEOUT_MS = 45_000
 
 
 class WorkerSettings(BaseSettings):
@@ -46,6 +47,11 @@ class WorkerSettings(BaseSettings):
     )
     max_future_ms: int = Field(
         default=_DEFAULT_MAX_FUTURE_MS, ge=0, description="Spans from further in the future are dead-lettered"
+    )
+    session_timeout_ms: int = Field(
+        default=_DEFAULT_SESSION_TIMEOUT_MS,
+        ge=6_000,
+        description="Consumer-group session timeout: how long a crashed worker's partitions wait for a new owner",
     )
     detection_enabled: bool = Field(default=True, description="Judge every reload for regressions")
     sink_url: str | None = Field(
