@@ -1,0 +1,42 @@
+"""Acceptance: on simulated traffic, every injected regression is flagged and no benign reload alarms.
+
+Traffic: about 10 requests/s per service on 4 instances; injected regressions are latency x2,
+error rate 1% -> 15%, and a canary with latency x2 on its instance; benign reloads are a
+no-change reload, the revert right after each regression, a reload with no prior traffic, a
+FAILED reload, a no-change canary and a no-change reload of another component.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.detection import ERROR_RATE, LATENCY, detect_offline
+from tests.streams.test_detect_traffic import generate
+
+SEEDS = range(24)
+REGRESSION_METRICS = {LATENCY, ERROR_RATE}
+
+
+@pytest.mark.parametrize("sigma", [0.5, 0.8])
+def test_injected_regressions_are_flagged_and_benign_reloads_stay_quiet(sigma: float) -> None:
+    misses, false_alarms = [], []
+    for seed in SEEDS:
+        data = generate(seed, sigma=sigma)
+        anomalies = detect_offline(data.spans(), data.reloads)
+        assert all(a["reload_id"] for a in anomalies)
+        alarms = {(a["reload_id"], a["metric"]) for a in anomalies if a["severity"] != "INFO"}
+        for expectation in data.truth:
+            flagged = {metric for reload_id, metric in alarms if reload_id == expectation.reload_id}
+            if expectation.metric is not None and expectation.metric not in flagged:
+                misses.append((seed, expectation.label))
+            wrong = flagged - {expectation.metric}
+            if wrong:
+                false_alarms.append((seed, expectation.label, sorted(wrong)))
+    assert misses == []
+    assert false_alarms == []
+
+
+def test_the_failed_reload_is_recorded_as_info_not_an_alarm() -> None:
+    data = generate(3)
+    failed = [a for a in detect_offline(data.spans(), data.reloads) if a["reload_id"] == "steady-r2"]
+    assert [(a["metric"], a["severity"]) for a in failed] == [("reload_failed", "INFO")]
