@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from opentelemetry import context as context_api
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.attributes import BoundedAttributes
 
 from gateway.attributes import MID_FLIGHT, MID_FLIGHT_COMPONENTS, MID_FLIGHT_RELOAD_IDS, version_stamp
@@ -32,12 +34,22 @@ class ReloadStampingSpanProcessor(SpanProcessor):
         registry: the handles of this service instance.
         downstream: receives every ended span with the mark; None = stamp only.
         copy_baggage: also copy upstream versions found in W3C baggage onto each span.
+        exporter: flushed after ``downstream`` on :meth:`force_flush`, so a flush waits for
+            delivery too (the SDK's ``BatchSpanProcessor.force_flush`` does not flush its exporter).
     """
 
-    def __init__(self, registry: ReloadRegistry, downstream: SpanProcessor | None = None, *, copy_baggage: bool = True) -> None:
+    def __init__(
+        self,
+        registry: ReloadRegistry,
+        downstream: SpanProcessor | None = None,
+        *,
+        copy_baggage: bool = True,
+        exporter: SpanExporter | None = None,
+    ) -> None:
         self.registry = registry
         self.downstream = downstream
         self.copy_baggage = copy_baggage
+        self.exporter = exporter
 
     def on_start(self, span: Span, parent_context: context_api.Context | None = None) -> None:
         try:
@@ -91,4 +103,21 @@ class ReloadStampingSpanProcessor(SpanProcessor):
             self.downstream.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True if self.downstream is None else self.downstream.force_flush(timeout_millis)
+        deadline = time.monotonic() + timeout_millis / 1000
+        flushed = True if self.downstream is None else self.downstream.force_flush(timeout_millis)
+        if self.exporter is not None:
+            remaining_millis = max(0, int((deadline - time.monotonic()) * 1000))
+            flushed = self.exporter.force_flush(remaining_millis) and flushed
+        return flushed
+
+
+def kafka_span_processor(
+    registry: ReloadRegistry, exporter: SpanExporter, *, copy_baggage: bool = True, **batch_options: int
+) -> ReloadStampingSpanProcessor:
+    """The usual wiring: stamping → ``BatchSpanProcessor(exporter, **batch_options)``, flushes reaching the exporter.
+
+    ``provider.add_span_processor(kafka_span_processor(registry, KafkaSpanExporter(kafka)))``.
+    """
+    return ReloadStampingSpanProcessor(
+        registry, BatchSpanProcessor(exporter, **batch_options), copy_baggage=copy_baggage, exporter=exporter
+    )

@@ -106,8 +106,9 @@ def prompt_hash(template: str) -> str:
 def model_context_of(component: str, value: Any) -> dict[str, str]:
     """The model context of a snapshot (the ``model_context`` of its ReloadEvent).
 
-    For ``model``: ``model.id``, ``model.version``, ``model.provider``, ``model.parameters``
-    (canonical JSON) and ``prompt_template.hash``; for ``prompt_template``: the template hash.
+    For ``model``: ``model.id``, ``model.version``, ``model.provider``, one
+    ``model.parameters.<name>`` per parameter (so redaction judges each name) and
+    ``prompt_template.hash``; for ``prompt_template``: the template hash.
     Other components have none. The prompt text itself is never included, only its hash.
     """
     if not isinstance(value, Mapping):
@@ -117,8 +118,10 @@ def model_context_of(component: str, value: Any) -> dict[str, str]:
         for key in ("id", "version", "provider"):
             if value.get(key) is not None:
                 context[f"model.{key}"] = str(value[key])
-        if value.get("parameters"):
-            context["model.parameters"] = canonical_json(value["parameters"])
+        parameters = value.get("parameters")
+        if isinstance(parameters, Mapping):
+            for key, item in parameters.items():
+                context[f"model.parameters.{key}"] = item if isinstance(item, str) else canonical_json(item)
     if component in (MODEL_COMPONENT, PROMPT_TEMPLATE_COMPONENT):
         if isinstance(value.get("prompt_template"), str):
             context["prompt_template.hash"] = prompt_hash(value["prompt_template"])
