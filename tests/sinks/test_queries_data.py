@@ -234,6 +234,10 @@ class AnalystDataset:
     anomalies: list[dict[str, Any]]
     dead_letters: list[dict[str, Any]]
     source: str = "reference generator"
+    start_unix_nano: int = T0
+    """When the simulated traffic starts (the initial reloads take effect then)."""
+    regression_reload_id: str = "r-llm-model-2"
+    """The reload after which the traffic got slower and failed more."""
     final_spans: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -252,32 +256,27 @@ def latest_revisions(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _late_corrections(
-    spans: Sequence[dict[str, Any]], reloads: Sequence[ReloadEvent], enrich: Any
+    spans: Sequence[dict[str, Any]], reloads: Sequence[ReloadEvent], enrich: Any, lateness_ns: dict[str, int]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """First answers (stale where a reload arrived late) and the revision-1 corrections."""
-    late = {r.reload_id for r in reloads if r.succeeded and r.effective_time_unix_nano > T0}
+    """First answers and the revision-1 corrections, for reloads published ``lateness_ns`` after taking effect.
+
+    As the streaming engine does: a span that ended before a late reload was published got its
+    first answer without that reload; when the reload changes the answer, revision 1 corrects it.
+    """
     by_id = {r.reload_id: r for r in reloads}
     first, corrections = [], []
     for span in spans:
         final = enrich(span, reloads)
-        stale_by = next(
-            (
-                rid
-                for rid in sorted(late)
-                if by_id[rid].service_name == span["service_name"]
-                and 0 <= span["start_time_unix_nano"] - by_id[rid].effective_time_unix_nano < 5 * NS_PER_S
-            ),
-            None,
-        )
-        if stale_by is None:
-            first.append(final)
-            continue
-        stale = enrich(span, [r for r in reloads if r.reload_id != stale_by])
-        if stale == final:
-            first.append(final)
-            continue
+        missed = [
+            rid
+            for rid, late in sorted(lateness_ns.items())
+            if by_id[rid].service_name == span["service_name"]
+            and by_id[rid].effective_time_unix_nano <= span["end_time_unix_nano"] < by_id[rid].effective_time_unix_nano + late
+        ]
+        stale = enrich(span, [r for r in reloads if r.reload_id not in missed]) if missed else final
         first.append(stale)
-        corrections.append({**final, "enrichment_revision": 1})
+        if stale != final:
+            corrections.append({**final, "enrichment_revision": 1})
     return first, corrections
 
 
@@ -379,15 +378,16 @@ def _core_enrich() -> Any:
     return enrich_with
 
 
-def build_dataset(seed: int = 7, traces: int = 320) -> AnalystDataset:
-    """The analyst data set, enriched by the enrichment core when it is importable."""
+def build_reference_dataset(seed: int = 7, traces: int = 320) -> AnalystDataset:
+    """The planted data set: the generator above, enriched by the enrichment core when importable."""
     enrich: Any = _core_enrich()
-    source = "reference generator + streams.enrichment.enrich"
+    source = "planted generator + streams.enrichment"
     if enrich is None:
-        enrich, source = reference_enrich, "reference generator + reference enrichment"
+        enrich, source = reference_enrich, "planted generator + reference enrichment"
     reloads = sample_reloads()
     spans = _reference_spans(reloads, seed, traces)
-    first, corrections = _late_corrections(spans, reloads, enrich)
+    late = {r.reload_id: 5 * NS_PER_S for r in reloads if r.succeeded and r.effective_time_unix_nano > T0}
+    first, corrections = _late_corrections(spans, reloads, enrich, late)
     dataset = AnalystDataset(
         span_batches=[first, corrections],
         reloads=reloads,
@@ -396,6 +396,76 @@ def build_dataset(seed: int = 7, traces: int = 320) -> AnalystDataset:
         source=source,
     )
     dataset.final_spans.extend(latest_revisions(dataset.all_span_rows))
+    return dataset
+
+
+build_dataset = build_reference_dataset
+
+
+def _simulated_anomalies(final_spans: list[dict[str, Any]], reloads: Sequence[ReloadEvent]) -> list[dict[str, Any]]:
+    """The detection core's verdicts on the data (streams.detection), plus a re-sent and an orphan verdict."""
+    try:
+        from streams.detection import detect_offline
+    except ImportError:
+        detected: list[dict[str, Any]] = []
+    else:
+        detected = [dict(a) for a in detect_offline(final_spans, reloads)]
+    regression = next(r for r in reloads if r.reload_id.endswith("-r000"))
+    planted = [
+        # The same verdict sent first at a lower severity: the table must keep the stronger one.
+        _anomaly(anomaly_id, regression, "latency", 250.0, 610.0, 1e-4, "INFO", 10)
+        for anomaly_id in [next((a["anomaly_id"] for a in detected if a["reload_id"] == regression.reload_id), "a-planted")]
+    ]
+    orphan = {**_anomaly("a-orphan", regression, "error_rate", 0.01, 0.2, 1e-3, "WARNING", 200), "reload_id": "r-not-stored"}
+    return planted + detected + [orphan]
+
+
+def build_simulated_dataset(seed: int = 11) -> AnalystDataset | None:
+    """Traffic from the simulator (gateway.simulator) with a fixed reload schedule, enriched by the core.
+
+    None when the simulator is not importable. Reload 0 (llm-gateway model) injects a regression;
+    reloads 2 and 3 FAIL; reload 1 is a canary; reloads 0, 4 and 5 are published late.
+    """
+    try:
+        from gateway.simulator import Regression, ScheduledReload, SimulationConfig, simulate
+    except ImportError:
+        return None
+    enrich: Any = _core_enrich() or reference_enrich
+    schedule = (
+        ScheduledReload(at_s=60.0, service=LLM, component="model", lateness_s=3.0, probe_s=0.4),
+        ScheduledReload(at_s=150.0, service=LLM, component="config", instance=1, probe_s=0.08),
+        ScheduledReload(at_s=200.0, service="chat-api", component="routing_rules", fail=True, probe_s=1.5),
+        ScheduledReload(at_s=240.0, service=LLM, component="model", fail=True, probe_s=2.0),
+        ScheduledReload(at_s=300.0, service=LLM, component="model", lateness_s=2.0, probe_s=0.9),
+        ScheduledReload(at_s=330.0, service="chat-api", component="feature_flags", lateness_s=4.0, probe_s=0.02),
+        ScheduledReload(at_s=400.0, service="chat-api", component="model", probe_s=0.3),
+        ScheduledReload(at_s=450.0, service=LLM, component="prompt_template", probe_s=0.05),
+    )
+    config = SimulationConfig(
+        seed=seed,
+        services=(LLM, "chat-api"),
+        instances_per_service=2,
+        requests_per_second_per_service=2.0,
+        duration_s=540.0,
+        reloads=schedule,
+        regressions=(Regression(reload_index=0, latency_factor=2.5, error_rate=0.2),),
+    )
+    simulation = simulate(config)
+    reloads = list(simulation.reloads)
+    spans = [dict(span) for span in simulation.spans]
+    late = {f"sim{seed}-r{index:03d}": int(item.lateness_s * NS_PER_S) for index, item in enumerate(schedule) if item.lateness_s}
+    first, corrections = _late_corrections(spans, reloads, enrich, late)
+    finals = latest_revisions([*first, *corrections])
+    dataset = AnalystDataset(
+        span_batches=[first, corrections],
+        reloads=reloads,
+        anomalies=_simulated_anomalies(finals, reloads),
+        dead_letters=sample_dead_letters(),
+        source="gateway.simulator + streams.enrichment + streams.detection",
+        start_unix_nano=config.start_time_unix_nano,
+        regression_reload_id=f"sim{seed}-r000",
+    )
+    dataset.final_spans.extend(finals)
     return dataset
 
 
