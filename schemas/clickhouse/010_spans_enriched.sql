@@ -1,6 +1,7 @@
 -- spans_enriched: one row per span (trace_id, span_id), the final answer of enrichment.
 --
--- Source: Kafka topic spans.enriched (EnrichedSpan.v1). Engine ReplacingMergeTree(enrichment_revision):
+-- Source: Kafka topic spans.enriched (EnrichedSpan.v1), landed through spans_enriched_avro
+-- (090_avro_landing.sql), which also does the conversions below. Engine ReplacingMergeTree(enrichment_revision):
 -- rows with the same sorting key (service_name, minute of start_time, trace_id, span_id) collapse to
 -- the one with the highest enrichment_revision (on equal revisions, the last inserted). Every key
 -- column is fixed for a span across revisions, so the sorting key is the span's identity.
@@ -12,17 +13,18 @@
 --                              (those names stay available as ALIAS columns, Int64 nanoseconds).
 --   parent_span_id             '' for a root span (Avro null).
 --   status_message             '' when Avro null.
---   attributes,                Map(LowCardinality(String), String); values stringified by the sink:
---   resource_attributes        string as is, boolean 'true'/'false', long in decimal, double as
---                              Python repr (shortest round-trip: 0.7 -> '0.7', 1.0 -> '1.0').
---                              Read numbers back with toFloat64OrNull(attributes['...']).
---                              resource_attributes null -> empty map.
+--   attributes,                Map(LowCardinality(String), String); values stringified by ClickHouse
+--   resource_attributes        (toString of the Avro union): string as is, boolean 'true'/'false',
+--                              long in decimal, double in ClickHouse's shortest round-trip form
+--                              (0.7 -> '0.7', 1.0 -> '1', 1e21 -> '1e21'). Read numbers back with
+--                              toFloat64OrNull(attributes['...']). resource_attributes null -> {}.
 --   versions, versions_at_end, Map(LowCardinality(String), LowCardinality(String)); a component with
 --   reload_ids                 no known version is absent (versions['x'] then reads '').
 --   <component>_version        MATERIALIZED versions[...] for the seven common components.
 --   duration_ns / duration_ms  MATERIALIZED end_time - start_time.
 --   inserted_at                when the row reached ClickHouse (freshness = inserted_at - end_time).
---   kafka_partition/offset     where the sink read the record (provenance; not part of the key).
+-- Constraints: ClickHouse refuses a block holding a span without ids or ending before it starts
+-- (VIOLATED_CONSTRAINT); the sink then isolates the offending rows into dead_letters.
 -- Skip indexes: bloom filters on trace_id and on mapKeys/mapValues of both attribute maps.
 -- Retention: no TTL here; RELOADTRACE_SINK_TTL_DAYS makes the sink apply one (ALTER ... MODIFY TTL).
 CREATE TABLE IF NOT EXISTS spans_enriched
@@ -46,8 +48,6 @@ CREATE TABLE IF NOT EXISTS spans_enriched
     mid_flight Bool CODEC(ZSTD(1)),
     mid_flight_reload_ids Array(String) CODEC(ZSTD(1)),
     enrichment_revision UInt64 CODEC(ZSTD(1)),
-    kafka_partition Int32 DEFAULT -1 CODEC(ZSTD(1)),
-    kafka_offset Int64 DEFAULT -1 CODEC(DoubleDelta, ZSTD(1)),
     inserted_at DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(DoubleDelta, ZSTD(1)),
     start_time_unix_nano Int64 ALIAS toUnixTimestamp64Nano(start_time),
     end_time_unix_nano Int64 ALIAS toUnixTimestamp64Nano(end_time),
@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS spans_enriched
     prompt_template_version LowCardinality(String) MATERIALIZED versions['prompt_template'],
     rate_limit_policy_version LowCardinality(String) MATERIALIZED versions['rate_limit_policy'],
     INDEX idx_trace_id trace_id TYPE bloom_filter(0.001) GRANULARITY 1,
+    CONSTRAINT span_has_ids CHECK trace_id != '' AND span_id != '',
+    CONSTRAINT span_ends_after_start CHECK end_time >= start_time,
     INDEX idx_attribute_keys mapKeys(attributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_attribute_values mapValues(attributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_resource_keys mapKeys(resource_attributes) TYPE bloom_filter(0.01) GRANULARITY 1,

@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS trace_time_ranges
 )
 ENGINE = AggregatingMergeTree
 ORDER BY trace_id
-SETTINGS index_granularity = 8192;
+SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS trace_time_ranges_mv TO trace_time_ranges AS
 SELECT

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS span_minutes
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toDate(minute)
-ORDER BY (service_name, minute, component, version, kind);
+ORDER BY (service_name, minute, component, version, kind)
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS span_minutes_mv TO span_minutes AS
 SELECT

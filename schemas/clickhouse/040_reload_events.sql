@@ -23,8 +23,6 @@ CREATE TABLE IF NOT EXISTS reload_events
     span_id Nullable(String),
     model_context Map(LowCardinality(String), String),
     changed_keys Array(String),
-    kafka_partition Int32 DEFAULT -1,
-    kafka_offset Int64 DEFAULT -1,
     inserted_at DateTime64(3, 'UTC') DEFAULT now64(3),
     requested_time_unix_nano Int64 ALIAS toUnixTimestamp64Nano(requested_time),
     effective_time_unix_nano Int64 ALIAS toUnixTimestamp64Nano(effective_time),

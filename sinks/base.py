@@ -1,0 +1,286 @@
+"""The one place that owns batching, retries and dead-lettering for every sink destination.
+
+A destination subclasses :class:`BatchingSink` and implements only ``write(batch)``: store one
+:class:`SinkBatch` (one table's rows) or raise a :mod:`sinks.errors` error. Callers ``add``
+records and call ``flush`` — at commit time, as in quix-streams: when ``flush`` returns, every
+record added before it is stored (or dead-lettered with its reason); when it raises, nothing may
+be acknowledged upstream, and the pending records stay pending for the next ``flush``.
+
+Guarantees: at-least-once storage of every added record; records of one table keep their
+``add`` order inside a batch; each batch carries a deduplication token derived from the Kafka
+coordinates it holds, so a batch re-written after an ambiguous failure does not duplicate
+(when the destination honours tokens). Non-guarantee: after a crash the re-read records may be
+cut into batches differently, so tokens differ and duplicates reach the table; the destination's
+replacing key (read with FINAL) is what makes counts exact then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sinks.errors import (
+    SinkBackpressureError,
+    SinkError,
+    SinkRejectedError,
+    SinkRetriesExhaustedError,
+    SinkRetryableError,
+    UnconvertibleRecordError,
+)
+
+logger = logging.getLogger(__name__)
+
+DEAD_LETTERS_TABLE = "dead_letters"
+_DEFAULT_FLUSH_ROWS = 50_000
+_DEFAULT_FLUSH_INTERVAL_MS = 1_000
+_DEFAULT_RETRY_INITIAL_BACKOFF_MS = 100
+_DEFAULT_RETRY_MAX_BACKOFF_MS = 5_000
+_DEFAULT_RETRY_TIMEOUT_MS = 120_000
+
+
+@dataclass(frozen=True, slots=True)
+class SinkRecord:
+    """One record to store, with where it came from (``partition``/``offset`` -1 when not from Kafka).
+
+    Either ``value`` (a decoded record, Avro field names) or ``avro_body`` (its Avro binary body,
+    written with ``writer_schema``) is set; destinations may take the body as is.
+    """
+
+    table: str
+    value: Mapping[str, Any] | None = None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    raw_key: bytes | None = None
+    raw_value: bytes | None = None
+    avro_body: bytes | None = None
+    writer_schema: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class SinkBatch:
+    """Rows of one table written together, with the deduplication token of exactly these rows."""
+
+    table: str
+    items: tuple[SinkRecord, ...]
+    dedup_token: str
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def dedup_token(table: str, items: Sequence[SinkRecord]) -> str:
+    """A token naming exactly these records: per topic/partition offset ranges, else a content digest.
+
+    Records all from Kafka give ``table|topic:partition:first-last|...`` plus a digest of every
+    offset (so a batch with holes differs from a full range). Others get a digest of their values.
+    """
+    if items and all(item.offset >= 0 for item in items):
+        ranges: dict[tuple[str, int], list[int]] = {}
+        for item in items:
+            ranges.setdefault((item.topic, item.partition), []).append(item.offset)
+        parts = [f"{topic}:{partition}:{min(offs)}-{max(offs)}" for (topic, partition), offs in sorted(ranges.items())]
+        digest = hashlib.blake2b(
+            ",".join(f"{t}:{p}:{o}" for t, p, o in sorted((i.topic, i.partition, i.offset) for i in items)).encode(),
+            digest_size=8,
+        ).hexdigest()
+        return f"{table}|{'|'.join(parts)}|{len(items)}|{digest}"
+    digest = hashlib.blake2b(
+        repr([item.avro_body if item.value is None else sorted(item.value.items()) for item in items]).encode(),
+        digest_size=16,
+    ).hexdigest()
+    return f"{table}|content|{len(items)}|{digest}"
+
+
+@dataclass
+class _Pending:
+    items: list[SinkRecord] = field(default_factory=list)
+    first_added: float | None = None
+
+
+class BatchingSink:
+    """Batches records per table and writes them with retries; subclasses implement :meth:`write`.
+
+    Args:
+        flush_rows: :meth:`should_flush` turns true when this many records are pending.
+        flush_interval_ms: ... or when the oldest pending record waited this long.
+        retry_initial_backoff_ms / retry_max_backoff_ms: exponential backoff between attempts.
+        retry_timeout_ms: give up (``SinkRetriesExhaustedError``) after retrying this long.
+        clock: monotonic seconds (injected for tests); sleep: how to wait (injected for tests).
+        now_unix_nano: wall clock for the time stamp of dead letters the sink makes.
+
+    Raises:
+        ValueError: a limit is not positive.
+    """
+
+    def __init__(
+        self,
+        *,
+        flush_rows: int = _DEFAULT_FLUSH_ROWS,
+        flush_interval_ms: int = _DEFAULT_FLUSH_INTERVAL_MS,
+        retry_initial_backoff_ms: int = _DEFAULT_RETRY_INITIAL_BACKOFF_MS,
+        retry_max_backoff_ms: int = _DEFAULT_RETRY_MAX_BACKOFF_MS,
+        retry_timeout_ms: int = _DEFAULT_RETRY_TIMEOUT_MS,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        now_unix_nano: Callable[[], int] = time.time_ns,
+    ) -> None:
+        for name, value in (
+            ("flush_rows", flush_rows),
+            ("flush_interval_ms", flush_interval_ms),
+            ("retry_initial_backoff_ms", retry_initial_backoff_ms),
+            ("retry_max_backoff_ms", retry_max_backoff_ms),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if retry_timeout_ms < 0:
+            raise ValueError(f"retry_timeout_ms must be >= 0, got {retry_timeout_ms}")
+        self.flush_rows = flush_rows
+        self.flush_interval_ms = flush_interval_ms
+        self._initial_backoff_s = retry_initial_backoff_ms / 1000
+        self._max_backoff_s = retry_max_backoff_ms / 1000
+        self._retry_timeout_s = retry_timeout_ms / 1000
+        self._clock = clock
+        self._sleep = sleep
+        self._now_unix_nano = now_unix_nano
+        self._pending: dict[str, _Pending] = {}
+        self._pending_rows = 0
+        self.rows_written = 0
+        self.rows_dead_lettered = 0
+
+    # ---- the destination's one job --------------------------------------------------------
+
+    def write(self, batch: SinkBatch) -> None:
+        """Store ``batch`` whole, or raise: ``SinkRetryableError`` (incl. backpressure) to retry,
+        ``SinkRejectedError`` when the data itself is refused (the batch is then split to isolate
+        the rows to blame), ``UnconvertibleRecordError`` naming the records that cannot be
+        converted (they are dead-lettered, the rest retried), any other ``SinkError`` to fail
+        the flush."""
+        raise NotImplementedError
+
+    # ---- batching ------------------------------------------------------------------------
+
+    def add(self, record: SinkRecord) -> None:
+        """Queue ``record`` for the next flush (nothing is written here)."""
+        pending = self._pending.setdefault(record.table, _Pending())
+        if pending.first_added is None:
+            pending.first_added = self._clock()
+        pending.items.append(record)
+        self._pending_rows += 1
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    def should_flush(self) -> bool:
+        """True when the pending rows reach ``flush_rows`` or the oldest waited ``flush_interval_ms``."""
+        if self._pending_rows >= self.flush_rows:
+            return True
+        oldest = min((p.first_added for p in self._pending.values() if p.first_added is not None), default=None)
+        return oldest is not None and (self._clock() - oldest) * 1000 >= self.flush_interval_ms
+
+    def flush(self) -> int:
+        """Write every pending record (dead letters last, so rejects of this flush join them).
+
+        Returns:
+            The number of records flushed (stored or dead-lettered).
+
+        Raises:
+            SinkError: a batch could not be stored; it and the tables not yet written stay
+                pending (a later flush retries them, with the same tokens).
+        """
+        flushed = 0
+        tables = sorted(self._pending, key=lambda name: name == DEAD_LETTERS_TABLE)
+        for table in tables:
+            pending = self._pending.get(table)
+            if pending is None or not pending.items:
+                continue
+            items = tuple(pending.items)
+            rejected = self._write_isolating(SinkBatch(table, items, dedup_token(table, items)))
+            self._pending.pop(table, None)
+            self._pending_rows -= len(items)
+            flushed += len(items)
+            if rejected:
+                self.rows_dead_lettered += len(rejected)
+                if table == DEAD_LETTERS_TABLE:
+                    raise SinkRejectedError(f"dead_letters refused {len(rejected)} rows: {rejected[0][1]}")
+                for item in rejected:
+                    self.add(item[0])
+        if DEAD_LETTERS_TABLE in self._pending and self._pending[DEAD_LETTERS_TABLE].items:
+            flushed += self.flush()
+        return flushed
+
+    # ---- rejects and retries -------------------------------------------------------------
+
+    def _write_isolating(self, batch: SinkBatch) -> list[tuple[SinkRecord, str]]:
+        """Write ``batch``; rows refused or unconvertible come back as dead-letter records."""
+        dead: list[tuple[SinkRecord, str]] = []
+        work = [batch]
+        while work:
+            current = work.pop()
+            if not current.items:
+                continue
+            try:
+                self._write_with_retries(current)
+                self.rows_written += len(current)
+            except UnconvertibleRecordError as error:
+                if not error.reasons or not all(0 <= index < len(current.items) for index in error.reasons):
+                    raise
+                for index, reason in error.reasons.items():
+                    dead.append((self._dead_letter(current.items[index], error.error_kind, reason), reason))
+                rest = tuple(item for index, item in enumerate(current.items) if index not in error.reasons)
+                work.append(SinkBatch(current.table, rest, dedup_token(current.table, rest)))
+            except SinkRejectedError as error:
+                if len(current.items) == 1:
+                    dead.append((self._dead_letter(current.items[0], "rejected_by_sink", str(error)), str(error)))
+                    continue
+                middle = len(current.items) // 2
+                for half in (current.items[middle:], current.items[:middle]):
+                    work.append(SinkBatch(current.table, half, dedup_token(current.table, half)))
+        return dead
+
+    def _dead_letter(self, item: SinkRecord, kind: str, reason: str) -> SinkRecord:
+        if item.table == DEAD_LETTERS_TABLE:
+            return item  # a dead letter that cannot be stored; flush raises for it
+        raw_value = item.raw_value
+        if raw_value is None:
+            raw_value = item.avro_body if item.value is None else repr(dict(item.value)).encode()
+        record = {
+            "source_topic": item.topic or item.table,
+            "source_partition": item.partition,
+            "source_offset": item.offset,
+            "raw_key": item.raw_key,
+            "raw_value": raw_value,
+            "error_kind": kind,
+            "error": f"{item.table}: {reason}",
+            "stage": "sink",
+            "dead_lettered_time_unix_nano": self._now_unix_nano(),
+        }
+        logger.warning("dead-lettering a %s row (%s): %s", item.table, kind, reason)
+        return SinkRecord(DEAD_LETTERS_TABLE, record, item.topic, item.partition, item.offset, item.raw_key, raw_value)
+
+    def _write_with_retries(self, batch: SinkBatch) -> None:
+        """``write`` with exponential backoff on retryable errors, up to ``retry_timeout_ms``."""
+        deadline = self._clock() + self._retry_timeout_s
+        backoff = self._initial_backoff_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.write(batch)
+                return
+            except SinkRetryableError as error:
+                wait = error.retry_after if isinstance(error, SinkBackpressureError) else backoff
+                if self._clock() + wait > deadline:
+                    raise SinkRetriesExhaustedError(
+                        f"{batch.table}: {attempt} attempts failed over {self._retry_timeout_s:.0f} s: {error}"
+                    ) from error
+                logger.warning("%s write attempt %d failed (%s); retrying in %.2f s", batch.table, attempt, error, wait)
+                self._sleep(wait)
+                backoff = min(backoff * 2, self._max_backoff_s)
+            except SinkError:
+                raise
