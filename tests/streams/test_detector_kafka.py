@@ -1,0 +1,180 @@
+"""The streaming detector on the real broker: same anomalies as detect_offline, across a restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from schemas.settings import KafkaSettings
+from streams.detection import DetectionSettings, detect_offline
+from streams.detector import DetectorSettings, StreamingDetector, parse_message
+from tests.streams.test_detect_traffic import EPOCH_NS, NANOS_PER_S, Traffic, generate
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+_RELOAD_DELAY_NS = 3 * NANOS_PER_S  # reloads reach the topic 3 s of event time after they take effect
+
+
+def feed_messages(data: Traffic) -> list[tuple[int, str, bytes]]:
+    """(event time, service, JSON value) as the enricher would send them: one message per service per second."""
+    buckets: dict[tuple[str, int], list] = {}
+    for r in data.requests:
+        second = (r.end_time_unix_nano - EPOCH_NS) // NANOS_PER_S + 2  # answered after a 2 s grace
+        buckets.setdefault((r.service_name, second), []).append(
+            [r.service_instance_id, r.start_time_unix_nano, r.end_time_unix_nano, r.is_error, r.kind]
+        )
+    messages = [
+        (EPOCH_NS + second * NANOS_PER_S, service, orjson.dumps({"service_name": service, "requests": rows}))
+        for (service, second), rows in buckets.items()
+    ]
+    for reload in data.reloads:
+        value = orjson.dumps({"service_name": reload.service_name, "reload": reload.to_dict()})
+        messages.append((reload.effective_time_unix_nano + _RELOAD_DELAY_NS, reload.service_name, value))
+    messages.sort(key=lambda m: m[0])
+    return messages
+
+
+def produce(kafka: KafkaSettings, messages: list[tuple[int, str, bytes]]) -> None:
+    producer = Producer(kafka.confluent_config() | {"linger.ms": 20})
+    for _, service, value in messages:
+        producer.produce(kafka.topics.requests_by_service, key=service.encode(), value=value)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+class AnomalyReader:
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._codec = kafka.codec("Anomaly")
+        self._consumer = Consumer(
+            kafka.confluent_config() | {"group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
+        )
+        self._consumer.subscribe([kafka.topics.reload_anomalies])
+        self.records: list[dict] = []
+        self.keys: list[bytes] = []
+
+    def read_until(self, count: int, timeout_s: float) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.records) < count and time.monotonic() < deadline:
+            for message in self._consumer.consume(100, timeout=0.5):
+                if message.error() is None:
+                    self.records.append(self._codec.decode(message.value()))
+                    self.keys.append(message.key())
+        return self.records
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def start(detector: StreamingDetector) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+    stop, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            detector.run(stop)
+        except BaseException as error:  # noqa: BLE001 - surfaced by the test
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, stop, errors
+
+
+def key(record: dict) -> tuple[str, str]:
+    return record["anomaly_id"], record["severity"]
+
+
+def fast_settings(group: str, *, idle_progress_ms: int = 500) -> DetectorSettings:
+    return DetectorSettings(
+        group_id=group, commit_interval_ms=200, watermark_interval_ms=100, idle_progress_ms=idle_progress_ms, poll_timeout_ms=50
+    )
+
+
+def test_streaming_anomalies_equal_offline_and_bad_messages_are_dead_lettered(kafka_settings: KafkaSettings) -> None:
+    data = generate(11)
+    offline = detect_offline(data.spans(), data.reloads)
+    messages = feed_messages(data)
+    bad = (messages[100][0], "latency", b"{not json")
+    produce(kafka_settings, messages[:100] + [bad] + messages[100:])
+    detector = StreamingDetector(kafka_settings, DetectionSettings(), fast_settings(f"det-{uuid.uuid4().hex}"))
+    thread, stop, errors = start(detector)
+    reader = AnomalyReader(kafka_settings)
+    try:
+        streamed = reader.read_until(len(offline), timeout_s=90)
+        time.sleep(1.0)
+        streamed = reader.read_until(len(offline) + 1, timeout_s=1)
+    finally:
+        stop.set()
+        thread.join(30)
+        reader.close()
+    assert errors == []
+    assert sorted(streamed, key=key) == sorted(offline, key=key)
+    assert all(k == r["service_name"].encode() for k, r in zip(reader.keys, streamed, strict=True))
+    assert detector.stats.dead_letters == 1
+    dead = Consumer(kafka_settings.confluent_config() | {"group.id": f"dl-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
+    dead.subscribe([kafka_settings.topics.dead_letter])
+    letters = []
+    deadline = time.monotonic() + 20
+    while not letters and time.monotonic() < deadline:
+        letters = [m for m in dead.consume(10, timeout=0.5) if m.error() is None]
+    dead.close()
+    record = kafka_settings.codec("DeadLetter").decode(letters[0].value())
+    assert record["raw_value"] == b"{not json" and record["stage"] == "detect"
+
+
+def test_restart_rebuilds_windows_and_neither_loses_nor_repeats_anomalies(kafka_settings: KafkaSettings) -> None:
+    data = generate(12)
+    offline = detect_offline(data.spans(), data.reloads)
+    messages = feed_messages(data)
+    split = EPOCH_NS + 420 * NANOS_PER_S  # mid-way: after the regressions at 300 s, before the reverts at 500 s
+    first, second = [m for m in messages if m[0] < split], [m for m in messages if m[0] >= split]
+    group = f"det-{uuid.uuid4().hex}"
+    produce(kafka_settings, first)
+    before = StreamingDetector(kafka_settings, DetectionSettings(), fast_settings(group, idle_progress_ms=10**9))
+    thread, stop, errors = start(before)
+    deadline = time.monotonic() + 60
+    while before.stats.messages < len(first) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    stop.set()
+    thread.join(30)
+    assert errors == [] and before.stats.messages == len(first) and before.stats.anomalies > 0
+
+    produce(kafka_settings, second)
+    after = StreamingDetector(kafka_settings, DetectionSettings(), fast_settings(group))
+    thread, stop, errors = start(after)
+    reader = AnomalyReader(kafka_settings)
+    try:
+        streamed = reader.read_until(len(offline), timeout_s=90)
+        time.sleep(1.0)
+        streamed = reader.read_until(len(offline) + 1, timeout_s=1)
+    finally:
+        stop.set()
+        thread.join(30)
+        reader.close()
+    assert errors == []
+    assert after.stats.restored_partitions >= 1 and after.stats.suppressed_on_restore == before.stats.anomalies
+    assert Counter(key(r) for r in streamed).most_common(1)[0][1] == 1  # nothing emitted twice
+    assert sorted(streamed, key=key) == sorted(offline, key=key)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"service_name": "s", "requests": [["i", 5, 1, false, "SERVER"]]}',
+        b'{"service_name": "s", "requests": [["i", 1, 5, 0, "SERVER"]]}',
+        b'{"service_name": "s"}',
+        b'{"requests": []}',
+        b'{"service_name": "s", "reload": {"reload_id": "x"}}',
+    ],
+)
+def test_malformed_messages_are_refused(value: bytes) -> None:
+    from schemas.errors import InvalidRecordError
+
+    with pytest.raises(InvalidRecordError):
+        parse_message(value)
