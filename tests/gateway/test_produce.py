@@ -1,0 +1,82 @@
+"""Publishing files and simulations: ordering options, skipped lines, and the real broker's arrival order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.commands import run_produce, run_simulate
+from gateway.output import write_simulation
+from gateway.produce import Interleaving, ProduceReport, file_stream, publication_delays
+from gateway.simulator import ScheduledReload, SimulationConfig, simulate
+from schemas.settings import KafkaSettings
+from tests.gateway.kafka_reading import consume
+
+SMALL = SimulationConfig(
+    seed=4, services=("llm-gateway",), duration_s=12, requests_per_second_per_service=5,
+    reloads=(
+        ScheduledReload(at_s=3.0, service="llm-gateway", component="model", lateness_s=4.0),
+        ScheduledReload(at_s=6.0, service="llm-gateway", component="config", instance=1),
+        ScheduledReload(at_s=8.0, service="llm-gateway", component="routing_rules", fail=True),
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return simulate(SMALL)
+
+
+@pytest.fixture
+def files(small, tmp_path: Path) -> dict[str, Path]:
+    return write_simulation(small, tmp_path)
+
+
+def test_orders_and_bad_lines(small, files, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jsonl"
+    lines = files["spans"].read_text().splitlines()
+    bad_span = json.loads(lines[0]) | {"trace_id": "XYZ"}
+    broken.write_text("\n".join([lines[0], "{not json", json.dumps(bad_span), *lines[1:]]) + "\n")
+    report = ProduceReport()
+    items = file_stream(broken, files["reloads"], report)
+    assert [position for _, position, _ in report.skipped] == [2, 3]
+    assert "trace_id" in report.skipped[1][2]
+    reload_count = len(small.reloads)
+    assert [item.kind for item in items] == ["reload"] * reload_count + ["span"] * len(small.spans)
+    spans_first = file_stream(files["spans"], files["reloads"], ProduceReport(), interleaving=Interleaving.SPANS_FIRST)
+    assert spans_first[0].kind == "span" and spans_first[-1].kind == "reload"
+    delays = publication_delays(json.loads(files["ground_truth"].read_text()))
+    by_time = file_stream(files["spans"], files["reloads"], ProduceReport(), interleaving=Interleaving.EVENT_TIME, publication_delays_ns=delays)
+    assert [(item.kind, item.record.get("reload_id") or item.record["span_id"]) for item in by_time] == [
+        (kind, record.get("reload_id") or record["span_id"]) for kind, record in small.interleaved()
+    ]
+
+
+@pytest.mark.kafka
+def test_event_time_produce_really_publishes_the_late_reload_after_the_spans(
+    small, files, kafka_settings: KafkaSettings
+) -> None:
+    code = run_produce(
+        kafka_settings, files["spans"], files["reloads"], interleaving=Interleaving.EVENT_TIME, ground_truth=files["ground_truth"]
+    )
+    assert code == 0
+    span_messages = consume(kafka_settings, kafka_settings.topics.spans, len(small.spans))
+    reload_messages = consume(kafka_settings, kafka_settings.topics.reloads, len(small.reloads))
+    assert len(span_messages) == len(small.spans) and len(reload_messages) == len(small.reloads)
+    span_codec, reload_codec = kafka_settings.codec("Span"), kafka_settings.codec("ReloadEvent")
+    arrival = {span_codec.decode(m.value())["span_id"]: m.timestamp()[1] for m in span_messages}
+    late = next(reload_codec.decode(m.value()) | {"_ts": m.timestamp()[1]} for m in reload_messages if reload_codec.decode(m.value())["reload_id"] == "sim4-r000")
+    published = late["effective_time_unix_nano"] + 4 * 10**9
+    ended_before = [s["span_id"] for s in small.spans if s["end_time_unix_nano"] < published]
+    assert ended_before and all(arrival[span_id] <= late["_ts"] for span_id in ended_before)
+    assert {reload_codec.decode(m.value())["status"] for m in reload_messages} == {"SUCCEEDED", "FAILED"}
+
+
+@pytest.mark.kafka
+def test_simulate_to_kafka(small, kafka_settings: KafkaSettings) -> None:
+    assert run_simulate(SMALL, kafka=kafka_settings, out=None, file_format="jsonl", realtime=False) == 0
+    spans = consume(kafka_settings, kafka_settings.topics.spans, len(small.spans))
+    decoded = sorted((kafka_settings.codec("Span").decode(m.value()) for m in spans), key=lambda s: s["span_id"])
+    assert decoded == sorted(small.spans, key=lambda s: s["span_id"])
