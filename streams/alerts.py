@@ -1,0 +1,382 @@
+"""Alerting hooks on ``reload.anomalies``: POST each anomaly to webhooks, optionally run a rollback command.
+
+Guarantees:
+    * No loss across a restart: a message's offset is committed only after every webhook answered
+      it with a 2xx (or refused it for good with a 4xx, which is logged as an error and counted);
+      failures are retried with exponential backoff, without limit by default.
+    * Deduplication by ``(anomaly_id, severity)`` within a process: a re-sent record with the same
+      severity is posted once; a severity rise is posted again. Every POST carries the header
+      ``Idempotency-Key: <anomaly_id>:<severity>`` so receivers can dedupe across restarts.
+    * The rollback command (opt-in, off by default) runs as an argv list — the configured command
+      split with :func:`shlex.split`, then the reload's service, component and old version as three
+      more arguments — never through a shell, at most once per reload per process; its outcome is
+      logged.
+
+Non-guarantees: after a crash, anomalies posted since the last commit are posted again (same
+idempotency key) and a rollback may run again, so the command should be idempotent. Undecodable
+messages go to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import subprocess
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import httpx
+import orjson
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from schemas.errors import DecodeError, DecodeErrorKind, ReloadtraceError
+from schemas.records import SEVERITIES, dead_letter
+from schemas.settings import KafkaSettings
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_GROUP_ID = "reloadtrace-alerts"
+_DEFAULT_MIN_SEVERITY = "WARNING"
+_DEFAULT_ROLLBACK_MIN_SEVERITY = "CRITICAL"
+_DEFAULT_TIMEOUT_MS = 5_000
+_DEFAULT_INITIAL_BACKOFF_MS = 200
+_DEFAULT_MAX_BACKOFF_MS = 30_000
+_DEFAULT_MAX_ATTEMPTS = 0
+_DEFAULT_ROLLBACK_TIMEOUT_MS = 60_000
+_DEFAULT_BATCH_SIZE = 100
+_DEFAULT_POLL_TIMEOUT_MS = 200
+_DEDUPE_CAPACITY = 100_000
+_ROLLBACK_METRICS = frozenset({"latency", "error_rate"})
+_RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
+_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
+
+
+class AlertError(ReloadtraceError):
+    """An anomaly could not be delivered within ``max_attempts``; its offset is not committed."""
+
+
+class AlertSettings(BaseSettings):
+    """Environment ``RELOADTRACE_ALERTS_<FIELD>``; ``RELOADTRACE_ALERTS_WEBHOOK_URLS`` is comma-separated."""
+
+    model_config = SettingsConfigDict(env_prefix="RELOADTRACE_ALERTS_", extra="ignore")
+
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Webhook URLs to POST to")
+    group_id: str = Field(default=_DEFAULT_GROUP_ID, min_length=1, description="Consumer group of the alert hooks")
+    min_severity: str = Field(default=_DEFAULT_MIN_SEVERITY, description="Lowest severity that is posted")
+    timeout_ms: int = Field(default=_DEFAULT_TIMEOUT_MS, ge=1, description="Timeout of one POST")
+    initial_backoff_ms: int = Field(default=_DEFAULT_INITIAL_BACKOFF_MS, ge=1, description="First retry delay")
+    max_backoff_ms: int = Field(default=_DEFAULT_MAX_BACKOFF_MS, ge=1, description="Longest retry delay (doubling)")
+    max_attempts: int = Field(default=_DEFAULT_MAX_ATTEMPTS, ge=0, description="Attempts per webhook; 0 = until delivered")
+    rollback_command: str | None = Field(default=None, description="Command run on regressions (off when unset)")
+    rollback_min_severity: str = Field(
+        default=_DEFAULT_ROLLBACK_MIN_SEVERITY, description="Lowest severity of a latency/error regression that rolls back"
+    )
+    rollback_timeout_ms: int = Field(default=_DEFAULT_ROLLBACK_TIMEOUT_MS, ge=1, description="Time limit of the command")
+    batch_size: int = Field(default=_DEFAULT_BATCH_SIZE, ge=1, description="Anomalies consumed per batch")
+    poll_timeout_ms: int = Field(default=_DEFAULT_POLL_TIMEOUT_MS, ge=1, description="Longest wait for a batch")
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"webhook URL must be http:// or https://, got {url!r}")
+        return value
+
+    @field_validator("min_severity", "rollback_min_severity")
+    @classmethod
+    def _severity(cls, value: str) -> str:
+        if value.upper() not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, got {value!r}")
+        return value.upper()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    """How a POST of one anomaly to one URL ended."""
+
+    url: str
+    delivered: bool
+    attempts: int
+    status_code: int | None
+    error: str | None = None
+
+
+class WebhookSender:
+    """POSTs anomalies as JSON to each URL, retrying 5xx, 408/425/429 and connection errors with backoff.
+
+    Args:
+        client: the HTTP client (its timeout applies to each attempt).
+        sleep: waits between attempts; returns early (True) when the caller should stop.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        settings: AlertSettings,
+        *,
+        client: httpx.Client | None = None,
+        sleep: Callable[[float], bool] | None = None,
+    ) -> None:
+        self._urls = list(urls)
+        self._settings = settings
+        self._client = client or httpx.Client(timeout=settings.timeout_ms / 1000)
+        self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait
+
+    def close(self) -> None:
+        self._client.close()
+
+    def stop(self) -> None:
+        """Make a retry loop in progress give up at its next wait (the anomaly stays uncommitted)."""
+        self._stop.set()
+
+    def deliver(self, anomaly: Mapping[str, Any]) -> list[DeliveryOutcome] | None:
+        """Post to every URL; None when stopped before all were answered."""
+        body = orjson.dumps(dict(anomaly))
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"{anomaly['anomaly_id']}:{anomaly['severity']}",
+        }
+        outcomes = []
+        for url in self._urls:
+            outcome = self._post(url, body, headers)
+            if outcome is None:
+                return None
+            outcomes.append(outcome)
+        return outcomes
+
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> DeliveryOutcome | None:
+        backoff_s = self._settings.initial_backoff_ms / 1000
+        attempt = 0
+        while True:
+            attempt += 1
+            status, error = None, None
+            try:
+                response = self._client.post(url, content=body, headers=headers)
+                status = response.status_code
+                if 200 <= status < 300:
+                    return DeliveryOutcome(url, True, attempt, status)
+                if 400 <= status < 500 and status not in _RETRYABLE_CLIENT_STATUSES:
+                    logger.error("webhook %s refused an anomaly for good: HTTP %d %s", url, status, response.text[:200])
+                    return DeliveryOutcome(url, False, attempt, status, f"HTTP {status}")
+                error = f"HTTP {status}"
+            except httpx.HTTPError as failure:
+                error = f"{type(failure).__name__}: {failure}"
+            if self._settings.max_attempts and attempt >= self._settings.max_attempts:
+                raise AlertError(f"webhook {url} failed {attempt} times, last: {error}")
+            logger.warning("webhook %s attempt %d failed (%s); retrying in %.2fs", url, attempt, error, backoff_s)
+            if self._sleep(backoff_s):
+                return None
+            backoff_s = min(backoff_s * 2, self._settings.max_backoff_ms / 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackOutcome:
+    argv: tuple[str, ...]
+    returncode: int | None
+    output: str
+
+
+class RollbackHook:
+    """Runs ``command + [service, component, old_version]`` for regressions of a high enough severity."""
+
+    def __init__(
+        self, command: str, *, min_severity: str = _DEFAULT_ROLLBACK_MIN_SEVERITY, timeout_ms: int = _DEFAULT_ROLLBACK_TIMEOUT_MS
+    ) -> None:
+        self._argv = tuple(shlex.split(command))
+        if not self._argv:
+            raise ValueError("rollback command is empty")
+        self._min_rank = _RANK[min_severity]
+        self._timeout_s = timeout_ms / 1000
+        self._done: set[str] = set()
+
+    def wants(self, anomaly: Mapping[str, Any]) -> bool:
+        return (
+            anomaly["metric"] in _ROLLBACK_METRICS
+            and _RANK[anomaly["severity"]] >= self._min_rank
+            and anomaly.get("old_version") is not None
+            and anomaly["reload_id"] not in self._done
+        )
+
+    def run(self, anomaly: Mapping[str, Any]) -> RollbackOutcome | None:
+        """Roll back if wanted (once per reload); the outcome is logged, failures never raise."""
+        if not self.wants(anomaly):
+            return None
+        self._done.add(anomaly["reload_id"])
+        argv = (*self._argv, anomaly["service_name"], anomaly["component"], anomaly["old_version"])
+        try:
+            completed = subprocess.run(argv, capture_output=True, text=True, timeout=self._timeout_s, check=False)  # noqa: S603 - argv list, no shell
+        except (OSError, subprocess.TimeoutExpired) as error:
+            logger.error("rollback %s for reload %s failed to run: %s", argv, anomaly["reload_id"], error)
+            return RollbackOutcome(argv, None, str(error))
+        output = (completed.stdout + completed.stderr)[-2_000:]
+        log = logger.info if completed.returncode == 0 else logger.error
+        log("rollback %s for reload %s exited %d: %s", argv, anomaly["reload_id"], completed.returncode, output.strip())
+        return RollbackOutcome(argv, completed.returncode, output)
+
+
+@dataclass
+class AlertStats:
+    consumed: int = 0
+    posted: int = 0
+    duplicates: int = 0
+    below_severity: int = 0
+    rejected: int = 0
+    dead_letters: int = 0
+    rollbacks: int = 0
+    commits: int = 0
+
+
+class AlertConsumer:
+    """Consumes ``reload.anomalies`` and hands each anomaly to the webhooks and the rollback hook."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        settings: AlertSettings,
+        *,
+        sender: WebhookSender | None = None,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._kafka = kafka
+        self._settings = settings
+        self._codec = kafka.codec("Anomaly")
+        self._dead_letter_codec = kafka.codec("DeadLetter")
+        self._sender = sender or WebhookSender(settings.webhook_urls, settings)
+        self._rollback = (
+            RollbackHook(settings.rollback_command, min_severity=settings.rollback_min_severity, timeout_ms=settings.rollback_timeout_ms)
+            if settings.rollback_command
+            else None
+        )
+        self._clock = wall_clock_ns
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._min_rank = _RANK[settings.min_severity]
+        self.stats = AlertStats()
+        self.ready = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until ``stop`` is set; commits only what was delivered.
+
+        Raises:
+            AlertError: a webhook failed ``max_attempts`` times (nothing from there on is committed).
+        """
+        base = self._kafka.confluent_config()
+        consumer = Consumer(
+            base
+            | {
+                "group.id": self._settings.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "max.poll.interval.ms": 3_600_000,
+            }
+        )
+        producer = Producer(base | {"enable.idempotence": True})
+        watcher = threading.Thread(target=lambda: (stop.wait(), self._sender.stop()), daemon=True)
+        watcher.start()
+        try:
+            consumer.subscribe([self._kafka.topics.reload_anomalies])
+            self.ready.set()
+            while not stop.is_set():
+                messages = consumer.consume(self._settings.batch_size, timeout=self._settings.poll_timeout_ms / 1000)
+                done: dict[int, int] = {}
+                try:
+                    for message in messages:
+                        if message.error() is not None:
+                            self._on_consume_error(message)
+                            continue
+                        if not self._handle(message, producer):
+                            break  # stopped mid-delivery: this message and the rest stay uncommitted
+                        done[message.partition()] = message.offset() + 1
+                finally:
+                    self._commit(consumer, producer, done)
+        finally:
+            self._sender.stop()
+            with contextlib.suppress(Exception):
+                producer.flush(30)
+            with contextlib.suppress(Exception):
+                consumer.close()
+
+    def _handle(self, message: Message, producer: Producer) -> bool:
+        self.stats.consumed += 1
+        value = message.value()
+        try:
+            if value is None:
+                raise DecodeError(DecodeErrorKind.TRUNCATED, "empty message (tombstone)", "Anomaly")
+            anomaly = self._codec.decode(value)
+        except DecodeError as error:
+            self._dead_letter(message, error, producer)
+            return True
+        identity = (anomaly["anomaly_id"], anomaly["severity"])
+        if identity in self._seen:
+            self.stats.duplicates += 1
+            return True
+        if _RANK[anomaly["severity"]] < self._min_rank:
+            self.stats.below_severity += 1
+            self._remember(identity)
+            return True
+        outcomes = self._sender.deliver(anomaly)
+        if outcomes is None:
+            return False
+        self.stats.posted += sum(outcome.delivered for outcome in outcomes)
+        self.stats.rejected += sum(not outcome.delivered for outcome in outcomes)
+        if self._rollback is not None and self._rollback.run(anomaly) is not None:
+            self.stats.rollbacks += 1
+        self._remember(identity)
+        return True
+
+    def _remember(self, identity: tuple[str, str]) -> None:
+        self._seen[identity] = None
+        if len(self._seen) > _DEDUPE_CAPACITY:
+            self._seen.popitem(last=False)
+
+    def _dead_letter(self, message: Message, error: DecodeError, producer: Producer) -> None:
+        logger.error("undecodable anomaly at %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), error)
+        record = dead_letter(
+            source_topic=message.topic(),
+            source_partition=message.partition(),
+            source_offset=message.offset(),
+            raw_key=message.key(),
+            raw_value=message.value(),
+            error_kind=error.kind.value,
+            error=str(error),
+            stage="alerts",
+            now_unix_nano=self._clock(),
+        )
+        producer.produce(self._kafka.topics.dead_letter, key=message.key(), value=self._dead_letter_codec.encode(record))
+        self.stats.dead_letters += 1
+
+    def _on_consume_error(self, message: Message) -> None:
+        error = message.error()
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise AlertError(f"fatal consumer error: {error}")
+        logger.warning("consumer error (retried by the client): %s", error)
+
+    def _commit(self, consumer: Consumer, producer: Producer, done: dict[int, int]) -> None:
+        if not done:
+            return
+        if producer.flush(30):
+            logger.warning("dead letters undelivered; not committing")
+            return
+        offsets = [TopicPartition(self._kafka.topics.reload_anomalies, partition, offset) for partition, offset in done.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            self.stats.commits += 1
+        except Exception as error:  # noqa: BLE001 - re-delivered after a restart; at-least-once holds
+            logger.warning("offset commit failed (will retry): %s", error)

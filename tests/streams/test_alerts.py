@@ -1,0 +1,266 @@
+"""Alerting hooks against a real local HTTP server (stdlib) and the real broker; rollback as argv."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from schemas.settings import KafkaSettings
+from streams.alerts import AlertConsumer, AlertError, AlertSettings, RollbackHook, WebhookSender
+from streams.detection import anomaly_id
+
+
+class Hook:
+    """A webhook receiver: answers ``failures`` requests with 500 first, then 200; records every body."""
+
+    def __init__(self, port: int = 0, *, failures: int = 0, status: int = 500) -> None:
+        self.bodies: list[dict] = []
+        self.keys: list[str] = []
+        self.attempts = 0
+        self.failures = failures
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                length = int(self.headers["Content-Length"])
+                body = self.rfile.read(length)
+                hook.attempts += 1
+                if hook.failures > 0:
+                    hook.failures -= 1
+                    self.send_response(status)
+                    self.end_headers()
+                    return
+                hook.bodies.append(json.loads(body))
+                hook.keys.append(self.headers["Idempotency-Key"])
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def anomaly(reload_id: str = "r1", metric: str = "latency", severity: str = "WARNING", **extra: object) -> dict:
+    return {
+        "anomaly_id": anomaly_id(reload_id, metric),
+        "reload_id": reload_id,
+        "service_name": "svc",
+        "component": "model",
+        "old_version": "v1",
+        "new_version": "v2",
+        "metric": metric,
+        "baseline_value": 40.0,
+        "observed_value": 80.0,
+        "p_value": 1e-9,
+        "baseline_count": 3000,
+        "observed_count": 50,
+        "detected_time_unix_nano": 1_780_000_302_000_000_000,
+        "severity": severity,
+    } | extra
+
+
+FAST = {"initial_backoff_ms": 10, "max_backoff_ms": 40, "timeout_ms": 2_000}
+
+
+# --- webhooks -----------------------------------------------------------------------------------
+
+
+def test_a_failing_server_is_retried_with_growing_backoff_until_it_accepts() -> None:
+    hook = Hook(failures=3)
+    waits: list[float] = []
+    sender = WebhookSender([hook.url], AlertSettings(**FAST), sleep=lambda s: waits.append(s) is None and False)
+    try:
+        outcomes = sender.deliver(anomaly())
+    finally:
+        sender.close()
+        hook.close()
+    assert outcomes is not None and outcomes[0].delivered and outcomes[0].attempts == 4
+    assert waits == [0.01, 0.02, 0.04]  # doubling, capped at max_backoff_ms
+    assert hook.bodies == [anomaly()] and hook.keys == [f"{anomaly_id('r1', 'latency')}:WARNING"]
+
+
+def test_connection_refused_is_retried_until_the_server_comes_up() -> None:
+    port = free_port()
+    started: list[Hook] = []
+
+    def sleep(seconds: float) -> bool:
+        if len(started) == 0 and len(waits) == 2:
+            started.append(Hook(port))
+        waits.append(seconds)
+        return False
+
+    waits: list[float] = []
+    sender = WebhookSender([f"http://127.0.0.1:{port}/hook"], AlertSettings(**FAST), sleep=sleep)
+    try:
+        outcomes = sender.deliver(anomaly())
+        assert outcomes is not None and outcomes[0].delivered and outcomes[0].attempts == 4
+        assert started[0].bodies == [anomaly()]
+    finally:
+        sender.close()
+        for hook in started:
+            hook.close()
+
+
+def test_a_permanent_refusal_is_not_retried_and_max_attempts_raises() -> None:
+    refusing = Hook(failures=10, status=400)
+    sender = WebhookSender([refusing.url], AlertSettings(**FAST), sleep=lambda s: False)
+    try:
+        outcome = sender.deliver(anomaly())
+        assert outcome is not None and not outcome[0].delivered and outcome[0].status_code == 400
+        assert refusing.attempts == 1
+    finally:
+        sender.close()
+        refusing.close()
+    failing = Hook(failures=10)
+    limited = WebhookSender([failing.url], AlertSettings(**FAST, max_attempts=3), sleep=lambda s: False)
+    try:
+        with pytest.raises(AlertError):
+            limited.deliver(anomaly())
+        assert failing.attempts == 3
+    finally:
+        limited.close()
+        failing.close()
+
+
+def test_settings_read_comma_separated_urls_and_reject_bad_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELOADTRACE_ALERTS_WEBHOOK_URLS", "http://a/x, https://b/y")
+    assert AlertSettings().webhook_urls == ["http://a/x", "https://b/y"]
+    with pytest.raises(ValueError):
+        AlertSettings(webhook_urls=["ftp://nope"])
+    with pytest.raises(ValueError):
+        AlertSettings(min_severity="LOUD")
+
+
+# --- rollback ------------------------------------------------------------------------------------
+
+
+def test_rollback_runs_once_per_reload_with_arguments_not_a_shell(tmp_path: Path) -> None:
+    script = tmp_path / "rollback.py"
+    record = tmp_path / "calls.jsonl"
+    script.write_text(
+        "import json, sys\n"
+        f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    marker = tmp_path / "injected"
+    hook = RollbackHook(f"{sys.executable} {script} --dry-run", min_severity="CRITICAL")
+    hostile = anomaly(severity="CRITICAL", component=f"model; touch {marker}", old_version="$(touch x)")
+    assert hook.run(anomaly(severity="WARNING")) is None  # below the rollback severity
+    outcome = hook.run(hostile)
+    assert outcome is not None and outcome.returncode == 0
+    assert hook.run(anomaly("r1", "error_rate", severity="CRITICAL")) is None  # same reload: once
+    assert hook.run(anomaly("r2", "reload_failed", severity="CRITICAL")) is None  # not a regression
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert calls == [["--dry-run", "svc", f"model; touch {marker}", "$(touch x)"]]
+    assert not marker.exists()
+    failing = RollbackHook(f"{sys.executable} -c 'import sys; sys.exit(3)'")
+    assert failing.run(anomaly("r3", severity="CRITICAL")).returncode == 3  # logged, never raised
+
+
+# --- the consumer on the real broker -------------------------------------------------------------
+
+
+def produce_anomalies(kafka: KafkaSettings, records: list[dict]) -> None:
+    codec = kafka.codec("Anomaly")
+    producer = Producer(kafka.confluent_config())
+    for record in records:
+        producer.produce(kafka.topics.reload_anomalies, key=record["service_name"].encode(), value=codec.encode(record))
+    producer.produce(kafka.topics.reload_anomalies, key=b"svc", value=b"not avro")
+    assert producer.flush(30) == 0
+
+
+def run_consumer(consumer: AlertConsumer) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+    stop, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            consumer.run(stop)
+        except BaseException as error:  # noqa: BLE001 - surfaced by the test
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, stop, errors
+
+
+def wait_for(condition, timeout_s: float = 30.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_every_anomaly_reaches_the_webhook_across_failures_and_a_restart(kafka_settings: KafkaSettings) -> None:
+    records = [
+        anomaly("r1"),
+        anomaly("r1"),  # duplicate: posted once
+        anomaly("r1", severity="CRITICAL"),  # severity rose: posted again
+        anomaly("r2", "error_rate"),
+        anomaly("r3", "reload_failed", severity="INFO"),  # below min severity
+        anomaly("r4", "latency", severity="CRITICAL"),
+    ]
+    expected = {(r["anomaly_id"], r["severity"]) for r in records if r["severity"] != "INFO"}
+    produce_anomalies(kafka_settings, records)
+    group = f"alerts-{uuid.uuid4().hex}"
+    port = free_port()
+
+    # First run: the webhook is down (connection refused); the consumer retries and is stopped.
+    first = AlertConsumer(kafka_settings, AlertSettings(webhook_urls=[f"http://127.0.0.1:{port}/hook"], group_id=group, **FAST))
+    thread, stop, errors = run_consumer(first)
+    assert wait_for(lambda: first.stats.consumed >= 1)
+    time.sleep(0.5)
+    stop.set()
+    thread.join(30)
+    assert errors == [] and first.stats.posted == 0
+
+    # Second run: the server is up but fails its first attempts; nothing was lost.
+    hook = Hook(port, failures=2)
+    second = AlertConsumer(kafka_settings, AlertSettings(webhook_urls=[hook.url], group_id=group, **FAST))
+    thread, stop, errors = run_consumer(second)
+    try:
+        assert wait_for(lambda: len(hook.bodies) >= len(expected) and second.stats.dead_letters == 1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(30)
+        hook.close()
+    assert errors == []
+    assert sorted((b["anomaly_id"], b["severity"]) for b in hook.bodies) == sorted(expected)
+    assert second.stats.duplicates == 1 and second.stats.below_severity == 1
+    assert hook.bodies[0] == records[0]
+
+    # Third run: everything was committed, so nothing is posted again.
+    again = Hook(port)
+    third = AlertConsumer(kafka_settings, AlertSettings(webhook_urls=[again.url], group_id=group, **FAST))
+    thread, stop, errors = run_consumer(third)
+    try:
+        time.sleep(3)
+    finally:
+        stop.set()
+        thread.join(30)
+        again.close()
+    assert errors == [] and again.bodies == [] and third.stats.consumed == 0
