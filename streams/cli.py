@@ -165,6 +165,61 @@ def produce(
     raise typer.Exit(code)
 
 
+@app.command()
+def alerts(
+    webhook: list[str] = typer.Option(
+        None, "--webhook", help="Webhook URL to POST anomalies to, repeatable [env RELOADTRACE_ALERTS_WEBHOOK_URLS, comma-separated]"
+    ),
+    min_severity: str = typer.Option(None, help="Lowest severity posted: INFO, WARNING, CRITICAL [default WARNING]"),
+    rollback_command: str = typer.Option(
+        None, help="Opt-in: command run with SERVICE COMPONENT OLD_VERSION appended, as argv (no shell) [off]"
+    ),
+    rollback_min_severity: str = typer.Option(None, help="Lowest severity of a regression that rolls back [default CRITICAL]"),
+    max_attempts: int = typer.Option(None, help="Attempts per webhook before giving up (exit 1); 0 = until delivered [0]"),
+    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
+    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_ALERTS_GROUP_ID]"),
+) -> None:
+    """Post every anomaly of reload.anomalies to webhooks (retries, commit after delivery); optional rollback."""
+    import logging
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from schemas.errors import ReloadtraceError
+    from schemas.settings import KafkaSettings
+    from streams.alerts import AlertConsumer, AlertSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
+    alert_flags = {
+        "webhook_urls": webhook or None,
+        "min_severity": min_severity,
+        "rollback_command": rollback_command,
+        "rollback_min_severity": rollback_min_severity,
+        "max_attempts": max_attempts,
+        "group_id": group_id,
+    }
+    try:
+        kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
+        settings = AlertSettings(**{key: value for key, value in alert_flags.items() if value is not None})
+    except ValidationError as error:
+        typer.echo(f"reloadtrace alerts: {error}", err=True)
+        raise typer.Exit(2) from None
+    if not settings.webhook_urls and not settings.rollback_command:
+        typer.echo("reloadtrace alerts: nothing to do: give --webhook URL and/or --rollback-command", err=True)
+        raise typer.Exit(2)
+    stop = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop.set())
+    try:
+        AlertConsumer(kafka, settings).run(stop)
+    except ReloadtraceError as error:
+        typer.echo(f"reloadtrace alerts: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     app()
 
