@@ -220,6 +220,40 @@ def alerts(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def report(
+    sink_url: str = typer.Option(None, help="ClickHouse: chdb://PATH or clickhouse[s]://... [env RELOADTRACE_SINK_URL]"),
+    html_file: str = typer.Option(None, "--html", help="Also write a self-contained HTML report (charts) to this file"),
+    since: str = typer.Option(None, help="Only data from then on: 15m, 6h, 2d, 1w or an ISO 8601 time [default: all]"),
+    bucket_seconds: int = typer.Option(None, help="Latency chart bucket width [default: at most 60 buckets]"),
+    width: int = typer.Option(None, help="Terminal width for the tables [default: the terminal's]"),
+) -> None:
+    """Per-service version health, reloads (durations, failures, mid-flight requests) and anomalies, from ClickHouse."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from schemas.errors import ReloadtraceError
+    from sinks.report import build_report, open_report_client, parse_since, render_html, render_terminal
+
+    now = datetime.now(UTC)
+    try:
+        start = parse_since(since, now=now)
+        client, target = open_report_client(sink_url)
+        try:
+            result = build_report(client, since=start, now=now, target=target, bucket_seconds=bucket_seconds)
+        finally:
+            client.close()
+    except (ReloadtraceError, ValueError) as error:
+        typer.echo(f"reloadtrace report: {error}", err=True)
+        raise typer.Exit(2) from None
+    render_terminal(result, Console(width=width))
+    if html_file:
+        Path(html_file).write_text(render_html(result), encoding="utf-8")
+        typer.echo(f"HTML report written to {html_file}")
+
+
 def main() -> None:
     app()
 
