@@ -264,3 +264,46 @@ def test_every_anomaly_reaches_the_webhook_across_failures_and_a_restart(kafka_s
         thread.join(30)
         again.close()
     assert errors == [] and again.bodies == [] and third.stats.consumed == 0
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def test_alerts_command_refuses_to_run_with_nothing_to_do() -> None:
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["alerts"]).exit_code == 2
+    assert runner.invoke(app, ["alerts", "--webhook", "ftp://x"]).exit_code == 2
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_alerts_command_posts_and_stops_on_sigterm(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    hook = Hook()
+    record = anomaly("cmd", severity="CRITICAL")
+    produce_anomalies(kafka_settings, [record])
+    calls = tmp_path / "calls"
+    command = [
+        str(Path(sys.executable).with_name("reloadtrace")), "alerts",
+        "--webhook", hook.url,
+        "--bootstrap-servers", kafka_settings.bootstrap_servers,
+        "--topic-prefix", kafka_settings.topic_prefix,
+        "--group-id", f"cmd-{uuid.uuid4().hex}",
+        "--rollback-command", f"{sys.executable} -c \"import sys; open({str(calls)!r}, 'w').write(' '.join(sys.argv[1:]))\"",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: len(hook.bodies) == 1 and calls.exists(), timeout_s=60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+        hook.close()
+    assert process.returncode == 0, output
+    assert hook.bodies == [record]
+    assert calls.read_text() == "svc model v1"
