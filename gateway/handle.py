@@ -289,6 +289,7 @@ class ReloadRegistry:
         self._handles: dict[str, ReloadHandle] = {}
         self._log: deque[tuple[int, str, str]] = deque(maxlen=reload_log_size)
         self._log_lock = threading.Lock()
+        self._latest_effective = -1
         self.listener_errors = 0
 
     @property
@@ -387,15 +388,18 @@ class ReloadRegistry:
     def _record_success(self, effective: int, reload_id: str, component: str) -> None:
         with self._log_lock:
             self._log.append((effective, reload_id, component))
+            self._latest_effective = max(self._latest_effective, effective)
 
     def reloads_between(self, start_unix_nano: int, end_unix_nano: int) -> list[tuple[int, str, str]]:
         """Successful reloads with start < effective ≤ end: (effective time, reload_id, component)."""
+        if self._latest_effective <= start_unix_nano:  # the common case: nothing reloaded since the start
+            return []
         with self._log_lock:
             return [entry for entry in self._log if start_unix_nano < entry[0] <= end_unix_nano]
 
     def _emit(self, event: ReloadEvent, error: BaseException | None) -> None:
         if error is not None:
-            _LOG.warning("reload %s of %s/%s failed: %s", event.reload_id, self.service_name, event.component, error)
+            _LOG.info("reload %s of %s/%s failed: %s", event.reload_id, self.service_name, event.component, error)
         for listener in self._listeners:
             try:
                 listener(event)

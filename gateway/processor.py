@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from types import MappingProxyType
 
 from opentelemetry import context as context_api
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.attributes import BoundedAttributes
 
 from gateway.attributes import MID_FLIGHT, MID_FLIGHT_COMPONENTS, MID_FLIGHT_RELOAD_IDS, version_stamp
 from gateway.baggage import upstream_attributes
@@ -78,7 +78,8 @@ class ReloadStampingSpanProcessor(SpanProcessor):
             context=span.context,
             parent=span.parent,
             resource=span.resource,
-            attributes=BoundedAttributes(maxlen=None, attributes=attributes, immutable=True),
+            # the values were already cleaned by the SDK; a read-only view avoids cleaning them twice
+            attributes=MappingProxyType(attributes),
             events=span.events,
             links=span.links,
             kind=span.kind,
