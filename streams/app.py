@@ -19,6 +19,7 @@ import faust
 import mode
 
 from schemas.settings import KafkaSettings
+from streams.detector import DetectorSettings, StreamingDetector
 from streams.enricher import SpanEnricher
 from streams.settings import WorkerSettings
 
@@ -89,17 +90,44 @@ def create_app(
         broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000),
     )
     enricher = SpanEnricher(kafka, settings, timeline_factory=timeline_factory)
+    _add_thread_service(app, "span-enricher", enricher.run)
+    parts = [("enricher", lambda: enricher.stats), ("engine", lambda: enricher.engine.stats)]
+    if settings.detection_enabled:
+        detector = StreamingDetector(kafka, settings=_derived(DetectorSettings(), settings.group_id, "-detector"))
+        _add_thread_service(app, "regression-detector", detector.run)
+        parts.append(("detector", lambda: detector.stats))
+    if settings.sink_url:
+        from sinks.consumer import SinkConsumer
+        from sinks.settings import SinkSettings
 
-    @app.service
-    class EnrichmentService(ThreadService):
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__("span-enricher", enricher.run, app, **kwargs)
+        sink = SinkConsumer(kafka, _derived(SinkSettings(url=settings.sink_url), settings.group_id, "-sink"))
+        _add_thread_service(app, "clickhouse-sink", sink.run)
+        parts.append(("sink", lambda: sink.stats))
 
     @app.timer(interval=30.0)
     async def report_stats() -> None:
-        logger.info("enricher %s; engine %s", enricher.stats, enricher.engine.stats)
+        logger.info("; ".join(f"{name} {stats()}" for name, stats in parts))
 
     return app, enricher
+
+
+def _add_thread_service(app: faust.App, name: str, target: Callable[[threading.Event], None]) -> None:
+    """Start ``target(stop_event)`` in a thread with the app; its failure crashes the worker."""
+
+    @app.service
+    class _Service(ThreadService):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(name, target, app, **kwargs)
+
+
+def _derived(component_settings: Any, worker_group_id: str, suffix: str) -> Any:
+    """The component's consumer group follows the worker's (``<group>-sink``) unless set explicitly.
+
+    One ``--group-id`` then isolates a whole deployment: enricher, detector and sink groups alike.
+    """
+    if "group_id" in component_settings.model_fields_set:
+        return component_settings
+    return component_settings.model_copy(update={"group_id": worker_group_id + suffix})
 
 
 def run_worker(kafka: KafkaSettings, settings: WorkerSettings, *, loglevel: str = "info") -> None:
