@@ -203,14 +203,20 @@ class ClickHouseSink(BatchingSink):
             self.add(SinkRecord(table, record))
         return self.flush()
 
-    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, parameters: Mapping[str, Any] | None = None, *, binary_strings: bool = False
+    ) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` run in the sink's database (``{name:Type}`` placeholders bound from ``parameters``).
+
+        Strings come back as ``str`` (clickhouse-connect shows bytes that are not UTF-8 as hex);
+        ``binary_strings=True`` returns every String column as ``bytes`` instead (raw dead letters).
 
         Raises:
             SinkError: the query failed (classified like writes).
         """
+        formats = {"String": "bytes"} if binary_strings else None
         try:
-            return list(self.client.query(sql, parameters=dict(parameters or {})).result_rows)
+            return list(self.client.query(sql, parameters=dict(parameters or {}), query_formats=formats).result_rows)
         except (ClickHouseError, OSError) as error:
             raise classify(error) from error
 

@@ -166,6 +166,88 @@ def produce(
 
 
 @app.command()
+def report(
+    sink_url: str = typer.Option(None, help="ClickHouse: chdb://PATH or clickhouse[s]://... [env RELOADTRACE_SINK_URL]"),
+    html_file: str = typer.Option(None, "--html", help="Also write a self-contained HTML report (charts) to this file"),
+    since: str = typer.Option(None, help="Only data from then on: 15m, 6h, 2d, 1w or an ISO 8601 time [default: all]"),
+    bucket_seconds: int = typer.Option(None, help="Latency chart bucket width [default: at most 60 buckets]"),
+    width: int = typer.Option(None, help="Terminal width for the tables [default: the terminal's]"),
+) -> None:
+    """Per-service version health, reloads (durations, failures, mid-flight requests) and anomalies, from ClickHouse."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from schemas.errors import ReloadtraceError
+    from sinks.report import build_report, open_report_client, parse_since, render_html, render_terminal
+
+    now = datetime.now(UTC)
+    try:
+        start = parse_since(since, now=now)
+        client, target = open_report_client(sink_url)
+        try:
+            result = build_report(client, since=start, now=now, target=target, bucket_seconds=bucket_seconds)
+        finally:
+            client.close()
+    except (ReloadtraceError, ValueError) as error:
+        typer.echo(f"reloadtrace report: {error}", err=True)
+        raise typer.Exit(2) from None
+    render_terminal(result, Console(width=width))
+    if html_file:
+        Path(html_file).write_text(render_html(result), encoding="utf-8")
+        typer.echo(f"HTML report written to {html_file}")
+
+
+@app.command()
+def sink(
+    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
+    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    sink_url: str = typer.Option(None, help="chdb://PATH or clickhouse[s]://user@host:port/db [env RELOADTRACE_SINK_URL]"),
+    flush_rows: int = typer.Option(None, help="Flush after this many rows [env RELOADTRACE_SINK_FLUSH_ROWS]"),
+    flush_interval_ms: int = typer.Option(None, help="Flush at least this often [env RELOADTRACE_SINK_FLUSH_INTERVAL_MS]"),
+    ttl_days: int = typer.Option(None, help="Delete rows older than this, 0 = keep [env RELOADTRACE_SINK_TTL_DAYS]"),
+    group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_SINK_GROUP_ID]"),
+) -> None:
+    """Land spans.enriched, reloads, reload.anomalies and dead-letter in ClickHouse (until SIGTERM/Ctrl-C)."""
+    import logging
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from schemas.errors import ReloadtraceError
+    from schemas.settings import KafkaSettings
+    from sinks.consumer import SinkConsumer
+    from sinks.settings import SinkSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
+    sink_flags = {
+        "url": sink_url,
+        "flush_rows": flush_rows,
+        "flush_interval_ms": flush_interval_ms,
+        "ttl_days": ttl_days,
+        "group_id": group_id,
+    }
+    try:
+        kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
+        settings = SinkSettings(**{key: value for key, value in sink_flags.items() if value is not None})
+    except ValidationError as error:
+        typer.echo(f"reloadtrace sink: {error}", err=True)
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop.set())
+    typer.echo(f"reloadtrace sink: writing to {settings.target().describe()}", err=True)
+    try:
+        SinkConsumer(kafka, settings).run(stop)
+    except ReloadtraceError as error:
+        typer.echo(f"reloadtrace sink: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def alerts(
     webhook: list[str] = typer.Option(
         None, "--webhook", help="Webhook URL to POST anomalies to, repeatable [env RELOADTRACE_ALERTS_WEBHOOK_URLS, comma-separated]"
@@ -218,40 +300,6 @@ def alerts(
     except ReloadtraceError as error:
         typer.echo(f"reloadtrace alerts: {error}", err=True)
         raise typer.Exit(1) from None
-
-
-@app.command()
-def report(
-    sink_url: str = typer.Option(None, help="ClickHouse: chdb://PATH or clickhouse[s]://... [env RELOADTRACE_SINK_URL]"),
-    html_file: str = typer.Option(None, "--html", help="Also write a self-contained HTML report (charts) to this file"),
-    since: str = typer.Option(None, help="Only data from then on: 15m, 6h, 2d, 1w or an ISO 8601 time [default: all]"),
-    bucket_seconds: int = typer.Option(None, help="Latency chart bucket width [default: at most 60 buckets]"),
-    width: int = typer.Option(None, help="Terminal width for the tables [default: the terminal's]"),
-) -> None:
-    """Per-service version health, reloads (durations, failures, mid-flight requests) and anomalies, from ClickHouse."""
-    from datetime import UTC, datetime
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from schemas.errors import ReloadtraceError
-    from sinks.report import build_report, open_report_client, parse_since, render_html, render_terminal
-
-    now = datetime.now(UTC)
-    try:
-        start = parse_since(since, now=now)
-        client, target = open_report_client(sink_url)
-        try:
-            result = build_report(client, since=start, now=now, target=target, bucket_seconds=bucket_seconds)
-        finally:
-            client.close()
-    except (ReloadtraceError, ValueError) as error:
-        typer.echo(f"reloadtrace report: {error}", err=True)
-        raise typer.Exit(2) from None
-    render_terminal(result, Console(width=width))
-    if html_file:
-        Path(html_file).write_text(render_html(result), encoding="utf-8")
-        typer.echo(f"HTML report written to {html_file}")
 
 
 def main() -> None:
