@@ -62,6 +62,7 @@ class ScheduledReload:
         lateness_s: the event is published this many seconds after it took effect.
         probe_s: duration of the health check (requested → effective).
         source: who triggered it.
+        label: free text copied to the ground truth (e.g. "benign:no-change"), for test scenarios.
     """
 
     at_s: float
@@ -72,6 +73,7 @@ class ScheduledReload:
     lateness_s: float = 0.0
     probe_s: float = 0.05
     source: str = "deploy-pipeline"
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -619,6 +621,7 @@ def ground_truth(
             "publication_delay_ns": publication[event.reload_id] - event.effective_time_unix_nano,
             "late": publication[event.reload_id] > event.effective_time_unix_nano,
             "regression": None,
+            "label": reload.label if reload is not None else "initial",
         }
         if regression is not None:
             until = {}

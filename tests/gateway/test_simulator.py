@@ -177,3 +177,20 @@ def test_impossible_scenarios_are_refused() -> None:
         simulate(SimulationConfig(duration_s=10, reloads=(), regressions=(Regression(reload_index=3, latency_factor=2),)))
     with pytest.raises(SimulationConfigError):
         SimulationConfig(reloads=(ScheduledReload(at_s=1, service="nope", component="model"),))
+
+
+def test_detection_scenario_labels_match_what_happened() -> None:
+    from gateway.scenarios import BENIGN_FAILED, BENIGN_NO_PRIOR_TRAFFIC, REGRESSION, detection_scenario
+
+    config = detection_scenario(seed=2, duration_s=60, late_fraction=0.5)
+    assert config == detection_scenario(seed=2, duration_s=60, late_fraction=0.5)
+    simulation = simulate(config)
+    rows = {row["reload_id"]: row for row in simulation.ground_truth["reloads"] if not row["initial"]}
+    assert len(rows) == 8 and any(row["late"] for row in rows.values())
+    for row in rows.values():
+        assert (row["regression"] is not None) == (row["label"] == REGRESSION)
+        assert (row["status"] == "FAILED") == (row["label"] == BENIGN_FAILED)
+        if row["label"] == BENIGN_NO_PRIOR_TRAFFIC:
+            before = [s for s in simulation.spans if s["service_name"] == row["service_name"] and s["kind"] == "SERVER"
+                      and s["start_time_unix_nano"] < row["effective_time_unix_nano"]]
+            assert before == []
