@@ -24,7 +24,7 @@ from tests.sinks.test_queries_data import (
     AnalystDataset,
     build_reference_dataset,
     build_simulated_dataset,
-    load_directly,
+    load_through_sink,
     reference_enrich,
 )
 
@@ -79,7 +79,7 @@ def dataset(request: pytest.FixtureRequest) -> AnalystDataset:
 def client(engine_path: str, dataset: AnalystDataset) -> Iterator[Any]:
     """The embedded engine loaded with the data set, in a database of its own."""
     client = open_database(engine_path, "planted" if dataset.source.startswith("planted") else "simulated")
-    load_directly(client, dataset)
+    load_through_sink(client, dataset)
     try:
         yield client
     finally:
@@ -514,7 +514,7 @@ def expect_errors_for_model_at_temperature(d: AnalystDataset, model: str, temper
             "status_message": s["status_message"] or "",
             "model_version": s["versions"].get("model", ""),
             "config_version": s["versions"].get("config", ""),
-            "temperature": repr(s["attributes"]["gen_ai.request.temperature"]),
+            "temperature": s["attributes"]["gen_ai.request.temperature"],
         }
         for s in spans
     ]

@@ -27,7 +27,7 @@ from sinks.report import (
     render_terminal,
 )
 from tests.sinks.test_queries import open_database
-from tests.sinks.test_queries_data import NS_PER_S, T0, AnalystDataset, build_reference_dataset, load_directly
+from tests.sinks.test_queries_data import NS_PER_S, T0, AnalystDataset, build_reference_dataset, load_through_sink
 
 CHROMIUM = Path("/usr/bin/chromium")
 NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
@@ -44,7 +44,7 @@ def dataset() -> AnalystDataset:
 def engine(tmp_path_factory: pytest.TempPathFactory, dataset: AnalystDataset) -> Iterator[tuple[str, Any]]:
     path = str(tmp_path_factory.mktemp("chdb_report"))
     client = open_database(path, DATABASE)
-    load_directly(client, dataset)
+    load_through_sink(client, dataset)
     try:
         yield path, client
     finally:
