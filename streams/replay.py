@@ -19,6 +19,7 @@ enrichment fields are reused as bytes; the span itself is decoded and re-encoded
 from __future__ import annotations
 
 import gc
+import re
 import sys
 import time
 from bisect import bisect_right
@@ -32,15 +33,66 @@ import orjson
 
 from schemas.errors import InvalidRecordError, ReloadtraceError
 from schemas.files import SUFFIXES, RecordFileError, read_records
-from schemas.records import ENRICHMENT_FIELDS, ReloadEvent, Span, validate_span
+from schemas.records import ENRICHMENT_FIELDS, SPAN_KINDS, STATUS_CODES, ReloadEvent, Span, validate_span
 from streams.enriched_wire import enrichment_of
 from streams.timeline import VersionTimeline
 
 ENRICHED_FILE = "enriched_spans.jsonl"
 ANOMALIES_FILE = "anomalies.jsonl"
 _SKIPPED_KEPT = 1_000
-_PROGRESS_EVERY = 16_384
+_CHUNK_LINES = 4_096
 _SPAN_FIELD_COUNT = len(Span.__annotations__)
+
+
+_TRACE_ID = re.compile(r"[0-9a-f]{32}").fullmatch
+_SPAN_ID = re.compile(r"[0-9a-f]{16}").fullmatch
+_ZERO_TRACE_ID, _ZERO_SPAN_ID = "0" * 32, "0" * 16
+_KINDS, _STATUS_CODES = frozenset(SPAN_KINDS), frozenset(STATUS_CODES)
+_ATTRIBUTE_TYPES = frozenset((str, bool, int, float))
+_INT64_MAX = 2**63 - 1
+
+
+def plainly_valid(span: dict[str, Any]) -> bool:
+    """A fast sufficient check that :func:`schemas.records.validate_span` accepts ``span``.
+
+    True only for spans ``validate_span`` accepts (a test holds the two together); False means
+    "ask ``validate_span``", which gives the reason. One function, no calls per field: the per-span
+    cost of validation is most of replay's own work.
+    """
+    get = span.get
+    trace_id, span_id, parent = get("trace_id"), get("span_id"), get("parent_span_id")
+    if type(trace_id) is not str or not _TRACE_ID(trace_id) or trace_id == _ZERO_TRACE_ID:
+        return False
+    if type(span_id) is not str or not _SPAN_ID(span_id) or span_id == _ZERO_SPAN_ID:
+        return False
+    if parent is not None and (type(parent) is not str or not _SPAN_ID(parent) or parent == _ZERO_SPAN_ID):
+        return False
+    start, end, service = get("start_time_unix_nano"), get("end_time_unix_nano"), get("service_name")
+    if type(start) is not int or type(end) is not int or not 0 <= start <= end <= _INT64_MAX:
+        return False
+    if type(service) is not str or not service or type(get("service_instance_id")) is not str:
+        return False
+    if type(get("name")) is not str:
+        return False
+    kind, code, message = get("kind"), get("status_code"), get("status_message")
+    if type(kind) is not str or kind not in _KINDS or type(code) is not str or code not in _STATUS_CODES:
+        return False
+    if message is not None and type(message) is not str:
+        return False
+    attributes, resource = get("attributes"), get("resource_attributes")
+    if type(attributes) is not dict:
+        return False
+    types = _ATTRIBUTE_TYPES
+    for key, value in attributes.items():
+        if type(key) is not str or type(value) not in types:
+            return False
+    if resource is not None:
+        if type(resource) is not dict:
+            return False
+        for key, value in resource.items():
+            if type(key) is not str or type(value) not in types:
+                return False
+    return True
 
 
 class ReplayError(ReloadtraceError):
@@ -129,30 +181,18 @@ def _count_skipped_reload(summary: ReplaySummary | None, path: Path, position: i
         summary._skip(path, position, reason)
 
 
-def iter_span_records(path: Path, handle: BinaryIO) -> Iterator[tuple[int, Any]]:
-    """(position, dict) per record, or (position, error text) for a JSON line that does not parse.
-
-    Kept apart from :func:`schemas.files.read_records` to avoid one object per span on the hot path;
-    the formats and positions are the same.
+def _avro_records(path: Path, handle: BinaryIO) -> Iterator[dict[str, Any]]:
+    """The records of an Avro container file.
 
     Raises:
-        RecordFileError: an Avro container is corrupt.
+        RecordFileError: the container is corrupt (fastavro raises many types).
     """
-    if path.suffix.lower() == ".jsonl":
-        loads = orjson.loads
-        for number, line in enumerate(handle, start=1):
-            try:
-                record = loads(line)
-            except orjson.JSONDecodeError as error:
-                if line.strip():
-                    yield number, f"not JSON: {error}"
-                continue
-            yield number, record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
-        return
+    position = 0
     try:
-        yield from enumerate(fastavro.reader(handle), start=1)
+        for position, record in enumerate(fastavro.reader(handle), start=1):  # noqa: B007
+            yield record
     except Exception as error:  # noqa: BLE001 - fastavro raises many types on corrupt containers
-        raise RecordFileError(f"{path}: not a readable Avro container file: {error!r}") from error
+        raise RecordFileError(f"{path}: not a readable Avro container file (after record {position}): {error!r}") from error
 
 
 def _open_input(path: Path) -> BinaryIO:
@@ -174,8 +214,8 @@ def _detector() -> Callable[..., Any] | None:
 
 
 def _enrichment_tail(answer: Any) -> bytes:
-    """The JSON of the enrichment fields at revision 0, without braces, to splice after a span."""
-    return orjson.dumps(answer.fields(0))[1:-1]
+    """``,"versions":...}`` + newline: the enrichment fields at revision 0, to splice after a span."""
+    return b"," + orjson.dumps(answer.fields(0))[1:] + b"\n"
 
 
 def run_replay(
@@ -241,26 +281,42 @@ def _enrich_all(
     collected: list[dict[str, Any]] | None,
     show_progress: bool,
 ) -> None:
-    # The hot loop: locals only, one dict per span (the decoded record), no per-span objects.
-    dumps, write, validate = orjson.dumps, output.write, validate_span
+    # The hot loop: locals only, one dict per span (the decoded record), no per-span objects;
+    # JSON lines are parsed inline (no generator), output lines are joined and written in chunks.
+    jsonl = path.suffix.lower() == ".jsonl"
+    loads, dumps, validate, plainly = orjson.loads, orjson.dumps, validate_span, plainly_valid
+    json_error = orjson.JSONDecodeError
     cache: dict[tuple[str, str], tuple[list[int], dict[tuple[int, int], bytes]]] = {}
     bar = _ProgressBar(path) if show_progress else None
-    read = written = 0
+    chunk: list[bytes] = []
+    append = chunk.append
+    source: Any = handle if jsonl else _avro_records(path, handle)
+    span_fields = _SPAN_FIELD_COUNT
+    position = written = 0
     try:
-        for position, record in iter_span_records(path, handle):
-            read += 1
-            if bar is not None and not read % _PROGRESS_EVERY:
-                bar.update(handle.tell())
-            if type(record) is not dict:
-                summary.spans_skipped += 1
-                summary._skip(path, position, record)
-                continue
-            try:
-                validate(record)
-            except InvalidRecordError as error:
-                summary.spans_skipped += 1
-                summary._skip(path, position, f"invalid span: {error}")
-                continue
+        for item in source:
+            position += 1
+            if jsonl:
+                try:
+                    record = loads(item)
+                except json_error as error:
+                    if item.strip():
+                        summary.spans_skipped += 1
+                        summary._skip(path, position, f"not JSON: {error}")
+                    continue
+                if type(record) is not dict:
+                    summary.spans_skipped += 1
+                    summary._skip(path, position, f"expected a JSON object, got {type(record).__name__}")
+                    continue
+            else:
+                record = item
+            if not plainly(record):
+                try:
+                    validate(record)
+                except InvalidRecordError as error:
+                    summary.spans_skipped += 1
+                    summary._skip(path, position, f"invalid span: {error}")
+                    continue
             service, instance = record["service_name"], record["service_instance_id"]
             start, end = record["start_time_unix_nano"], record["end_time_unix_nano"]
             entry = cache.get((service, instance))
@@ -271,17 +327,23 @@ def _enrich_all(
             tail = tails.get(segments)
             if tail is None:
                 tail = tails[segments] = _enrichment_tail(enrichment_of(timeline, service, instance, start, end))
-            if "resource_attributes" not in record:
-                record["resource_attributes"] = None
-            if len(record) > _SPAN_FIELD_COUNT:  # an enriched span replayed: its old answer goes
-                for name in ENRICHMENT_FIELDS:
+            if len(record) != span_fields:
+                if "resource_attributes" not in record:
+                    record["resource_attributes"] = None
+                for name in ENRICHMENT_FIELDS:  # an enriched span replayed: its old answer goes
                     record.pop(name, None)
-            write(dumps(record)[:-1] + b"," + tail + b"}\n")
+            append(dumps(record)[:-1] + tail)
             written += 1
             if collected is not None:
                 collected.append(record)
+            if len(chunk) >= _CHUNK_LINES:
+                output.write(b"".join(chunk))
+                chunk.clear()
+                if bar is not None:
+                    bar.update(handle.tell())
+        output.write(b"".join(chunk))
     finally:
-        summary.spans_read += read
+        summary.spans_read += position
         summary.spans_written += written
         summary.distinct_answers += sum(len(tails) for _, tails in cache.values())
         if bar is not None:

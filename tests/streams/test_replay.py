@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import sys
@@ -9,13 +10,17 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.files import write_records
-from schemas.records import ReloadEvent
+from schemas.errors import InvalidRecordError
+from schemas.records import ReloadEvent, Span, validate_span
 from streams.enrichment import enrich
-from streams.replay import RecordFileError, run_replay
+from streams.replay import RecordFileError, plainly_valid, run_replay
 from streams.timeline import VersionTimeline
 from tests.scenarios import build_scenario
+from tests.strategies import spans
 
 BASE = 1_763_900_000_000_000_000
 
@@ -117,3 +122,45 @@ def test_cli_writes_both_files_reports_skips_and_fails_on_unreadable_input(tmp_p
     command[command.index("--spans") + 1] = str(tmp_path / "nope.avro")
     failed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2 and "nope.avro" in failed.stderr and "cannot open" in failed.stderr
+
+
+EDGE_VALUES = [
+    None, True, 0, -1, 1.5, 2**63 - 1, 2**63, "", "x", "0" * 16, "0" * 32, "A" * 16, "g" * 32, "a" * 17, "SERVER",
+    "ERROR", "server", [], {}, {"k": None}, {"k": [1]}, {1: "x"}, {"k": 1.5, "b": True}, b"bytes",
+]
+edge_values = st.sampled_from(EDGE_VALUES)
+junk = st.one_of(edge_values, st.integers(0, 2**62), st.text("0123456789abcdef", min_size=15, max_size=33),
+                 st.integers(-(2**64), 2**64), st.floats(), st.text(max_size=5))
+
+
+FIELDS = sorted(Span.__annotations__)
+
+
+@settings(max_examples=600)
+@given(span=spans(), broken=st.lists(st.tuples(st.sampled_from(FIELDS), junk), max_size=2),
+       dropped=st.sets(st.sampled_from(FIELDS), max_size=1), swap=st.booleans())
+def test_the_fast_validity_check_never_accepts_what_validate_span_rejects(span, broken, dropped, swap) -> None:
+    assert plainly_valid(span)  # valid spans take the fast path
+    mutated = {name: value for name, value in {**span, **dict(broken)}.items() if name not in dropped}
+    if swap:
+        mutated["start_time_unix_nano"], mutated["end_time_unix_nano"] = span["end_time_unix_nano"], span["start_time_unix_nano"]
+    if plainly_valid(mutated):
+        validate_span(mutated)  # must not raise
+    else:
+        with contextlib.suppress(InvalidRecordError):
+            validate_span(mutated)
+
+
+def test_the_fast_check_agrees_with_validate_span_on_every_single_field_edge_case() -> None:
+    base = build_scenario(seed=1, base_time_unix_nano=BASE, duration_s=1, spans_per_second=5).spans[0]
+    cases = [{**base, name: value} for name in FIELDS for value in EDGE_VALUES]
+    cases += [{k: v for k, v in base.items() if k != name} for name in FIELDS]
+    cases.append({**base, "start_time_unix_nano": base["end_time_unix_nano"] + 1})
+    rejected = 0
+    for case in cases:
+        try:
+            validate_span(case)
+        except InvalidRecordError:
+            rejected += 1
+            assert not plainly_valid(case), case
+    assert rejected > 100  # the table really probes the rules
