@@ -8,6 +8,7 @@ KAFKA_DATA_DIR ?= .kafka
 PARTITIONS ?= 4
 PYTEST_ARGS ?=
 BENCH ?=
+DEMO_ARGS ?=
 
 .PHONY: help venv jars up down status test demo bench clean
 
@@ -47,10 +48,9 @@ bench: jars
 	$(BIN)/python -m infra.kafka run --port 0 --data-dir .kafka-bench --fresh -- \
 		$(BIN)/python -m tests.benchmarks $(BENCH)
 
+# Its own broker (free port, .kafka-demo), a worker with the embedded ClickHouse (data/demo), traffic, report.
 demo: jars
-	@echo "reloadtrace demo: the pipeline (enrichment, detection, ClickHouse sink) is not built yet."
-	@echo "What exists today: the Avro contract (schemas/) and the local Kafka (make up / make down)."
-	@exit 1
+	$(BIN)/python -m infra.demo $(DEMO_ARGS)
 
 clean:
-	rm -rf .kafka-test .kafka-bench .pytest_cache build *.egg-info
+	rm -rf .kafka-test .kafka-bench .kafka-demo data/demo out/demo .pytest_cache build *.egg-info
