@@ -113,9 +113,7 @@ def extract(headers: Mapping[str, str]) -> context_api.Context:
 def upstream_versions(context: context_api.Context | None = None) -> dict[str, str]:
     """``{"<service>.<component>": version}`` from the reloadtrace members of the baggage."""
     members = baggage_api.get_all(context if context is not None else context_api.get_current())
-    return {
-        key[len(BAGGAGE_PREFIX) :]: str(value) for key, value in members.items() if key.startswith(BAGGAGE_PREFIX)
-    }
+    return {key[len(BAGGAGE_PREFIX) :]: str(value) for key, value in members.items() if key.startswith(BAGGAGE_PREFIX)}
 
 
 def upstream_attributes(context: context_api.Context | None = None) -> dict[str, str]:

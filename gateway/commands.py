@@ -49,7 +49,9 @@ def run_simulate(
         config = replace(config, start_time_unix_nano=time.time_ns() // 1_000_000 * 1_000_000)
     with _progress(console) as progress:
         task = progress.add_task("simulating", total=None)
-        simulation = simulate(config, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+        simulation = simulate(
+            config, on_progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
     counts = simulation.ground_truth["counts"]
     console.print(
         f"simulated {counts['requests']} requests ({counts['spans']} spans), {counts['reloads']} reloads "
@@ -103,4 +105,4 @@ def run_produce(
     return 1 if report.undelivered else 0
 
 
-__all__ = ["run_produce", "run_simulate", "NANOS"]
+__all__ = ["NANOS", "run_produce", "run_simulate"]

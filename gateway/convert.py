@@ -47,7 +47,9 @@ def attribute_value(value: Any) -> str | bool | int | float | None:
     return str(value)
 
 
-def attribute_map(attributes: Mapping[str, Any] | None, redactor: Redactor, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def attribute_map(
+    attributes: Mapping[str, Any] | None, redactor: Redactor, *, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
     converted: dict[str, Any] = {}
     for key, value in redactor.apply(attributes).items():
         if key in skip:

@@ -52,7 +52,9 @@ def _span_ids(span: trace.Span) -> tuple[str | None, str | None]:
 
 def traceparent_context(trace_id: str, span_id: str) -> context_api.Context:
     """A context whose parent is the given (remote) span, e.g. the reload span of another instance."""
-    parent = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    parent = SpanContext(
+        int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+    )
     return trace.set_span_in_context(NonRecordingSpan(parent), context_api.Context())
 
 

@@ -83,7 +83,9 @@ def file_stream(
 ) -> list[StreamItem]:
     """The items of two files in the chosen order (``publication_delays_ns``: reload_id → delay,
     e.g. from a simulator ground truth; used by ``event-time`` only, missing ids publish on time)."""
-    spans = [StreamItem("span", record, record["end_time_unix_nano"]) for record in read_stream(spans_path, "span", report)]
+    spans = [
+        StreamItem("span", record, record["end_time_unix_nano"]) for record in read_stream(spans_path, "span", report)
+    ]
     delays = publication_delays_ns or {}
     reloads = [
         StreamItem("reload", record, record["effective_time_unix_nano"] + delays.get(record["reload_id"], 0))
@@ -93,7 +95,10 @@ def file_stream(
         return reloads + spans
     if interleaving is Interleaving.SPANS_FIRST:
         return spans + reloads
-    indexed = [(item.publish_time_unix_nano, 0 if item.kind == "reload" else 1, n, item) for n, item in enumerate(reloads + spans)]
+    indexed = [
+        (item.publish_time_unix_nano, 0 if item.kind == "reload" else 1, n, item)
+        for n, item in enumerate(reloads + spans)
+    ]
     return [entry[-1] for entry in sorted(indexed, key=lambda entry: entry[:3])]
 
 
@@ -131,7 +136,9 @@ class StreamPublisher:
                 report.spans += 1
             else:
                 self._producer.flush(_DEFAULT_FLUSH_TIMEOUT_S)
-                self._produce(self.topics.reloads, item.record["service_name"], self._reload_codec.encode(item.record), report)
+                self._produce(
+                    self.topics.reloads, item.record["service_name"], self._reload_codec.encode(item.record), report
+                )
                 self._producer.flush(_DEFAULT_FLUSH_TIMEOUT_S)
                 report.reloads += 1
             if on_item is not None:

@@ -49,7 +49,9 @@ def detection_scenario(
         ScheduledReload(at(0.25), "llm-gateway", "model", lateness_s=late(), label=REGRESSION),
         ScheduledReload(at(0.45), "llm-gateway", "config", lateness_s=late(), label=BENIGN_AFTER_REGRESSION),
         ScheduledReload(at(0.65), "llm-gateway", "feature_flags", fail=True, lateness_s=late(), label=BENIGN_FAILED),
-        ScheduledReload(at(0.80), "llm-gateway", "routing_rules", instance=0, lateness_s=late(), label=BENIGN_CANARY_NO_CHANGE),
+        ScheduledReload(
+            at(0.80), "llm-gateway", "routing_rules", instance=0, lateness_s=late(), label=BENIGN_CANARY_NO_CHANGE
+        ),
         ScheduledReload(at(0.30), "chat-api", "prompt_template", lateness_s=late(), label=BENIGN_NO_CHANGE),
         ScheduledReload(at(0.60), "chat-api", "rate_limit_policy", lateness_s=late(), label=REGRESSION),
         ScheduledReload(at(0.85), "chat-api", "credentials", lateness_s=late(), label=BENIGN_AFTER_REGRESSION),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.redaction import Redactor, RedactionMode
+from gateway.redaction import RedactionMode, Redactor
 
 _DEFAULT_QUEUE_MAX_MESSAGES = 100_000
 _DEFAULT_MESSAGE_TIMEOUT_MS = 30_000
@@ -27,7 +27,9 @@ class GatewaySettings(BaseSettings):
 
     redact_keys: list[str] = Field(default_factory=list, description="Extra deny patterns (glob, or re:regex)")
     redaction_mode: RedactionMode = Field(default=RedactionMode.DROP, description="drop the key or hash its value")
-    redaction_salt: SecretStr | None = Field(default=None, description="Salt of hashed values; unset = random per process")
+    redaction_salt: SecretStr | None = Field(
+        default=None, description="Salt of hashed values; unset = random per process"
+    )
     exporter_queue_max_messages: int = Field(
         default=_DEFAULT_QUEUE_MAX_MESSAGES, ge=1, description="Messages the producer holds undelivered before dropping"
     )

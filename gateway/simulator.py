@@ -29,10 +29,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.convert import span_record
 from gateway.errors import SimulationConfigError
-from gateway.handle import RELOAD_ID_ATTRIBUTE, ReloadRegistry, traceparent_context
+from gateway.handle import RELOAD_ID_ATTRIBUTE, ReloadRegistry
 from gateway.pinning import Pinned, activate
 from gateway.processor import ReloadStampingSpanProcessor
-from gateway.redaction import Redactor, RedactionMode
+from gateway.redaction import RedactionMode, Redactor
 from gateway.versioning import COMPONENT_KINDS, Snapshot, model_descriptor
 from schemas.records import FAILED, ReloadEvent, Span
 
@@ -134,7 +134,9 @@ class SimulationConfig:
         if not self.services or len(set(self.services)) != len(self.services):
             raise SimulationConfigError("services must be a non-empty list of distinct names")
         if self.instances_per_service < 1 or self.duration_s <= 0 or self.requests_per_second_per_service < 0:
-            raise SimulationConfigError("instances_per_service >= 1, duration_s > 0, requests_per_second_per_service >= 0")
+            raise SimulationConfigError(
+                "instances_per_service >= 1, duration_s > 0, requests_per_second_per_service >= 0"
+            )
         for name in ("failed_fraction", "canary_fraction", "late_fraction", "base_error_rate", "streaming_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SimulationConfigError(f"{name} must be within [0, 1]")
@@ -226,7 +228,12 @@ def component_value(component: str, revision: int, service_index: int, *, broken
     elif component == "config":
         value = {"timeout_s": 30 + revision, "max_retries": 2, "upstream_pool": f"pool-{revision % 3}"}
     elif component == "routing_rules":
-        value = {"routes": [{"match": route, "target": f"pool-{(i + revision) % 3}", "weight": 100} for i, route in enumerate(_ROUTES)]}
+        value = {
+            "routes": [
+                {"match": route, "target": f"pool-{(i + revision) % 3}", "weight": 100}
+                for i, route in enumerate(_ROUTES)
+            ]
+        }
     elif component == "feature_flags":
         value = {"streaming": True, "semantic_cache": revision % 2 == 1, "new_tokenizer": revision % 3 == 2}
     elif component == "credentials":
@@ -303,7 +310,11 @@ class _Run:
         self.publication: dict[str, int] = {}
         self.schedule = config.reloads if config.reloads is not None else random_schedule(config, self.rng)
         self.regressions = self._resolve_regressions()
-        self.instances = [self._instance(service, s, i) for s, service in enumerate(config.services) for i in range(config.instances_per_service)]
+        self.instances = [
+            self._instance(service, s, i)
+            for s, service in enumerate(config.services)
+            for i in range(config.instances_per_service)
+        ]
         self.revisions: dict[tuple[str, str], int] = {}
         self.heap: list[tuple[int, int, int, Any]] = []
         self.sequence = 0
@@ -345,9 +356,17 @@ class _Run:
             id_generator=self.ids,
             shutdown_on_exit=False,
         )
-        registry = ReloadRegistry(service, instance_id, clock=self.clock, tracer=provider.get_tracer("reloadtrace.simulator"), listeners=[self._on_event])
+        registry = ReloadRegistry(
+            service,
+            instance_id,
+            clock=self.clock,
+            tracer=provider.get_tracer("reloadtrace.simulator"),
+            listeners=[self._on_event],
+        )
         provider.add_span_processor(ReloadStampingSpanProcessor(registry, SimpleSpanProcessor(self.collector)))
-        return _Instance(service, service_index, index, instance_id, provider, provider.get_tracer("llm-gateway"), registry)
+        return _Instance(
+            service, service_index, index, instance_id, provider, provider.get_tracer("llm-gateway"), registry
+        )
 
     def _on_event(self, event: ReloadEvent) -> None:
         self.events.setdefault(event.reload_id, event)
@@ -435,7 +454,9 @@ class _Run:
             handle = instance.registry[reload.component] if reload.component in instance.registry.components() else None
             if handle is None:
                 handle = instance.registry.register(
-                    reload.component, component_value(reload.component, 0, instance.service_index), announce=False,
+                    reload.component,
+                    component_value(reload.component, 0, instance.service_index),
+                    announce=False,
                     health_check=self._health_check(lambda: self._effective_target[0]),
                 )
             event = handle.reload(
@@ -455,7 +476,9 @@ class _Run:
     def start_server(self, request: _Request) -> None:
         instance = request.instance
         regression = self.active_regression(instance, request.start)
-        error_rate = regression.error_rate if regression and regression.error_rate is not None else self.config.base_error_rate
+        error_rate = (
+            regression.error_rate if regression and regression.error_rate is not None else self.config.base_error_rate
+        )
         request.error = request.error_draw < error_rate
         if regression is not None:
             request.duration = int(request.duration * regression.latency_factor)
@@ -569,14 +592,32 @@ class _Run:
         for instance in self.instances:
             instance.provider.shutdown()
         reloads = [
-            ReloadEvent(**{**event.to_dict(), "model_context": redactor.model_context(event.model_context), "changed_keys": tuple(event.changed_keys)})
+            ReloadEvent(
+                **{
+                    **event.to_dict(),
+                    "model_context": redactor.model_context(event.model_context),
+                    "changed_keys": tuple(event.changed_keys),
+                }
+            )
             for event in self.events.values()
         ]
         items = [PublishItem(span["end_time_unix_nano"], "span", index) for index, span in enumerate(spans)]
-        items += [PublishItem(self.publication[event.reload_id], "reload", index) for index, event in enumerate(reloads)]
+        items += [
+            PublishItem(self.publication[event.reload_id], "reload", index) for index, event in enumerate(reloads)
+        ]
         order = {"reload": 0, "span": 1}
         items.sort(key=lambda item: (item.time_unix_nano, order[item.kind], item.index))
-        truth = ground_truth(self.config, self.schedule, self.regressions, reloads, spans, self.publication, self.applied, control_plane, self.reload_id)
+        truth = ground_truth(
+            self.config,
+            self.schedule,
+            self.regressions,
+            reloads,
+            spans,
+            self.publication,
+            self.applied,
+            control_plane,
+            self.reload_id,
+        )
         return Simulation(self.config, spans, reloads, items, truth)
 
 
@@ -646,7 +687,8 @@ def ground_truth(
             for rid in crossed:
                 by_reload.setdefault(rid, []).append(span["span_id"])
     return {
-        "config": config.to_dict() | {"reloads": [asdict(reload) for reload in schedule], "regressions": [asdict(r) for r in config.regressions]},
+        "config": config.to_dict()
+        | {"reloads": [asdict(reload) for reload in schedule], "regressions": [asdict(r) for r in config.regressions]},
         "reloads": rows,
         "regression_reload_ids": sorted(regressions),
         "mid_flight_spans": straddles,

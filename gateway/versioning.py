@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -76,7 +76,9 @@ def changed_keys(old: Any, new: Any) -> tuple[str, ...]:
         _flatten(old, "", before)
     if new is not None:
         _flatten(new, "", after)
-    return tuple(sorted(key for key in before.keys() | after.keys() if before.get(key, _MISSING) != after.get(key, _MISSING)))
+    return tuple(
+        sorted(key for key in before.keys() | after.keys() if before.get(key, _MISSING) != after.get(key, _MISSING))
+    )
 
 
 _MISSING = object()
@@ -149,5 +151,3 @@ class Snapshot:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.value.get(key, default) if isinstance(self.value, Mapping) else default
-
-

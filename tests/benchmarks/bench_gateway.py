@@ -37,7 +37,9 @@ class _Null(SpanExporter):
 
 
 def _provider() -> TracerProvider:
-    return TracerProvider(resource=Resource({"service.name": "bench", "service.instance.id": "b-1"}), shutdown_on_exit=False)
+    return TracerProvider(
+        resource=Resource({"service.name": "bench", "service.instance.id": "b-1"}), shutdown_on_exit=False
+    )
 
 
 def _registry(provider: TracerProvider) -> ReloadRegistry:
@@ -85,7 +87,9 @@ def _export_rate() -> tuple[float, dict]:
     provider = _provider()
     registry = _registry(provider)
     exporter = KafkaSpanExporter(kafka)
-    provider.add_span_processor(kafka_span_processor(registry, exporter, max_queue_size=SPANS, max_export_batch_size=512))
+    provider.add_span_processor(
+        kafka_span_processor(registry, exporter, max_queue_size=SPANS, max_export_batch_size=512)
+    )
     tracer = provider.get_tracer("bench")
     started = time.perf_counter()
     for number in range(SPANS):

@@ -41,7 +41,10 @@ class FakeProducer:
 
 
 def _provider(processor) -> TracerProvider:
-    provider = TracerProvider(resource=Resource({"service.name": "llm-gateway", "service.instance.id": "gw-1", "k8s.pod.name": "p"}), shutdown_on_exit=False)
+    provider = TracerProvider(
+        resource=Resource({"service.name": "llm-gateway", "service.instance.id": "gw-1", "k8s.pod.name": "p"}),
+        shutdown_on_exit=False,
+    )
     provider.add_span_processor(processor)
     return provider
 
@@ -72,9 +75,14 @@ def test_batches_are_keyed_by_trace_id_and_decode_to_valid_spans() -> None:
     children = [r for r in records if r["kind"] == "CLIENT"]
     roots = {r["span_id"]: r for r in records if r["kind"] == "SERVER"}
     assert len(children) == 12 and len(roots) == 12
-    assert all(c["parent_span_id"] in roots and c["status_code"] == "ERROR" and c["status_message"] == "upstream 503" for c in children)
+    assert all(
+        c["parent_span_id"] in roots and c["status_code"] == "ERROR" and c["status_message"] == "upstream 503"
+        for c in children
+    )
     assert all(r["parent_span_id"] is None and r["attributes"]["tags"] == '["a","b"]' for r in roots.values())
-    assert all(r["service_instance_id"] == "gw-1" and r["resource_attributes"] == {"k8s.pod.name": "p"} for r in records)
+    assert all(
+        r["service_instance_id"] == "gw-1" and r["resource_attributes"] == {"k8s.pod.name": "p"} for r in records
+    )
     producer.flush()
     assert exporter.stats.delivered == 24 and exporter.stats.in_flight == 0
 
@@ -82,7 +90,9 @@ def test_batches_are_keyed_by_trace_id_and_decode_to_valid_spans() -> None:
 def test_full_producer_queue_drops_and_counts_without_raising() -> None:
     producer = FakeProducer(capacity=3)
     exporter = KafkaSpanExporter(KAFKA, producer=producer)
-    tracer = _provider(BatchSpanProcessor(exporter, max_export_batch_size=100, schedule_delay_millis=60_000)).get_tracer("app")
+    tracer = _provider(
+        BatchSpanProcessor(exporter, max_export_batch_size=100, schedule_delay_millis=60_000)
+    ).get_tracer("app")
     spans = []
     for number in range(10):
         span = tracer.start_span(f"s{number}")
@@ -108,7 +118,9 @@ def test_producer_exceptions_and_exports_after_shutdown_never_raise() -> None:
 
 def test_broker_down_no_exception_reaches_the_app_and_drops_are_bounded() -> None:
     """A real librdkafka producer pointed at a closed port: memory bounded, every span accounted for."""
-    settings = GatewaySettings(exporter_queue_max_messages=10, exporter_message_timeout_ms=300, exporter_flush_timeout_ms=3000)
+    settings = GatewaySettings(
+        exporter_queue_max_messages=10, exporter_message_timeout_ms=300, exporter_flush_timeout_ms=3000
+    )
     exporter = KafkaSpanExporter(KAFKA, settings)
     processor = BatchSpanProcessor(exporter, max_queue_size=20, max_export_batch_size=20, schedule_delay_millis=50)
     provider = _provider(processor)

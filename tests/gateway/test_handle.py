@@ -37,7 +37,7 @@ def test_changed_keys_are_names_never_values() -> None:
     old = {"timeout_s": 30, "api_key": "sk-old", "nested": {"x": 1, "y": 2}}
     new = {"timeout_s": 30, "api_key": "sk-new", "nested": {"x": 1, "z": 3}}
     assert changed_keys(old, new) == ("api_key", "nested.y", "nested.z")
-    _, registry, _, events = instrumented()
+    _, registry, _, _events = instrumented()
     registry.register("credentials", old)
     event = registry["credentials"].reload(new)
     assert event.changed_keys == ("api_key", "nested.y", "nested.z")
@@ -52,7 +52,7 @@ def test_failed_reload_keeps_the_old_version_serving_and_is_recorded() -> None:
         if snapshot.value["temperature"] > 2:
             raise ValueError("temperature out of range")
 
-    _, registry, exporter, events = instrumented(clock=clock)
+    _, registry, exporter, _events = instrumented(clock=clock)
     handle = registry.register("model", {"temperature": 0.2}, health_check=health_check)
     before = handle.current()
     requested = clock.advance(1_000)
@@ -149,7 +149,7 @@ def test_pin_is_scoped_to_its_block_and_registry() -> None:
 
 
 def test_reload_span_is_its_own_trace_without_context_and_a_child_with_one() -> None:
-    provider, registry, exporter, events = instrumented()
+    provider, registry, exporter, _events = instrumented()
     handle = registry.register("config", {"v": 0})
     own = handle.reload({"v": 1})
     with provider.get_tracer("deploy").start_as_current_span("deploy pipeline") as deploy:

@@ -36,7 +36,9 @@ class Gateway:
     def __init__(self, kafka: KafkaSettings) -> None:
         settings = GatewaySettings(exporter_flush_timeout_ms=20_000)
         self.provider = TracerProvider(
-            resource=Resource({"service.name": "llm-gateway", "service.instance.id": "gw-a", "deployment.environment.name": "test"}),
+            resource=Resource(
+                {"service.name": "llm-gateway", "service.instance.id": "gw-a", "deployment.environment.name": "test"}
+            ),
             shutdown_on_exit=False,
         )
         self.registry = ReloadRegistry("llm-gateway", "gw-a", tracer=self.provider.get_tracer("reloadtrace"))
@@ -46,7 +48,9 @@ class Gateway:
         self.provider.add_span_processor(kafka_span_processor(self.registry, self.exporter, schedule_delay_millis=100))
         self.model = self.registry.register(
             "model",
-            model_descriptor("gpt-4o", "2024-08-06", provider="openai", parameters={"temperature": 0.2, "api_key": SECRET}),
+            model_descriptor(
+                "gpt-4o", "2024-08-06", provider="openai", parameters={"temperature": 0.2, "api_key": SECRET}
+            ),
         )
         self.tracer = self.provider.get_tracer("gateway.http")
         self.inside = threading.Event()
@@ -64,17 +68,20 @@ class Gateway:
                 incoming = extract(dict(self.headers.items()))
                 token = context_api.attach(incoming)
                 try:
-                    with pin(gateway.registry), gateway.tracer.start_as_current_span(
-                        "POST /v1/chat/completions",
-                        kind=SpanKind.SERVER,
-                        attributes={
-                            "http.request.method": "POST",
-                            "http.route": "/v1/chat/completions",
-                            # careless instrumentation recording headers: redaction must catch it
-                            "http.request.header.authorization": self.headers.get("Authorization", ""),
-                            "http.request.header.cookie": self.headers.get("Cookie", ""),
-                        },
-                    ) as server_span:
+                    with (
+                        pin(gateway.registry),
+                        gateway.tracer.start_as_current_span(
+                            "POST /v1/chat/completions",
+                            kind=SpanKind.SERVER,
+                            attributes={
+                                "http.request.method": "POST",
+                                "http.route": "/v1/chat/completions",
+                                # careless instrumentation recording headers: redaction must catch it
+                                "http.request.header.authorization": self.headers.get("Authorization", ""),
+                                "http.request.header.cookie": self.headers.get("Cookie", ""),
+                            },
+                        ) as server_span,
+                    ):
                         if gateway.hold_first_request:
                             gateway.hold_first_request = False
                             gateway.inside.set()
@@ -83,10 +90,19 @@ class Gateway:
                         with gateway.tracer.start_as_current_span(
                             f"chat {model['id']}",
                             kind=SpanKind.CLIENT,
-                            attributes={"gen_ai.system": "openai", "gen_ai.request.model": model["id"], "gen_ai.usage.output_tokens": 12},
+                            attributes={
+                                "gen_ai.system": "openai",
+                                "gen_ai.request.model": model["id"],
+                                "gen_ai.usage.output_tokens": 12,
+                            },
                         ):
                             pass
-                        body = json.dumps({"model_version": model.version, "trace_id": format(server_span.get_span_context().trace_id, "032x")}).encode()
+                        body = json.dumps(
+                            {
+                                "model_version": model.version,
+                                "trace_id": format(server_span.get_span_context().trace_id, "032x"),
+                            }
+                        ).encode()
                         server_span.set_attribute("http.response.status_code", 200)
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(body)))
@@ -163,7 +179,10 @@ def test_mid_request_model_reload_is_pinned_marked_and_traced_on_the_broker(kafk
     assert published["model_context"]["model.version"] == "2024-11-20"
     (reload_span,) = [s for s in spans if s["span_id"] == published["span_id"]]
     assert reload_span["trace_id"] == published["trace_id"] and reload_span["parent_span_id"] is None
-    assert reload_span["name"] == "reload model" and published["trace_id"] not in (first["trace_id"], second["trace_id"])
+    assert reload_span["name"] == "reload model" and published["trace_id"] not in (
+        first["trace_id"],
+        second["trace_id"],
+    )
     assert any(r["source"] == "startup" and r["new_version"] == old_version for r in reloads)
 
     # secrets never reached the broker, in any message of either topic

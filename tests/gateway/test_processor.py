@@ -46,7 +46,11 @@ def test_span_carries_pinned_versions_and_mid_flight_mark() -> None:
     assert request.attributes["service.model.version"] == old_model_version
     assert request.attributes["gen_ai.request.model"] == "gpt-4o"
     assert request.attributes["gen_ai.request.model.version"] == "2024-08-06"
-    assert request.attributes["service.feature_flags.version"] == flags.version == request.attributes["feature_flag.version"]
+    assert (
+        request.attributes["service.feature_flags.version"]
+        == flags.version
+        == request.attributes["feature_flag.version"]
+    )
     assert request.attributes[MID_FLIGHT] is True and request.attributes[MID_FLIGHT_RELOAD_IDS] == (event.reload_id,)
     assert spans["before"].attributes[MID_FLIGHT] is False
     # pinned: a span started after the reload but inside the request still uses the old model
@@ -92,7 +96,7 @@ def test_versions_travel_as_baggage_and_land_on_the_receiving_spans() -> None:
         "chat-api.model": pinned.snapshots["model"].version,
         "chat-api.config": pinned.snapshots["config"].version,
     }
-    provider, downstream, exporter, _ = instrumented(service="llm-gateway")
+    provider, _downstream, exporter, _ = instrumented(service="llm-gateway")
     token = context_api.attach(received)
     try:
         with provider.get_tracer("app").start_as_current_span("downstream request") as span:

@@ -15,7 +15,10 @@ from schemas.settings import KafkaSettings
 from tests.gateway.kafka_reading import consume
 
 SMALL = SimulationConfig(
-    seed=4, services=("llm-gateway",), duration_s=12, requests_per_second_per_service=5,
+    seed=4,
+    services=("llm-gateway",),
+    duration_s=12,
+    requests_per_second_per_service=5,
     reloads=(
         ScheduledReload(at_s=3.0, service="llm-gateway", component="model", lateness_s=4.0),
         ScheduledReload(at_s=6.0, service="llm-gateway", component="config", instance=1),
@@ -48,7 +51,13 @@ def test_orders_and_bad_lines(small, files, tmp_path: Path) -> None:
     spans_first = file_stream(files["spans"], files["reloads"], ProduceReport(), interleaving=Interleaving.SPANS_FIRST)
     assert spans_first[0].kind == "span" and spans_first[-1].kind == "reload"
     delays = publication_delays(json.loads(files["ground_truth"].read_text()))
-    by_time = file_stream(files["spans"], files["reloads"], ProduceReport(), interleaving=Interleaving.EVENT_TIME, publication_delays_ns=delays)
+    by_time = file_stream(
+        files["spans"],
+        files["reloads"],
+        ProduceReport(),
+        interleaving=Interleaving.EVENT_TIME,
+        publication_delays_ns=delays,
+    )
     assert [(item.kind, item.record.get("reload_id") or item.record["span_id"]) for item in by_time] == [
         (kind, record.get("reload_id") or record["span_id"]) for kind, record in small.interleaved()
     ]
@@ -59,7 +68,11 @@ def test_event_time_produce_really_publishes_the_late_reload_after_the_spans(
     small, files, kafka_settings: KafkaSettings
 ) -> None:
     code = run_produce(
-        kafka_settings, files["spans"], files["reloads"], interleaving=Interleaving.EVENT_TIME, ground_truth=files["ground_truth"]
+        kafka_settings,
+        files["spans"],
+        files["reloads"],
+        interleaving=Interleaving.EVENT_TIME,
+        ground_truth=files["ground_truth"],
     )
     assert code == 0
     span_messages = consume(kafka_settings, kafka_settings.topics.spans, len(small.spans))
@@ -67,7 +80,11 @@ def test_event_time_produce_really_publishes_the_late_reload_after_the_spans(
     assert len(span_messages) == len(small.spans) and len(reload_messages) == len(small.reloads)
     span_codec, reload_codec = kafka_settings.codec("Span"), kafka_settings.codec("ReloadEvent")
     arrival = {span_codec.decode(m.value())["span_id"]: m.timestamp()[1] for m in span_messages}
-    late = next(reload_codec.decode(m.value()) | {"_ts": m.timestamp()[1]} for m in reload_messages if reload_codec.decode(m.value())["reload_id"] == "sim4-r000")
+    late = next(
+        reload_codec.decode(m.value()) | {"_ts": m.timestamp()[1]}
+        for m in reload_messages
+        if reload_codec.decode(m.value())["reload_id"] == "sim4-r000"
+    )
     published = late["effective_time_unix_nano"] + 4 * 10**9
     ended_before = [s["span_id"] for s in small.spans if s["end_time_unix_nano"] < published]
     assert ended_before and all(arrival[span_id] <= late["_ts"] for span_id in ended_before)

@@ -22,7 +22,9 @@ def test_events_are_keyed_by_service_and_model_context_is_redacted() -> None:
     publisher = ReloadPublisher(KAFKA, producer=producer)
     _, registry, _, _ = instrumented(service="chat-api")
     registry.add_listener(publisher)
-    handle = registry.register("model", model_descriptor("gpt-4o", "1", parameters={"temperature": 0.1, "api_key": "sk-zzz"}))
+    handle = registry.register(
+        "model", model_descriptor("gpt-4o", "1", parameters={"temperature": 0.1, "api_key": "sk-zzz"})
+    )
     handle.reload(model_descriptor("gpt-4o", "2", parameters={"temperature": 0.1, "api_key": "sk-yyy"}))
     assert publisher.flush() == 0 and publisher.stats.delivered == 2
     codec = KAFKA.codec("ReloadEvent")

@@ -65,7 +65,7 @@ def test_drop_and_salted_hash_modes() -> None:
 
 
 def test_span_record_redacts_span_and_resource_attributes_and_model_context() -> None:
-    provider, registry, exporter, _ = instrumented()
+    provider, _registry, exporter, _ = instrumented()
     provider._resource = provider.resource.merge(
         type(provider.resource)({"service.name": "llm-gateway", "deployment.api_key": "sk-resource"})
     )

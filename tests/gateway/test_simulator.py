@@ -20,7 +20,12 @@ from schemas.records import ReloadEvent, validate_span
 
 REPO = Path(__file__).resolve().parents[2]
 BUSY = SimulationConfig(
-    seed=11, duration_s=40, reloads_per_service=7, failed_fraction=0.2, canary_fraction=0.3, late_fraction=0.3,
+    seed=11,
+    duration_s=40,
+    reloads_per_service=7,
+    failed_fraction=0.2,
+    canary_fraction=0.3,
+    late_fraction=0.3,
     requests_per_second_per_service=8,
 )
 
@@ -63,8 +68,24 @@ def test_the_command_writes_identical_files_across_processes(tmp_path: Path) -> 
     for hash_seed in ("1", "2"):
         out = tmp_path / hash_seed
         subprocess.run(
-            [sys.executable, "-m", "streams.cli", "simulate", "--seed", "9", "--duration-s", "8", "--out", str(out), "--format", "avro"],
-            cwd=REPO, env=os.environ | {"PYTHONHASHSEED": hash_seed}, check=True, capture_output=True,
+            [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "simulate",
+                "--seed",
+                "9",
+                "--duration-s",
+                "8",
+                "--out",
+                str(out),
+                "--format",
+                "avro",
+            ],
+            cwd=REPO,
+            env=os.environ | {"PYTHONHASHSEED": hash_seed},
+            check=True,
+            capture_output=True,
         )
         outputs.append({path.name: path.read_bytes() for path in sorted(out.iterdir())})
     assert outputs[0] == outputs[1] and set(outputs[0]) == {"spans.avro", "reloads.avro", "ground_truth.json"}
@@ -78,7 +99,13 @@ def test_records_follow_the_contract(busy) -> None:
     kinds = {span["kind"] for span in busy.spans}
     assert {"SERVER", "CLIENT", "INTERNAL"} <= kinds
     client = next(s for s in busy.spans if s["kind"] == "CLIENT")
-    assert {"gen_ai.system", "gen_ai.request.model", "gen_ai.request.temperature", "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"} <= set(client["attributes"])
+    assert {
+        "gen_ai.system",
+        "gen_ai.request.model",
+        "gen_ai.request.temperature",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+    } <= set(client["attributes"])
     assert not any("authorization" in key for span in busy.spans for key in span["attributes"])
     assert len({(s["service_name"], s["service_instance_id"]) for s in busy.spans}) == 6
     durations = [s["end_time_unix_nano"] - s["start_time_unix_nano"] for s in busy.spans if s["kind"] == "SERVER"]
@@ -97,7 +124,8 @@ def test_schedule_covers_every_kind_canaries_failures_and_late_publication(busy)
     for row in late:  # spans that ended after it took effect but before it was published come first
         event_position = positions[("reload", reload_index[row["reload_id"]])]
         ended_meanwhile = [
-            i for i, s in enumerate(busy.spans)
+            i
+            for i, s in enumerate(busy.spans)
             if row["effective_time_unix_nano"] < s["end_time_unix_nano"] < row["published_time_unix_nano"]
         ]
         assert ended_meanwhile and all(positions[("span", i)] < event_position for i in ended_meanwhile)
@@ -134,8 +162,13 @@ def test_injected_regression_shows_in_latency_and_errors_and_ends_at_the_next_re
         ScheduledReload(at_s=10.0, service="chat-api", component="feature_flags", instance=0),  # benign canary
     )
     config = SimulationConfig(
-        seed=3, services=("llm-gateway", "chat-api"), duration_s=60, reloads=schedule, streaming_fraction=0.0,
-        requests_per_second_per_service=10, regressions=(Regression(reload_id="sim3-r000", latency_factor=2.0, error_rate=0.15),),
+        seed=3,
+        services=("llm-gateway", "chat-api"),
+        duration_s=60,
+        reloads=schedule,
+        streaming_fraction=0.0,
+        requests_per_second_per_service=10,
+        regressions=(Regression(reload_id="sim3-r000", latency_factor=2.0, error_rate=0.15),),
     )
     simulation = simulate(config)
     requests = [s for s in simulation.spans if s["kind"] == "SERVER" and s["service_name"] == "llm-gateway"]
@@ -161,7 +194,10 @@ def test_injected_regression_shows_in_latency_and_errors_and_ends_at_the_next_re
 
 def test_traffic_windows_express_a_reload_with_no_prior_traffic() -> None:
     config = SimulationConfig(
-        seed=1, services=("quiet",), duration_s=20, traffic_windows={"quiet": (10.0, 20.0)},
+        seed=1,
+        services=("quiet",),
+        duration_s=20,
+        traffic_windows={"quiet": (10.0, 20.0)},
         reloads=(ScheduledReload(at_s=5.0, service="quiet", component="config"),),
     )
     simulation = simulate(config)
@@ -172,9 +208,15 @@ def test_traffic_windows_express_a_reload_with_no_prior_traffic() -> None:
 def test_impossible_scenarios_are_refused() -> None:
     failing = (ScheduledReload(at_s=5.0, service="llm-gateway", component="model", fail=True),)
     with pytest.raises(SimulationConfigError, match="FAIL"):
-        simulate(SimulationConfig(duration_s=10, reloads=failing, regressions=(Regression(reload_index=0, latency_factor=2),)))
+        simulate(
+            SimulationConfig(
+                duration_s=10, reloads=failing, regressions=(Regression(reload_index=0, latency_factor=2),)
+            )
+        )
     with pytest.raises(SimulationConfigError):
-        simulate(SimulationConfig(duration_s=10, reloads=(), regressions=(Regression(reload_index=3, latency_factor=2),)))
+        simulate(
+            SimulationConfig(duration_s=10, reloads=(), regressions=(Regression(reload_index=3, latency_factor=2),))
+        )
     with pytest.raises(SimulationConfigError):
         SimulationConfig(reloads=(ScheduledReload(at_s=1, service="nope", component="model"),))
 
@@ -191,6 +233,11 @@ def test_detection_scenario_labels_match_what_happened() -> None:
         assert (row["regression"] is not None) == (row["label"] == REGRESSION)
         assert (row["status"] == "FAILED") == (row["label"] == BENIGN_FAILED)
         if row["label"] == BENIGN_NO_PRIOR_TRAFFIC:
-            before = [s for s in simulation.spans if s["service_name"] == row["service_name"] and s["kind"] == "SERVER"
-                      and s["start_time_unix_nano"] < row["effective_time_unix_nano"]]
+            before = [
+                s
+                for s in simulation.spans
+                if s["service_name"] == row["service_name"]
+                and s["kind"] == "SERVER"
+                and s["start_time_unix_nano"] < row["effective_time_unix_nano"]
+            ]
             assert before == []
