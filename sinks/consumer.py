@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_BATCH_SIZE = 10_000
 _DEFAULT_POLL_TIMEOUT_MS = 100
-_DEFAULT_SESSION_TIMEOUT_MS = 30_000
 
 
 class SinkConsumerError(SinkError):
@@ -127,7 +126,8 @@ class SinkConsumer:
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
                 "max.poll.interval.ms": 600_000,
-                "session.timeout.ms": _DEFAULT_SESSION_TIMEOUT_MS,
+                "session.timeout.ms": self._settings.session_timeout_ms,
+                "heartbeat.interval.ms": max(1, min(3_000, self._settings.session_timeout_ms // 3)),
                 "fetch.wait.max.ms": 100,
             }
         )

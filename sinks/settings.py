@@ -20,6 +20,7 @@ _DEFAULT_RETRY_TIMEOUT_MS = 120_000
 _DEFAULT_RETRY_INITIAL_BACKOFF_MS = 100
 _DEFAULT_RETRY_MAX_BACKOFF_MS = 5_000
 _DEFAULT_GROUP_ID = "reloadtrace-sink"
+_DEFAULT_SESSION_TIMEOUT_MS = 30_000
 _DEFAULT_HTTP_PORT = 8123
 _DEFAULT_HTTPS_PORT = 8443
 _SERVER_SCHEMES = {"clickhouse": False, "http": False, "clickhouses": True, "https": True}
@@ -99,7 +100,7 @@ def _without_password(url: str) -> str:
 class SinkSettings(BaseSettings):
     """Environment: ``RELOADTRACE_SINK_URL``, ``RELOADTRACE_SINK_DATABASE``, ``RELOADTRACE_SINK_PASSWORD``,
     ``RELOADTRACE_SINK_FLUSH_ROWS``, ``RELOADTRACE_SINK_FLUSH_INTERVAL_MS``, ``RELOADTRACE_SINK_TTL_DAYS``,
-    ``RELOADTRACE_SINK_RETRY_TIMEOUT_MS``, ``RELOADTRACE_SINK_GROUP_ID``.
+    ``RELOADTRACE_SINK_RETRY_TIMEOUT_MS``, ``RELOADTRACE_SINK_GROUP_ID``, ``RELOADTRACE_SINK_SESSION_TIMEOUT_MS``.
 
     A password written in the URL is moved into ``password`` (a ``SecretStr``) and removed from
     ``url``, so printing the settings never shows it.
@@ -122,6 +123,9 @@ class SinkSettings(BaseSettings):
     retry_initial_backoff_ms: int = Field(default=_DEFAULT_RETRY_INITIAL_BACKOFF_MS, ge=1)
     retry_max_backoff_ms: int = Field(default=_DEFAULT_RETRY_MAX_BACKOFF_MS, ge=1)
     group_id: str = Field(default=_DEFAULT_GROUP_ID, description="Kafka consumer group of the sink")
+    session_timeout_ms: int = Field(
+        default=_DEFAULT_SESSION_TIMEOUT_MS, ge=1, description="Kafka session timeout (how fast a dead sink's partitions move)"
+    )
 
     @field_validator("database")
     @classmethod
