@@ -318,6 +318,7 @@ class _Run:
         self.revisions: dict[tuple[str, str], int] = {}
         self.heap: list[tuple[int, int, int, Any]] = []
         self.sequence = 0
+        self.probe_until = config.start_time_unix_nano
         # (instance id) -> list of (effective, reload_id) of SUCCEEDED reloads reaching it, in order
         self.applied: dict[str, list[tuple[int, str]]] = {instance.instance_id: [] for instance in self.instances}
 
@@ -375,25 +376,21 @@ class _Run:
         self.sequence += 1
         heapq.heappush(self.heap, (time, priority, self.sequence, payload))
 
-    def _health_check(self, advance_to: Callable[[], int]) -> Callable[[Snapshot], None]:
-        def check(snapshot: Snapshot) -> None:
-            self.clock.now = max(self.clock.now, advance_to())
-            if snapshot.get("health_probe") == "fail":
-                raise RuntimeError("health probe failed after loading the new version")
-
-        return check
+    def _probe(self, snapshot: Snapshot) -> None:
+        """The health check of every simulated component: takes until ``probe_until``, fails broken values."""
+        self.clock.now = max(self.clock.now, self.probe_until)
+        if snapshot.get("health_probe") == "fail":
+            raise RuntimeError("health probe failed after loading the new version")
 
     def register_components(self) -> None:
-        target = [self.config.start_time_unix_nano]
         for instance in self.instances:
             for component in COMPONENT_KINDS:
                 instance.registry.register(
                     component,
                     component_value(component, 0, instance.service_index),
                     reload_id=f"sim{self.config.seed}-{instance.service}-{component}-initial",
-                    health_check=self._health_check(lambda: target[0]),
+                    health_check=self._probe,
                 )
-        self._effective_target = target
         for event in self.events.values():
             self.publication[event.reload_id] = event.effective_time_unix_nano
 
@@ -450,14 +447,14 @@ class _Run:
         reload_id = self.reload_id(index)
         for instance in targets:
             self.clock.now = max(self.clock.now, effective - int(reload.probe_s * NANOS))
-            self._effective_target[0] = effective
+            self.probe_until = effective
             handle = instance.registry[reload.component] if reload.component in instance.registry.components() else None
             if handle is None:
                 handle = instance.registry.register(
                     reload.component,
                     component_value(reload.component, 0, instance.service_index),
                     announce=False,
-                    health_check=self._health_check(lambda: self._effective_target[0]),
+                    health_check=self._probe,
                 )
             event = handle.reload(
                 component_value(reload.component, revision, instance.service_index, broken=reload.fail),

@@ -97,3 +97,29 @@ def test_simulate_to_kafka(small, kafka_settings: KafkaSettings) -> None:
     spans = consume(kafka_settings, kafka_settings.topics.spans, len(small.spans))
     decoded = sorted((kafka_settings.codec("Span").decode(m.value()) for m in spans), key=lambda s: s["span_id"])
     assert decoded == sorted(small.spans, key=lambda s: s["span_id"])
+
+
+def test_real_time_pacing_follows_publish_times(monkeypatch) -> None:
+    from gateway import produce as produce_module
+    from gateway.produce import StreamItem, StreamPublisher
+    from tests.gateway.test_exporter import FakeProducer
+
+    class FrozenTime:
+        now = 100.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+        def sleep(self, seconds: float) -> None:
+            sleeps.append(round(seconds, 6))
+            self.now += seconds
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(produce_module, "time", FrozenTime())
+    span = simulate(SMALL).spans[0]
+    items = [StreamItem("span", span, t * 10**9) for t in (0, 0, 1, 3)]
+    producer = FakeProducer()
+    report = StreamPublisher(KafkaSettings(bootstrap_servers="127.0.0.1:1"), producer=producer).publish(
+        items, ProduceReport(), pace=2.0
+    )
+    assert sleeps == [0.5, 1.0] and report.spans == 4 and len(producer.messages) == 4
