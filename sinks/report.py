@@ -583,11 +583,20 @@ def open_report_client(sink_url: str | None) -> tuple[Any, str]:
         SinkConfigError: bad URL (from :mod:`sinks.settings`).
     """
     from sinks.clickhouse import open_client
+    from sinks.errors import SinkConfigError
     from sinks.settings import SinkSettings
 
     settings = SinkSettings(**({"url": sink_url} if sink_url else {}))
     target = settings.target()
-    client = open_client(target)  # on the default database: the sink's may not exist
+    try:
+        client = open_client(target)  # on the default database: the sink's may not exist
+    except SinkConfigError as error:
+        if not target.embedded:
+            raise
+        raise ReportError(
+            f"{error} — chDB lets one process open a data directory: if a worker or sink runs on "
+            f"{target.path}, stop it first, or report from a ClickHouse server"
+        ) from error
     exists = client.query(
         "SELECT count() FROM system.databases WHERE name = {database:String}", parameters={"database": target.database}
     ).result_rows[0][0]

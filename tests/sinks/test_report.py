@@ -256,6 +256,30 @@ def test_report_command_prints_tables_and_writes_html(engine: tuple[str, Any], d
     assert bad_since.exit_code == 2 and "--since" in bad_since.output
 
 
+@pytest.mark.clickhouse
+def test_a_chdb_path_held_by_another_process_gives_a_hint(tmp_path: Path) -> None:
+    import sys
+
+    path = tmp_path / "held"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, clickhouse_connect; c = clickhouse_connect.get_client(dsn='chdb://{path}'); "
+         "c.query('SELECT 1'); print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        # A process of its own: in this one, chDB may already be open on another path.
+        result = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "report", "--sink-url", f"chdb://{path}"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "stop it first, or report from a ClickHouse server" in result.stderr
+
+
 # ---------------------------------------------------------------- headless Chromium
 
 
