@@ -58,7 +58,8 @@ from streams.engine import (
     forget_partitions,
     restore_partition,
 )
-from streams.enriched_wire import EnrichedEncoder, enrichment_of
+from streams.enriched_wire import EnrichedEncoder
+from streams.enrichment import SegmentAnswers
 from streams.progress import PartitionProgress, overall_progress
 from streams.settings import WorkerSettings
 
@@ -181,7 +182,8 @@ class SpanEnricher:
         kafka: broker, topics and framing.
         settings: grace period, horizon, batching, limits.
         timeline_factory: builds an empty version timeline.
-        answer_fn: computes an answer from a timeline (default: :func:`enrichment_of`).
+        answer_fn: computes an answer from a timeline (default: :func:`enrichment_of` memoised per
+            segment pair, :class:`streams.enrichment.SegmentAnswers`).
         wall_clock_ns: the clock used for watermark queries and dead-letter times.
         feed_factory: builds the detection feed from the producer (default: the Kafka feed when
             detection is enabled, else none).
@@ -193,7 +195,7 @@ class SpanEnricher:
         settings: WorkerSettings,
         *,
         timeline_factory: Callable[[], Timeline],
-        answer_fn: Callable[..., Any] = enrichment_of,
+        answer_fn: Callable[..., Any] | None = None,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         feed_factory: Callable[[Producer, Callable[..., None]], RequestFeed] | None = None,
     ) -> None:
@@ -201,7 +203,7 @@ class SpanEnricher:
         self._settings = settings
         self._topics = kafka.topics
         self._timeline_factory = timeline_factory
-        self._answer_fn = answer_fn
+        self._answer_fn = answer_fn if answer_fn is not None else SegmentAnswers()
         self._clock = wall_clock_ns
         self._span_codec = kafka.codec("Span")
         self._reload_codec = kafka.codec("ReloadEvent")
@@ -210,7 +212,7 @@ class SpanEnricher:
         self._feed_factory = feed_factory
         self.engine = EnrichmentEngine(
             timeline_factory(),
-            answer_fn,
+            self._answer_fn,
             grace_ms=settings.grace_period_ms,
             horizon_ms=settings.correction_horizon_ms,
         )
