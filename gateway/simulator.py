@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from gateway.baggage import with_versions
 from gateway.convert import span_record
 from gateway.errors import SimulationConfigError
 from gateway.handle import RELOAD_ID_ATTRIBUTE, ReloadRegistry
@@ -107,6 +108,10 @@ class SimulationConfig:
     ``reloads`` None draws a random schedule from the seed (``reloads_per_service`` per service,
     every component kind used, with ``failed_fraction`` / ``canary_fraction`` / ``late_fraction``).
     ``traffic_windows`` limits a service's requests to ``(start_s, end_s)`` (e.g. no prior traffic).
+    ``calls`` makes a service call another instead of the model provider (``{"chat-api": "llm-gateway"}``):
+    the callee's SERVER span is a child of the caller's CLIENT span in the same trace, and the
+    caller's pinned versions travel as W3C baggage onto it (``upstream.<service>.<component>.version``).
+    Called requests come on top of the callee's own ``requests_per_second_per_service``.
     """
 
     seed: int = 0
@@ -128,6 +133,7 @@ class SimulationConfig:
     streaming_fraction: float = 0.1
     streaming_duration_s: tuple[float, float] = (2.0, 8.0)
     traffic_windows: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    calls: Mapping[str, str] = field(default_factory=dict)
     redaction_salt: str = "reloadtrace-simulator"
 
     def __post_init__(self) -> None:
@@ -147,6 +153,11 @@ class SimulationConfig:
                 raise SimulationConfigError(f"instance index {reload.instance} out of range")
             if not 0 <= reload.at_s <= self.duration_s or reload.probe_s < 0 or reload.lateness_s < 0:
                 raise SimulationConfigError(f"reload at {reload.at_s}s is outside the run or has negative delays")
+        for caller, callee in self.calls.items():
+            if caller not in self.services or callee not in self.services or caller == callee:
+                raise SimulationConfigError(f"calls {caller!r} -> {callee!r} must name two different services")
+            if self.calls.get(callee) is not None:
+                raise SimulationConfigError("calls are one hop deep: a called service calls no other")
         for regression in self.regressions:
             if (regression.reload_index is None) == (regression.reload_id is None):
                 raise SimulationConfigError("a Regression names exactly one of reload_index or reload_id")
@@ -156,6 +167,7 @@ class SimulationConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["traffic_windows"] = {key: list(value) for key, value in self.traffic_windows.items()}
+        data["calls"] = dict(self.calls)
         return data
 
 
@@ -291,6 +303,9 @@ class _Request:
     pinned: Pinned | None = None
     server: Any = None
     client: Any = None
+    base_duration: int = 0  # before this service's own regression
+    parent_context: Any = None  # a called request: the caller's CLIENT span and baggage
+    caller: _Request | None = None
 
 
 # Event priorities at equal times: reloads first (a version is active from its effective time on),
@@ -477,6 +492,7 @@ class _Run:
             regression.error_rate if regression and regression.error_rate is not None else self.config.base_error_rate
         )
         request.error = request.error_draw < error_rate
+        request.base_duration = request.duration
         if regression is not None:
             request.duration = int(request.duration * regression.latency_factor)
         self.clock.now = max(self.clock.now, request.start)
@@ -486,7 +502,7 @@ class _Run:
                 f"POST {request.route}",
                 kind=SpanKind.SERVER,
                 start_time=request.start,
-                context=trace.set_span_in_context(trace.INVALID_SPAN),
+                context=request.parent_context or trace.set_span_in_context(trace.INVALID_SPAN),
                 attributes={
                     "http.request.method": "POST",
                     "http.route": request.route,
@@ -503,8 +519,42 @@ class _Run:
         overhead = self.rng.randrange(2_000_000, 15_000_000)
         self.push(request.start + min(overhead, request.duration // 4), _START_CLIENT, request)
 
+    def call_downstream(self, request: _Request, at: int, callee: str) -> None:
+        """The CLIENT span of a call to ``callee`` and the callee's request, ended by the callee's end."""
+        with activate(request.pinned):
+            request.client = request.instance.tracer.start_span(
+                "POST /v1/chat/completions",
+                kind=SpanKind.CLIENT,
+                start_time=at,
+                context=trace.set_span_in_context(request.server),
+                attributes={
+                    "http.request.method": "POST",
+                    "server.address": f"{callee}.internal",
+                    "url.full": f"https://{callee}.internal/v1/chat/completions",
+                    "peer.service": callee,
+                },
+            )
+        outgoing = with_versions(request.pinned, trace.set_span_in_context(request.client)).context
+        instance = self.rng.choice([candidate for candidate in self.instances if candidate.service == callee])
+        planned_end = request.start + request.base_duration - self.rng.randrange(1_000_000, 4_000_000)
+        called = _Request(
+            instance=instance,
+            start=at + 1_000_000,
+            duration=max(planned_end - at - 2_000_000, 5_000_000),
+            streaming=request.streaming,
+            error_draw=self.rng.random(),
+            route=_ROUTES[0],
+            parent_context=outgoing,
+            caller=request,
+        )
+        self.push(called.start, _START_SERVER, called)
+
     def start_client(self, request: _Request, at: int) -> None:
         instance = request.instance
+        callee = self.config.calls.get(instance.service)
+        if callee is not None:
+            self.call_downstream(request, at, callee)
+            return
         model = request.pinned.snapshots["model"] if request.pinned else None
         model_id = model.model_context.get("model.id", "unknown") if model else "unknown"
         parameters = model.value.get("parameters", {}) if model else {}
@@ -528,7 +578,21 @@ class _Run:
         end = max(at + 1_000_000, request.start + request.duration - tail)
         self.push(end, _END_CLIENT, (request, end))
 
+    def end_call(self, request: _Request, at: int) -> None:
+        client = request.client
+        client.set_attribute("http.response.status_code", 502 if request.error else 200)
+        if request.error:
+            client.set_status(Status(StatusCode.ERROR, "downstream error"))
+        client.end(end_time=at)
+        # this service's own regression adds its share after the call returns
+        extra = request.duration - request.base_duration
+        end = at + self.rng.randrange(1_000_000, 4_000_000) + max(0, extra)
+        self.push(end, _END_SERVER, (request, end))
+
     def end_client(self, request: _Request, at: int) -> None:
+        if request.client.kind is SpanKind.CLIENT and "peer.service" in (request.client.attributes or {}):
+            self.end_call(request, at)
+            return
         client = request.client
         seconds = (at - client.start_time) / NANOS
         output_tokens = max(1, int(seconds * (60 if request.streaming else 180) * self.rng.uniform(0.7, 1.3)))
@@ -556,6 +620,9 @@ class _Run:
         else:
             server.set_attribute("http.response.status_code", 200)
         server.end(end_time=at)
+        if request.caller is not None:
+            request.caller.error = request.caller.error or request.error
+            self.push(at + 1_000_000, _END_CLIENT, (request.caller, at + 1_000_000))
 
     def run(self) -> Simulation:
         self.register_components()

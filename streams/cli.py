@@ -73,6 +73,13 @@ def replay(
     print_summary(summary)
 
 
+def _caller_callee(text: str) -> tuple[str, str]:
+    caller, separator, callee = text.partition("=")
+    if not separator or not caller or not callee:
+        raise ValueError(f"--call takes CALLER=CALLEE, got {text!r}")
+    return caller, callee
+
+
 @app.command()
 def simulate(
     seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files"),
@@ -86,6 +93,7 @@ def simulate(
     regression: list[str] = typer.Option(
         [], help="INDEX:LATENCY_FACTOR:ERROR_RATE, e.g. 2:2.0:0.15 (repeatable; ERROR_RATE may be empty)"
     ),
+    call: list[str] = typer.Option([], help="CALLER=CALLEE: CALLER calls CALLEE instead of the model (repeatable)"),
     out: str = typer.Option(None, "--out", help="Write spans, reloads and ground_truth.json to this directory"),
     file_format: str = typer.Option("jsonl", "--format", help="jsonl or avro"),
     kafka: bool = typer.Option(None, "--kafka/--no-kafka", help="Publish to the topics [default: when no --out]"),
@@ -119,6 +127,7 @@ def simulate(
             late_fraction=late_fraction,
             max_lateness_s=max_lateness_s,
             regressions=tuple(regressions),
+            calls=dict(_caller_callee(text) for text in call),
         )
     except (ValueError, SimulationConfigError) as error:
         typer.echo(f"reloadtrace simulate: {error}", err=True)

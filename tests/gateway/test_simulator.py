@@ -241,3 +241,41 @@ def test_detection_scenario_labels_match_what_happened() -> None:
                 and s["start_time_unix_nano"] < row["effective_time_unix_nano"]
             ]
             assert before == []
+
+
+def test_calls_between_services_nest_in_one_trace_and_carry_baggage() -> None:
+    config = SimulationConfig(seed=8, duration_s=20, calls={"chat-api": "llm-gateway"})
+    simulation = simulate(config)
+    assert simulation.spans == simulate(config).spans
+    by_id = {span["span_id"]: span for span in simulation.spans}
+    called = [
+        s
+        for s in simulation.spans
+        if s["service_name"] == "llm-gateway" and s["kind"] == "SERVER" and s["parent_span_id"] is not None
+    ]
+    callers = [s for s in simulation.spans if s["service_name"] == "chat-api" and s["kind"] == "SERVER"]
+    assert called and len(called) == len(callers)
+    for span in called:
+        client = by_id[span["parent_span_id"]]
+        caller = by_id[client["parent_span_id"]]
+        assert (
+            client["kind"] == "CLIENT"
+            and client["service_name"] == "chat-api"
+            and client["trace_id"] == span["trace_id"]
+        )
+        assert (
+            client["start_time_unix_nano"]
+            < span["start_time_unix_nano"]
+            <= span["end_time_unix_nano"]
+            < client["end_time_unix_nano"]
+        )
+        assert client["end_time_unix_nano"] <= caller["end_time_unix_nano"]
+        for component in COMPONENT_KINDS:
+            assert (
+                span["attributes"][f"upstream.chat-api.{component}.version"]
+                == caller["attributes"][f"service.{component}.version"]
+            )
+        if span["status_code"] == "ERROR":
+            assert caller["status_code"] == "ERROR"
+    with pytest.raises(SimulationConfigError):
+        SimulationConfig(calls={"chat-api": "chat-api"})
