@@ -1,4 +1,4 @@
-"""`reloadtrace report`: version health, reloads and anomalies from ClickHouse, as terminal tables and a self-contained HTML page.
+"""`reloadtrace report`: version health, reloads and anomalies from ClickHouse, as tables and one HTML page.
 
 Every figure comes from a named query of the analyst cookbook (``docs/queries.md``, see
 :mod:`sinks.report_queries`), so the report shows exactly what the documented, tested SQL answers.
@@ -54,7 +54,7 @@ def parse_since(text: str | None, *, now: datetime) -> datetime:
     if relative:
         return now - timedelta(seconds=int(relative["amount"]) * _UNIT_SECONDS[relative["unit"]])
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.strip())
     except ValueError as error:
         raise ReportError(f"--since {text!r}: expected a duration like 15m, 6h, 2d or an ISO 8601 time") from error
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -103,7 +103,9 @@ class Report:
     @property
     def services(self) -> list[str]:
         """Every service with requests, reloads or anomalies in the period, sorted."""
-        names = {row["service_name"] for rows in (self.versions, self.reloads, self.anomalies, self.latency) for row in rows}
+        names = {
+            row["service_name"] for rows in (self.versions, self.reloads, self.anomalies, self.latency) for row in rows
+        }
         return sorted(names)
 
     def mid_flight_spans(self, reload_id: str) -> int | None:
@@ -142,7 +144,8 @@ def build_report(
     since = as_utc(since)
     if bucket_seconds is None:
         first, last = client.query(
-            "SELECT min(start_time), max(start_time) FROM spans_enriched WHERE start_time >= {since:DateTime64(9, 'UTC')}",
+            "SELECT min(start_time), max(start_time) FROM spans_enriched"
+            " WHERE start_time >= {since:DateTime64(9, 'UTC')}",
             parameters={"since": since},
         ).result_rows[0]
         bucket_seconds = choose_bucket_seconds(as_utc(first), as_utc(last))
@@ -242,7 +245,17 @@ def render_terminal(report: Report, console: Console) -> None:
     console.print(reloads if reloads.row_count else "[dim]No reloads in this period.[/dim]")
 
     anomalies = Table(title="Anomalies", title_justify="left")
-    for column in ("detected (UTC)", "service", "reload", "change", "metric", "baseline → observed", "p-value", "severity", "detected after"):
+    for column in (
+        "detected (UTC)",
+        "service",
+        "reload",
+        "change",
+        "metric",
+        "baseline → observed",
+        "p-value",
+        "severity",
+        "detected after",
+    ):
         anomalies.add_column(column)
     for row in report.anomalies:
         colour = {"CRITICAL": "bold red", "WARNING": "yellow"}.get(row["severity"], "dim")
@@ -310,16 +323,23 @@ def render_chart(report: Report, service: str) -> str:
         return bottom - value / y_max * (bottom - top)
 
     parts = [
-        f'<svg class="latency-chart" data-service="{_e(service)}" xmlns="http://www.w3.org/2000/svg" '
-        f'viewBox="0 0 {_CHART_WIDTH} {_CHART_HEIGHT}" width="{_CHART_WIDTH}" height="{_CHART_HEIGHT}" role="img" '
-        f'aria-label="Latency of {_e(service)} over time, with reloads and anomalies">',
-        f'<rect class="plot-area" x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="#fafafa" stroke="#d4d4d8"/>',
+        (
+            f'<svg class="latency-chart" data-service="{_e(service)}" xmlns="http://www.w3.org/2000/svg" '
+            f'viewBox="0 0 {_CHART_WIDTH} {_CHART_HEIGHT}" width="{_CHART_WIDTH}" height="{_CHART_HEIGHT}" role="img" '
+            f'aria-label="Latency of {_e(service)} over time, with reloads and anomalies">'
+        ),
+        (
+            f'<rect class="plot-area" x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
+            'fill="#fafafa" stroke="#d4d4d8"/>'
+        ),
     ]
     for index in range(6):
         value = y_max * index / 5
         y = y_of(value)
         parts.append(f'<line class="grid" x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e7"/>')
-        parts.append(f'<text class="y-tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{value:,.0f}</text>')
+        parts.append(
+            f'<text class="y-tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{value:,.0f}</text>'
+        )
     parts.append(
         f'<text x="14" y="{(top + bottom) / 2:.0f}" transform="rotate(-90 14 {(top + bottom) / 2:.0f})" '
         'text-anchor="middle" font-size="11">latency (ms)</text>'
@@ -328,9 +348,13 @@ def render_chart(report: Report, service: str) -> str:
     tick = _EPOCH + timedelta(seconds=math.ceil((start - _EPOCH).total_seconds() / step) * step)
     while tick <= end:
         x = x_of(tick)
-        label = tick.strftime("%H:%M:%S" if step < 60 else "%H:%M") if total < 2 * 86400 else tick.strftime("%m-%d %H:%M")
+        label = (
+            tick.strftime("%H:%M:%S" if step < 60 else "%H:%M") if total < 2 * 86400 else tick.strftime("%m-%d %H:%M")
+        )
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{bottom}" y2="{bottom + 4}" stroke="#71717a"/>')
-        parts.append(f'<text class="x-tick" x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">{label}</text>')
+        parts.append(
+            f'<text class="x-tick" x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">{label}</text>'
+        )
         tick += timedelta(seconds=step)
     parts.append(f'<text x="{right}" y="{bottom + 32}" text-anchor="end" font-size="11">time (UTC)</text>')
 
@@ -344,7 +368,9 @@ def render_chart(report: Report, service: str) -> str:
             )
     for series, colour, width in (("p95_ms", "#7c3aed", 2), ("p50_ms", "#0d9488", 1.5)):
         coordinates = [
-            f"{x_of(as_utc(p['bucket_start']) + bucket / 2):.1f},{y_of(p[series]):.1f}" for p in points if _finite(p[series])
+            f"{x_of(as_utc(p['bucket_start']) + bucket / 2):.1f},{y_of(p[series]):.1f}"
+            for p in points
+            if _finite(p[series])
         ]
         if coordinates:
             parts.append(
@@ -360,7 +386,9 @@ def render_chart(report: Report, service: str) -> str:
             f"{_time(p['bucket_start'])} +{report.bucket_seconds}s: {p['requests']} requests, {p['errors']} errors, "
             f"p50 {_ms(p['p50_ms'])} ms, p95 {_ms(p['p95_ms'])} ms"
         )
-        parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{fill}"><title>{_e(tip)}</title></circle>')
+        parts.append(
+            f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{fill}"><title>{_e(tip)}</title></circle>'
+        )
 
     parts.extend(_reload_markers(reloads, x_of, left=left, right=right, bottom=bottom))
     for row in anomalies:
@@ -368,12 +396,15 @@ def render_chart(report: Report, service: str) -> str:
         colour = _SEVERITY_COLOURS.get(row["severity"], "#6b7280")
         tip = (
             f"{row['severity']} {row['metric']} after {row['reload_id']} ({row['component']} {_change(row)}): "
-            f"{row['baseline_value']:.4g} → {row['observed_value']:.4g}, p={row['p_value']:.2g}, detected {_time(row['detected_time'])}"
+            f"{row['baseline_value']:.4g} → {row['observed_value']:.4g}, p={row['p_value']:.2g}, "
+            f"detected {_time(row['detected_time'])}"
         )
         parts.append(
-            f'<g class="anomaly-marker" data-anomaly-id="{_e(row["anomaly_id"])}" data-severity="{_e(row["severity"])}">'
+            f'<g class="anomaly-marker" data-anomaly-id="{_e(row["anomaly_id"])}" '
+            f'data-severity="{_e(row["severity"])}">'
             f"<title>{_e(tip)}</title>"
-            f'<path d="M{x - 7:.1f},{y:.1f} L{x + 7:.1f},{y:.1f} L{x:.1f},{y + 12:.1f} Z" fill="{colour}" stroke="white"/></g>'
+            f'<path d="M{x - 7:.1f},{y:.1f} L{x + 7:.1f},{y:.1f} L{x:.1f},{y + 12:.1f} Z" '
+            f'fill="{colour}" stroke="white"/></g>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -384,7 +415,9 @@ def _reload_label(row: Mapping[str, Any]) -> str:
     return label + (f" @{row['scope']}" if row["scope"] != "*" else "")
 
 
-def _reload_markers(reloads: Sequence[Mapping[str, Any]], x_of: Any, *, left: float, right: float, bottom: float) -> list[str]:
+def _reload_markers(
+    reloads: Sequence[Mapping[str, Any]], x_of: Any, *, left: float, right: float, bottom: float
+) -> list[str]:
     """One ``g.reload-marker`` per reload: a vertical line at its effective time and a label.
 
     Reloads of the same status closer than a few pixels (the initial versions of every component,
@@ -396,7 +429,11 @@ def _reload_markers(reloads: Sequence[Mapping[str, Any]], x_of: Any, *, left: fl
     clusters: list[list[Mapping[str, Any]]] = []
     for row in ordered:
         last = clusters[-1] if clusters else None
-        if last and last[0]["status"] == row["status"] and x_of(row["effective_time"]) - x_of(last[0]["effective_time"]) < 4:
+        if (
+            last
+            and last[0]["status"] == row["status"]
+            and x_of(row["effective_time"]) - x_of(last[0]["effective_time"]) < 4
+        ):
             last.append(row)
         else:
             clusters.append([row])
@@ -419,8 +456,9 @@ def _reload_markers(reloads: Sequence[Mapping[str, Any]], x_of: Any, *, left: fl
             dash = ' stroke-dasharray="6 4"' if failed else (' stroke-dasharray="2 3"' if row["scope"] != "*" else "")
             tip = (
                 f"{row['reload_id']} {row['status']}: {row['component']} {_change(row)} on {row['service_name']}"
-                f" ({'every instance' if row['scope'] == '*' else row['scope']}), requested {_time(row['requested_time'])}, "
-                f"effective {_time(row['effective_time'])} ({_ms(row['reload_duration_ms'])} ms), source {row['source']}"
+                f" ({'every instance' if row['scope'] == '*' else row['scope']}),"
+                f" requested {_time(row['requested_time'])}, effective {_time(row['effective_time'])}"
+                f" ({_ms(row['reload_duration_ms'])} ms), source {row['source']}"
             )
             visible = ""
             if position == 0:
@@ -432,7 +470,8 @@ def _reload_markers(reloads: Sequence[Mapping[str, Any]], x_of: Any, *, left: fl
             parts.append(
                 f'<g class="reload-marker{" failed" if failed else ""}" data-reload-id="{_e(row["reload_id"])}" '
                 f'data-status="{_e(row["status"])}" data-label="{_e(_reload_label(row))}"><title>{_e(tip)}</title>'
-                f'<line x1="{x_of(row["effective_time"]):.1f}" x2="{x_of(row["effective_time"]):.1f}" y1="{label_y + 4}" '
+                f'<line x1="{x_of(row["effective_time"]):.1f}" x2="{x_of(row["effective_time"]):.1f}" '
+                f'y1="{label_y + 4}" '
                 f'y2="{bottom}" stroke="{colour}" stroke-width="1.5"{dash}/>{visible}</g>'
             )
     return parts
@@ -448,7 +487,8 @@ td.number { text-align: right; font-variant-numeric: tabular-nums; }
 tr.failed td { color: #b91c1c; font-weight: 600; }
 .legend { font-size: 12px; color: #3f3f46; margin: 4px 0 12px; }
 .legend span { margin-right: 16px; white-space: nowrap; }
-.swatch { display: inline-block; width: 18px; height: 0; border-top: 2px solid; vertical-align: middle; margin-right: 4px; }
+.swatch { display: inline-block; width: 18px; height: 0; border-top: 2px solid; vertical-align: middle;
+  margin-right: 4px; }
 .severity-CRITICAL { color: #b91c1c; font-weight: 600; } .severity-WARNING { color: #c2410c; }
 """
 
@@ -465,7 +505,9 @@ _LEGEND = (
 )
 
 
-def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: set[int], row_classes: Sequence[str] = ()) -> str:
+def _html_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: set[int], row_classes: Sequence[str] = ()
+) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
     for index, row in enumerate(rows):
@@ -486,8 +528,11 @@ def render_html(report: Report) -> str:
         f"<title>reloadtrace report — {_e(_time(report.generated_at))} UTC</title>",
         f"<style>{_STYLE}</style></head><body>",
         "<h1>reloadtrace report</h1>",
-        f'<p class="meta">Data: {_e(report.target or "sink")} · since {_e(_time(report.since))} UTC · generated '
-        f"{_e(_time(report.generated_at))} UTC · latency buckets of {report.bucket_seconds} s · requests are SERVER spans</p>",
+        (
+            f'<p class="meta">Data: {_e(report.target or "sink")} · since {_e(_time(report.since))} UTC · '
+            f"generated {_e(_time(report.generated_at))} UTC · latency buckets of {report.bucket_seconds} s · "
+            "requests are SERVER spans</p>"
+        ),
     ]
     if not report.services:
         sections.append("<p>No spans, reloads or anomalies in this period.</p>")
@@ -503,7 +548,15 @@ def render_html(report: Report) -> str:
                 _html_table(
                     ("component", "version", "requests", "errors", "error rate", "p50 ms", "p95 ms"),
                     [
-                        (r["component"], r["version"], f"{r['requests']:,}", f"{r['errors']:,}", _rate(r["error_rate"]), _ms(r["p50_ms"]), _ms(r["p95_ms"]))
+                        (
+                            r["component"],
+                            r["version"],
+                            f"{r['requests']:,}",
+                            f"{r['errors']:,}",
+                            _rate(r["error_rate"]),
+                            _ms(r["p50_ms"]),
+                            _ms(r["p95_ms"]),
+                        )
                         for r in rows
                     ],
                     numeric={2, 3, 4, 5, 6},
@@ -532,7 +585,18 @@ def render_html(report: Report) -> str:
             classes.append("failed" if r["status"] == "FAILED" else "")
         sections.append(
             _html_table(
-                ("effective (UTC)", "service", "scope", "component", "change", "status", "duration ms", "mid-flight requests", "source", "reload id"),
+                (
+                    "effective (UTC)",
+                    "service",
+                    "scope",
+                    "component",
+                    "change",
+                    "status",
+                    "duration ms",
+                    "mid-flight requests",
+                    "source",
+                    "reload id",
+                ),
                 rows_out,
                 numeric={6, 7},
                 row_classes=classes,
@@ -544,7 +608,18 @@ def render_html(report: Report) -> str:
     if report.anomalies:
         sections.append(
             _html_table(
-                ("detected (UTC)", "service", "reload", "change", "metric", "baseline", "observed", "p-value", "severity", "detected after"),
+                (
+                    "detected (UTC)",
+                    "service",
+                    "reload",
+                    "change",
+                    "metric",
+                    "baseline",
+                    "observed",
+                    "p-value",
+                    "severity",
+                    "detected after",
+                ),
                 [
                     (
                         _time(a["detected_time"]),

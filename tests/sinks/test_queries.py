@@ -202,7 +202,11 @@ def expect_latency_over_time(d: AnalystDataset, since_ns: int) -> list[dict[str,
         return s["service_name"], s["start_time_unix_nano"] // width * width
 
     return [
-        {"service_name": service, "bucket_start": as_datetime(bucket), **{k: v for k, v in health(group).items() if k != "error_rate"}}
+        {
+            "service_name": service,
+            "bucket_start": as_datetime(bucket),
+            **{k: v for k, v in health(group).items() if k != "error_rate"},
+        }
         for (service, bucket), group in grouped(requests(d, since_ns), key)
     ]
 
@@ -213,7 +217,9 @@ def expect_per_minute_by_version(d: AnalystDataset, since_ns: int) -> list[dict[
     spans = [
         s
         for s in d.all_span_rows
-        if s["kind"] == "SERVER" and "model" in s["versions"] and s["start_time_unix_nano"] // minute * minute >= since_ns
+        if s["kind"] == "SERVER"
+        and "model" in s["versions"]
+        and s["start_time_unix_nano"] // minute * minute >= since_ns
     ]
 
     def key(s: dict[str, Any]) -> tuple:
@@ -346,7 +352,11 @@ def expect_latency_before_after_reload(d: AnalystDataset, since_ns: int) -> list
     )
     for r in reloads:
         effective = r.effective_time_unix_nano
-        later = [o.effective_time_unix_nano for o in succeeded(d) if o.service_name == r.service_name and o.effective_time_unix_nano > effective]
+        later = [
+            o.effective_time_unix_nano
+            for o in succeeded(d)
+            if o.service_name == r.service_name and o.effective_time_unix_nano > effective
+        ]
         after_end = min([*later, effective + window])
         spans = [
             s
@@ -432,7 +442,10 @@ def expect_anomalies_by_reload(d: AnalystDataset, since_ns: int) -> list[dict[st
         reload = reloads.get(a["reload_id"])
         rows.append(
             {
-                **{k: a[k] for k in ("anomaly_id", "reload_id", "service_name", "component", "old_version", "new_version")},
+                **{
+                    k: a[k]
+                    for k in ("anomaly_id", "reload_id", "service_name", "component", "old_version", "new_version")
+                },
                 **{k: a[k] for k in ("metric", "baseline_value", "observed_value", "p_value", "baseline_count")},
                 "observed_count": a["observed_count"],
                 "severity": a["severity"],
@@ -448,9 +461,13 @@ def expect_anomalies_by_reload(d: AnalystDataset, since_ns: int) -> list[dict[st
 
 
 def expect_traces_mixing_versions(d: AnalystDataset, since_ns: int) -> list[dict[str, Any]]:
-    spans = [(s, c, v) for s in d.final_spans if s["start_time_unix_nano"] >= since_ns for c, v in s["versions"].items()]
+    spans = [
+        (s, c, v) for s in d.final_spans if s["start_time_unix_nano"] >= since_ns for c, v in s["versions"].items()
+    ]
     rows = []
-    for (trace_id, service, component), group in grouped(spans, lambda p: (p[0]["trace_id"], p[0]["service_name"], p[1])):
+    for (trace_id, service, component), group in grouped(
+        spans, lambda p: (p[0]["trace_id"], p[0]["service_name"], p[1])
+    ):
         seen = sorted({version for _, _, version in group})
         if len(seen) > 1:
             rows.append(
@@ -538,7 +555,9 @@ def expect_dead_letters_by_kind(d: AnalystDataset, since_ns: int) -> list[dict[s
             "first_seen": as_datetime(min(x["dead_lettered_time_unix_nano"] for x in group)),
             "last_seen": as_datetime(max(x["dead_lettered_time_unix_nano"] for x in group)),
         }
-        for (stage, topic, kind), group in grouped(d.dead_letters, lambda x: (x["stage"], x["source_topic"], x["error_kind"]))
+        for (stage, topic, kind), group in grouped(
+            d.dead_letters, lambda x: (x["stage"], x["source_topic"], x["error_kind"])
+        )
     ]
 
 
@@ -553,7 +572,9 @@ def checks(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 
 def test_every_cookbook_query_is_checked_by_a_test() -> None:
-    assert set(COOKBOOK) == CHECKED, f"untested: {sorted(set(COOKBOOK) - CHECKED)}; gone: {sorted(CHECKED - set(COOKBOOK))}"
+    assert set(COOKBOOK) == CHECKED, (
+        f"untested: {sorted(set(COOKBOOK) - CHECKED)}; gone: {sorted(CHECKED - set(COOKBOOK))}"
+    )
 
 
 def test_the_data_set_plants_what_the_queries_look_for(dataset: AnalystDataset) -> None:
@@ -648,7 +669,8 @@ def test_every_error_for_a_model_at_a_temperature(client: Any, dataset: AnalystD
     asked = {
         (s["attributes"]["gen_ai.request.model"], s["attributes"]["gen_ai.request.temperature"])
         for s in dataset.final_spans
-        if isinstance(s["attributes"].get("gen_ai.request.temperature"), float) and "gen_ai.request.model" in s["attributes"]
+        if isinstance(s["attributes"].get("gen_ai.request.temperature"), float)
+        and "gen_ai.request.model" in s["attributes"]
     }
     found = 0
     for model, temperature in sorted(asked):
@@ -666,7 +688,9 @@ def test_every_error_for_a_model_at_a_temperature(client: Any, dataset: AnalystD
 
 @pytest.mark.clickhouse
 @checks("spans_per_model_version_final", "spans_per_model_version_argmax", "spans_per_model_version_without_final")
-def test_final_and_argmax_read_the_latest_revision_and_the_bare_table_does_not(client: Any, dataset: AnalystDataset) -> None:
+def test_final_and_argmax_read_the_latest_revision_and_the_bare_table_does_not(
+    client: Any, dataset: AnalystDataset
+) -> None:
     exact = spans_per_model_version(dataset.final_spans)
     assert_rows(run(client, "spans_per_model_version_final"), exact)
     assert_rows(run(client, "spans_per_model_version_argmax"), exact)

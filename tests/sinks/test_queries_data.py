@@ -92,7 +92,11 @@ def reference_enrich(span: dict[str, Any], reloads: Iterable[ReloadEvent]) -> di
                 continue
             rank = (reload.effective_time_unix_nano, reload.service_instance_id is not None, reload.reload_id)
             held = best.get(reload.component)
-            if held is None or rank > (held.effective_time_unix_nano, held.service_instance_id is not None, held.reload_id):
+            if held is None or rank > (
+                held.effective_time_unix_nano,
+                held.service_instance_id is not None,
+                held.reload_id,
+            ):
                 best[reload.component] = reload
         return best
 
@@ -133,7 +137,12 @@ def _llm_span(
 ) -> dict[str, Any]:
     """One LLM call; its latency and error odds follow the model version serving at its start."""
     model_version = reference_enrich(
-        {"service_name": LLM, "service_instance_id": instance, "start_time_unix_nano": start, "end_time_unix_nano": start},
+        {
+            "service_name": LLM,
+            "service_instance_id": instance,
+            "start_time_unix_nano": start,
+            "end_time_unix_nano": start,
+        },
         reloads,
     )["versions"]["model"]
     median_ms, error_probability = _MODEL_BEHAVIOUR[model_version]
@@ -271,7 +280,9 @@ def _late_corrections(
             rid
             for rid, late in sorted(lateness_ns.items())
             if by_id[rid].service_name == span["service_name"]
-            and by_id[rid].effective_time_unix_nano <= span["end_time_unix_nano"] < by_id[rid].effective_time_unix_nano + late
+            and by_id[rid].effective_time_unix_nano
+            <= span["end_time_unix_nano"]
+            < by_id[rid].effective_time_unix_nano + late
         ]
         stale = enrich(span, [r for r in reloads if r.reload_id not in missed]) if missed else final
         first.append(stale)
@@ -281,7 +292,14 @@ def _late_corrections(
 
 
 def _anomaly(
-    anomaly_id: str, reload: ReloadEvent, metric: str, baseline: float, observed: float, p: float, severity: str, after_s: float
+    anomaly_id: str,
+    reload: ReloadEvent,
+    metric: str,
+    baseline: float,
+    observed: float,
+    p: float,
+    severity: str,
+    after_s: float,
 ) -> dict[str, Any]:
     return {
         "anomaly_id": anomaly_id,
@@ -311,7 +329,10 @@ def sample_anomalies(reloads: Sequence[ReloadEvent]) -> list[dict[str, Any]]:
         _anomaly("a-model-2-errors", regression, "error_rate", 0.02, 0.12, 1e-4, "WARNING", 60),
         _anomaly("a-model-3-failed", failed, "reload_failed", 0.0, 1.0, 1.0, "WARNING", 0),
         # Blamed on a reload that never reached reload_events (lost, or still in flight).
-        {**_anomaly("a-orphan-latency", regression, "latency", 310.0, 400.0, 1e-3, "INFO", 500), "reload_id": "r-not-stored"},
+        {
+            **_anomaly("a-orphan-latency", regression, "latency", 310.0, 400.0, 1e-3, "INFO", 500),
+            "reload_id": "r-not-stored",
+        },
     ]
 
 
@@ -414,9 +435,14 @@ def _simulated_anomalies(final_spans: list[dict[str, Any]], reloads: Sequence[Re
     planted = [
         # The same verdict sent first at a lower severity: the table must keep the stronger one.
         _anomaly(anomaly_id, regression, "latency", 250.0, 610.0, 1e-4, "INFO", 10)
-        for anomaly_id in [next((a["anomaly_id"] for a in detected if a["reload_id"] == regression.reload_id), "a-planted")]
+        for anomaly_id in [
+            next((a["anomaly_id"] for a in detected if a["reload_id"] == regression.reload_id), "a-planted")
+        ]
     ]
-    orphan = {**_anomaly("a-orphan", regression, "error_rate", 0.01, 0.2, 1e-3, "WARNING", 200), "reload_id": "r-not-stored"}
+    orphan = {
+        **_anomaly("a-orphan", regression, "error_rate", 0.01, 0.2, 1e-3, "WARNING", 200),
+        "reload_id": "r-not-stored",
+    }
     return planted + detected + [orphan]
 
 
@@ -453,7 +479,11 @@ def build_simulated_dataset(seed: int = 11) -> AnalystDataset | None:
     simulation = simulate(config)
     reloads = list(simulation.reloads)
     spans = [dict(span) for span in simulation.spans]
-    late = {f"sim{seed}-r{index:03d}": int(item.lateness_s * NS_PER_S) for index, item in enumerate(schedule) if item.lateness_s}
+    late = {
+        f"sim{seed}-r{index:03d}": int(item.lateness_s * NS_PER_S)
+        for index, item in enumerate(schedule)
+        if item.lateness_s
+    }
     first, corrections = _late_corrections(spans, reloads, enrich, late)
     finals = latest_revisions([*first, *corrections])
     dataset = AnalystDataset(
@@ -479,21 +509,49 @@ def _attribute_text(value: Any) -> str:
 
 
 _SPAN_COLUMNS = (
-    "trace_id", "span_id", "parent_span_id", "name", "kind", "service_name", "service_instance_id",
-    "start_time", "end_time", "status_code", "status_message", "attributes", "resource_attributes",
-    "versions", "versions_at_end", "reload_ids", "mid_flight", "mid_flight_reload_ids", "enrichment_revision",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "service_name",
+    "service_instance_id",
+    "start_time",
+    "end_time",
+    "status_code",
+    "status_message",
+    "attributes",
+    "resource_attributes",
+    "versions",
+    "versions_at_end",
+    "reload_ids",
+    "mid_flight",
+    "mid_flight_reload_ids",
+    "enrichment_revision",
 )
 
 
 def _span_row(span: dict[str, Any]) -> list[Any]:
     return [
-        span["trace_id"], span["span_id"], span["parent_span_id"] or "", span["name"], span["kind"],
-        span["service_name"], span["service_instance_id"], span["start_time_unix_nano"], span["end_time_unix_nano"],
-        span["status_code"], span["status_message"] or "",
+        span["trace_id"],
+        span["span_id"],
+        span["parent_span_id"] or "",
+        span["name"],
+        span["kind"],
+        span["service_name"],
+        span["service_instance_id"],
+        span["start_time_unix_nano"],
+        span["end_time_unix_nano"],
+        span["status_code"],
+        span["status_message"] or "",
         {k: _attribute_text(v) for k, v in span["attributes"].items()},
         {k: _attribute_text(v) for k, v in (span.get("resource_attributes") or {}).items()},
-        span["versions"], span["versions_at_end"], span["reload_ids"], span["mid_flight"],
-        span["mid_flight_reload_ids"], span["enrichment_revision"],
+        span["versions"],
+        span["versions_at_end"],
+        span["reload_ids"],
+        span["mid_flight"],
+        span["mid_flight_reload_ids"],
+        span["enrichment_revision"],
     ]
 
 
@@ -509,37 +567,90 @@ def load_directly(client: Any, dataset: AnalystDataset) -> None:
         if batch:
             client.insert("spans_enriched", [_span_row(s) for s in batch], column_names=list(_SPAN_COLUMNS))
     reload_columns = [
-        "reload_id", "service_name", "service_instance_id", "component", "old_version", "new_version",
-        "requested_time", "effective_time", "status", "source", "trace_id", "span_id", "model_context", "changed_keys",
+        "reload_id",
+        "service_name",
+        "service_instance_id",
+        "component",
+        "old_version",
+        "new_version",
+        "requested_time",
+        "effective_time",
+        "status",
+        "source",
+        "trace_id",
+        "span_id",
+        "model_context",
+        "changed_keys",
     ]
     client.insert(
         "reload_events",
         [
-            [r.reload_id, r.service_name, r.service_instance_id, r.component, r.old_version, r.new_version,
-             r.requested_time_unix_nano, r.effective_time_unix_nano, r.status, r.source, r.trace_id, r.span_id,
-             dict(r.model_context), list(r.changed_keys)]
+            [
+                r.reload_id,
+                r.service_name,
+                r.service_instance_id,
+                r.component,
+                r.old_version,
+                r.new_version,
+                r.requested_time_unix_nano,
+                r.effective_time_unix_nano,
+                r.status,
+                r.source,
+                r.trace_id,
+                r.span_id,
+                dict(r.model_context),
+                list(r.changed_keys),
+            ]
             for r in dataset.reloads
         ],
         column_names=reload_columns,
     )
     anomaly_columns = [
-        "anomaly_id", "reload_id", "service_name", "component", "old_version", "new_version", "metric",
-        "baseline_value", "observed_value", "p_value", "baseline_count", "observed_count", "detected_time",
-        "severity", "severity_rank",
+        "anomaly_id",
+        "reload_id",
+        "service_name",
+        "component",
+        "old_version",
+        "new_version",
+        "metric",
+        "baseline_value",
+        "observed_value",
+        "p_value",
+        "baseline_count",
+        "observed_count",
+        "detected_time",
+        "severity",
+        "severity_rank",
     ]
     for anomaly in dataset.anomalies:  # one insert each: the re-sent verdict lands in its own part
         row = [anomaly[c] for c in anomaly_columns[:12]]
         row += [anomaly["detected_time_unix_nano"], anomaly["severity"], _SEVERITY_RANK[anomaly["severity"]]]
         client.insert("anomalies", [row], column_names=anomaly_columns)
     dead_columns = [
-        "source_topic", "source_partition", "source_offset", "raw_key", "raw_value", "error_kind", "error", "stage",
+        "source_topic",
+        "source_partition",
+        "source_offset",
+        "raw_key",
+        "raw_value",
+        "error_kind",
+        "error",
+        "stage",
         "dead_lettered_time",
     ]
     client.insert(
         "dead_letters",
         [
-            [d["source_topic"], d["source_partition"], d["source_offset"], d["raw_key"], d["raw_value"],
-             d["error_kind"], d["error"], d["stage"], d["dead_lettered_time_unix_nano"]]
+            [
+                d["source_topic"],
+                d["source_partition"],
+                d["source_offset"],
+                d["raw_key"],
+                d["raw_value"],
+                d["error_kind"],
+                d["error"],
+                d["stage"],
+                d["dead_lettered_time_unix_nano"],
+            ]
             for d in dataset.dead_letters
         ],
         column_names=dead_columns,
@@ -558,7 +669,9 @@ def load_through_sink(client: Any, dataset: AnalystDataset) -> str:
     except ImportError:
         load_directly(client, dataset)
         return "direct"
-    settings = SinkSettings(url=f"chdb://{client.path}" if getattr(client, "path", None) else "chdb://./unused", database=client.database)
+    settings = SinkSettings(
+        url=f"chdb://{client.path}" if getattr(client, "path", None) else "chdb://./unused", database=client.database
+    )
     sink = ClickHouseSink(settings, client=client, apply_ddl=False, retry_timeout_ms=0)
     for batch in dataset.span_batches:
         if batch:

@@ -1,15 +1,14 @@
-"""`reloadtrace report`: tables and HTML built from the cookbook queries on the embedded engine, charts checked in headless Chromium."""
+"""`reloadtrace report`: tables and HTML from the cookbook queries on chDB; the charts checked in headless Chromium."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from rich.console import Console
@@ -107,7 +106,12 @@ def test_report_holds_every_reload_anomaly_and_version(report: Report, dataset: 
         r.reload_id for r in sorted(dataset.reloads, key=lambda r: (r.effective_time_unix_nano, r.reload_id))
     ]
     assert {a["anomaly_id"] for a in report.anomalies} == {a["anomaly_id"] for a in dataset.anomalies}
-    versions = {(s["service_name"], c, v) for s in dataset.final_spans if s["kind"] == "SERVER" for c, v in s["versions"].items()}
+    versions = {
+        (s["service_name"], c, v)
+        for s in dataset.final_spans
+        if s["kind"] == "SERVER"
+        for c, v in s["versions"].items()
+    }
     assert {(r["service_name"], r["component"], r["version"]) for r in report.versions} == versions
     for reload in dataset.reloads:
         expected = sum(reload.reload_id in s["mid_flight_reload_ids"] for s in dataset.final_spans)
@@ -123,7 +127,9 @@ def test_since_narrows_every_part_of_the_report(engine: tuple[str, Any], dataset
     narrowed = build_report(engine[1], since=since, now=NOW, bucket_seconds=60)
     cut = dataset.start_unix_nano + 500 * NS_PER_S
     assert [r["reload_id"] for r in narrowed.reloads] == [
-        r.reload_id for r in sorted(dataset.reloads, key=lambda r: (r.effective_time_unix_nano, r.reload_id)) if r.effective_time_unix_nano >= cut
+        r.reload_id
+        for r in sorted(dataset.reloads, key=lambda r: (r.effective_time_unix_nano, r.reload_id))
+        if r.effective_time_unix_nano >= cut
     ]
     assert sum(p["requests"] for p in narrowed.latency) == sum(
         s["kind"] == "SERVER" and s["start_time_unix_nano"] >= cut for s in dataset.final_spans
@@ -144,7 +150,14 @@ def test_terminal_tables_show_versions_reloads_and_anomalies(report: Report, dat
     for row in report.versions:
         assert re.search(rf"{row['component']}\s+│ {re.escape(row['version'])}\s+│\s+{row['requests']:,} │", text)
     for reload in dataset.reloads:
-        line = next(line for line in text.splitlines() if f"→ {reload.new_version}" in line and reload.component in line and reload.service_name in line and (reload.status in line))
+        line = next(
+            line
+            for line in text.splitlines()
+            if f"→ {reload.new_version}" in line
+            and reload.component in line
+            and reload.service_name in line
+            and (reload.status in line)
+        )
         assert f"{(reload.effective_time_unix_nano - reload.requested_time_unix_nano) / 1e6:,.1f}" in line
     for anomaly in report.anomalies:
         assert anomaly["reload_id"] in text
@@ -160,8 +173,12 @@ def test_charts_mark_each_reload_at_its_time_and_each_anomaly(report: Report, da
     for service in report.services:
         svg = chart_tree(report, service)
         assert svg.get("class") == "latency-chart" and svg.get("data-service") == service
-        reloads = sorted((r for r in dataset.reloads if r.service_name == service), key=lambda r: r.effective_time_unix_nano)
-        markers = {g.get("data-reload-id"): g for g in svg.iter(f"{_SVG}g") if "reload-marker" in (g.get("class") or "")}
+        reloads = sorted(
+            (r for r in dataset.reloads if r.service_name == service), key=lambda r: r.effective_time_unix_nano
+        )
+        markers = {
+            g.get("data-reload-id"): g for g in svg.iter(f"{_SVG}g") if "reload-marker" in (g.get("class") or "")
+        }
         assert set(markers) == {r.reload_id for r in reloads}
         xs = [float(markers[r.reload_id].find(f"{_SVG}line").get("x1")) for r in reloads]
         assert xs == sorted(xs) and 0 < xs[0] and xs[-1] < float(svg.get("width"))
@@ -195,9 +212,17 @@ def test_html_is_self_contained_and_escapes_names() -> None:
         bucket_seconds=60,
         reloads=[
             {
-                "reload_id": "r1", "service_name": hostile, "scope": "*", "component": "model", "old_version": None,
-                "new_version": hostile, "status": "FAILED", "source": "op", "requested_time": moment,
-                "effective_time": moment, "reload_duration_ms": 0.0,
+                "reload_id": "r1",
+                "service_name": hostile,
+                "scope": "*",
+                "component": "model",
+                "old_version": None,
+                "new_version": hostile,
+                "status": "FAILED",
+                "source": "op",
+                "requested_time": moment,
+                "effective_time": moment,
+                "reload_duration_ms": 0.0,
             }
         ],
     )
@@ -235,13 +260,17 @@ def test_a_database_without_the_tables_is_a_clear_error(engine: tuple[str, Any])
 
 
 @pytest.mark.clickhouse
-def test_report_command_prints_tables_and_writes_html(engine: tuple[str, Any], dataset: AnalystDataset, tmp_path: Path) -> None:
+def test_report_command_prints_tables_and_writes_html(
+    engine: tuple[str, Any], dataset: AnalystDataset, tmp_path: Path
+) -> None:
     from streams.cli import app
 
     page = tmp_path / "report.html"
     url = f"chdb://{engine[0]}?database={DATABASE}"
     since = datetime.fromtimestamp((T0 + 500 * NS_PER_S) / 1e9, tz=UTC).isoformat()
-    result = CliRunner().invoke(app, ["report", "--sink-url", url, "--html", str(page), "--since", since, "--width", "200"])
+    result = CliRunner().invoke(
+        app, ["report", "--sink-url", url, "--html", str(page), "--since", since, "--width", "200"]
+    )
     assert result.exit_code == 0, result.output
     assert "llm-gateway: requests by version" in result.output and "Reloads" in result.output
     assert "credentials" not in result.output  # its only reload (FAILED) was before --since
@@ -262,16 +291,27 @@ def test_a_chdb_path_held_by_another_process_gives_a_hint(tmp_path: Path) -> Non
 
     path = tmp_path / "held"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, clickhouse_connect; c = clickhouse_connect.get_client(dsn='chdb://{path}'); "
-         "c.query('SELECT 1'); print('ready', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                f"import sys, clickhouse_connect; c = clickhouse_connect.get_client(dsn='chdb://{path}'); "
+                "c.query('SELECT 1'); print('ready', flush=True); sys.stdin.read()"
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
         # A process of its own: in this one, chDB may already be open on another path.
         result = subprocess.run(
             [sys.executable, "-m", "streams.cli", "report", "--sink-url", f"chdb://{path}"],
-            capture_output=True, text=True, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
     finally:
         holder.stdin.close()
@@ -286,17 +326,30 @@ def test_a_chdb_path_held_by_another_process_gives_a_hint(tmp_path: Path) -> Non
 def chromium(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     profile = tmp_path / "chromium-profile"
     command = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}", *arguments,
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        *arguments,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
 
 
 @pytest.mark.clickhouse
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed: apt-get install -y chromium (Debian)")
-def test_html_renders_in_headless_chromium_with_charts_and_markers(report: Report, dataset: AnalystDataset, tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="headless Chromium not installed: apt-get install -y chromium (Debian)"
+)
+def test_html_renders_in_headless_chromium_with_charts_and_markers(
+    report: Report, dataset: AnalystDataset, tmp_path: Path
+) -> None:
     from PIL import Image
 
     page = tmp_path / "report.html"
