@@ -563,6 +563,27 @@ def expect_dead_letters_by_kind(d: AnalystDataset, since_ns: int) -> list[dict[s
 
 # ---------------------------------------------------------------- the tests
 
+CASES = [
+    ("error_rate_p95_by_model_version", "later"),
+    ("error_rate_p95_by_version", "later"),
+    ("version_coverage", "later"),
+    ("latency_over_time", "later"),
+    ("per_minute_by_version", "later"),
+    ("reload_durations", "later"),
+    ("reload_durations", "start"),
+    ("reload_failures_by_component", "later"),
+    ("version_history", "later"),
+    ("mid_flight_spans_per_reload", "later"),
+    ("mid_flight_spans_per_reload", "start"),  # the initial reloads had nothing in flight
+    ("version_changed_mid_flight", "later"),
+    ("canary_vs_peers", "later"),
+    ("anomalies_by_reload", "later"),
+    ("traces_mixing_versions", "later"),
+    ("dead_letters_by_kind", "later"),
+]
+"""(query, since) pairs checked by test_query_answers_what_python_computes (also on a server)."""
+
+
 CHECKED: set[str] = set()
 
 
@@ -587,45 +608,8 @@ def test_the_data_set_plants_what_the_queries_look_for(dataset: AnalystDataset) 
     assert [{**r, "enrichment_revision": 0} for r in reference] == [{**s, "enrichment_revision": 0} for s in finals]
 
 
-@pytest.mark.clickhouse
-@checks(
-    "error_rate_p95_by_model_version",
-    "error_rate_p95_by_version",
-    "version_coverage",
-    "latency_over_time",
-    "per_minute_by_version",
-    "reload_durations",
-    "reload_failures_by_component",
-    "version_history",
-    "mid_flight_spans_per_reload",
-    "version_changed_mid_flight",
-    "canary_vs_peers",
-    "anomalies_by_reload",
-    "traces_mixing_versions",
-    "dead_letters_by_kind",
-)
-@pytest.mark.parametrize(
-    ("name", "since"),
-    [
-        ("error_rate_p95_by_model_version", "later"),
-        ("error_rate_p95_by_version", "later"),
-        ("version_coverage", "later"),
-        ("latency_over_time", "later"),
-        ("per_minute_by_version", "later"),
-        ("reload_durations", "later"),
-        ("reload_durations", "start"),
-        ("reload_failures_by_component", "later"),
-        ("version_history", "later"),
-        ("mid_flight_spans_per_reload", "later"),
-        ("mid_flight_spans_per_reload", "start"),  # the initial reloads had nothing in flight
-        ("version_changed_mid_flight", "later"),
-        ("canary_vs_peers", "later"),
-        ("anomalies_by_reload", "later"),
-        ("traces_mixing_versions", "later"),
-        ("dead_letters_by_kind", "later"),
-    ],
-)
-def test_query_answers_what_python_computes(client: Any, dataset: AnalystDataset, name: str, since: str) -> None:
+def check_query(client: Any, dataset: AnalystDataset, name: str, since: str) -> None:
+    """Run cookbook query ``name`` on ``client`` and compare it with its independent answer."""
     since_ns = since_of(dataset, since)
     given = {
         "since": since_parameter(since_ns),
@@ -637,6 +621,13 @@ def test_query_answers_what_python_computes(client: Any, dataset: AnalystDataset
     expected = globals()[f"expect_{name}"](dataset, since_ns)
     assert expected, f"the data set gives {name} nothing to find"
     assert_rows(actual, expected)
+
+
+@pytest.mark.clickhouse
+@checks(*(name for name, _ in CASES))
+@pytest.mark.parametrize(("name", "since"), CASES)
+def test_query_answers_what_python_computes(client: Any, dataset: AnalystDataset, name: str, since: str) -> None:
+    check_query(client, dataset, name, since)
 
 
 @pytest.mark.clickhouse

@@ -657,7 +657,7 @@ def load_directly(client: Any, dataset: AnalystDataset) -> None:
     )
 
 
-def load_through_sink(client: Any, dataset: AnalystDataset) -> str:
+def load_through_sink(client: Any, dataset: AnalystDataset, settings: Any = None) -> str:
     """Insert the data set through the project's ClickHouse writer (``sinks.clickhouse.ClickHouseSink``).
 
     Falls back to :func:`load_directly` when the writer is not importable. Returns which loader ran.
@@ -669,9 +669,8 @@ def load_through_sink(client: Any, dataset: AnalystDataset) -> str:
     except ImportError:
         load_directly(client, dataset)
         return "direct"
-    settings = SinkSettings(
-        url=f"chdb://{client.path}" if getattr(client, "path", None) else "chdb://./unused", database=client.database
-    )
+    if settings is None:
+        settings = SinkSettings(url=f"chdb://{client.path}", database=client.database)
     sink = ClickHouseSink(settings, client=client, apply_ddl=False, retry_timeout_ms=0)
     for batch in dataset.span_batches:
         if batch:
