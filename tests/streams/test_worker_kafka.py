@@ -7,6 +7,7 @@ revision of every span on ``spans.enriched`` with the offline replay of the same
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 import uuid
@@ -137,6 +138,11 @@ def converge(collector: EnrichedCollector, expected: dict, workers: list[Managed
                     + "\n".join(worker.log_tail(15) for worker in workers))
 
 
+def took_over(log_path: Path, more_than: int = 0) -> bool:
+    """Whether the worker logged more than ``more_than`` partition restores (one per partition assigned)."""
+    return len(re.findall(r"partition \d+: committed \d+, rebuilt", log_path.read_text())) > more_than
+
+
 def new_scenario(seed: int) -> tuple[Scenario, float]:
     started = time.monotonic()
     scenario = build_scenario(seed=seed, base_time_unix_nano=time.time_ns(), duration_s=5, spans_per_second=100)
@@ -184,7 +190,7 @@ def test_a_worker_killed_mid_stream_and_restarted_ends_with_the_replay_output(ka
         converge(collector, expected, [restarted], timeout_s=90)
         assert seen_before > 0 and collector.messages > seen_before
         assert max(record["enrichment_revision"] for record in collector.best.values()) >= 1
-        assert "rebuilt" in log_path.read_text()
+        assert took_over(log_path, more_than=2)  # the restart rebuilt its partitions from the logs
     finally:
         collector.close()
         worker.stop()
@@ -249,3 +255,29 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on(kafk
         dead.close()
         collector.close()
         worker.stop()
+
+
+def test_a_second_worker_joining_mid_stream_takes_partitions_without_changing_the_answers(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    group_id = f"g-{uuid.uuid4().hex[:8]}"
+    first = start_worker(kafka_settings, group_id, tmp_path / "first.log")
+    collector = EnrichedCollector(kafka_settings)
+    second = None
+    try:
+        scenario, started = new_scenario(seed=31)
+        publisher = Publisher(kafka_settings)
+        early = [item for item in scenario.schedule if item.publish_at_s < 3.0]
+        publisher.run(early, started, alive=first)
+        second = start_worker(kafka_settings, group_id, tmp_path / "second.log")
+        wait_until(lambda: took_over(tmp_path / "second.log"), timeout_s=60, what="the second worker taking a partition",
+                   alive=[first, second])
+        publisher.run(scenario.schedule[len(early):], started, alive=first)
+        expected = replayed(scenario, tmp_path)
+        converge(collector, expected, [first, second], timeout_s=90)
+        assert took_over(tmp_path / "first.log", more_than=2)  # the first was rebalanced too
+    finally:
+        collector.close()
+        first.stop()
+        if second is not None:
+            second.stop()
