@@ -213,6 +213,8 @@ class ReloadHandle:
     ) -> ReloadEvent:
         """Validate ``new_value``, swap it in atomically, and record the attempt.
 
+        Validators and health checks see the frozen value (read-only mappings, tuples).
+
         Args:
             new_value: the new snapshot value (deep-frozen on the way in).
             version: the version id; default the content hash of the value.
