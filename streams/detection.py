@@ -572,10 +572,20 @@ def detect_offline(
     detector = RegressionDetector(settings)
     rows: dict[str, list[tuple[str, int, int, bool, str]]] = {}
     for span in spans:
-        request = RequestObservation.from_span(span)
-        rows.setdefault(request.service_name, []).append(
-            (request.service_instance_id, request.start_time_unix_nano, request.end_time_unix_nano, request.is_error, request.kind)
-        )
+        try:
+            row = (
+                span["service_instance_id"],
+                int(span["start_time_unix_nano"]),
+                int(span["end_time_unix_nano"]),
+                span["status_code"] == "ERROR",
+                span["kind"],
+            )
+            service_rows = rows.get(span["service_name"])
+            if service_rows is None:
+                service_rows = rows[str(span["service_name"])] = []
+        except (KeyError, TypeError, ValueError) as error:
+            raise DetectionError(f"span cannot be judged: {error!r}") from error
+        service_rows.append(row)
     for service_name, service_rows in rows.items():
         detector.add_rows(service_name, service_rows)
     for reload in reloads:
