@@ -106,7 +106,7 @@ def test_the_same_batch_twice_changes_no_count_anywhere(sink: ClickHouseSink) ->
 
 def test_rows_re_read_into_other_batches_are_exact_after_final(sink: ClickHouseSink) -> None:
     spans = enriched_spans(150)
-    land(sink, [message("spans_enriched", spans[i], 0, i) for i in range(0, 100)])
+    land(sink, [message("spans_enriched", spans[i], 0, i) for i in range(100)])
     land(sink, [message("spans_enriched", spans[i], 0, i) for i in range(50, 150)])  # a crash replay, cut differently
     assert sink.count("spans_enriched", final=False) == 200
     assert sink.count("spans_enriched") == 150

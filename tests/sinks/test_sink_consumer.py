@@ -43,7 +43,7 @@ def end_offsets(kafka: KafkaSettings, topics: list[str]) -> dict[tuple[str, int]
         ends = {}
         for topic in topics:
             for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
                 ends[(topic, partition)] = high
         return ends
     finally:
