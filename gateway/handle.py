@@ -130,6 +130,10 @@ class ReloadHandle:
                 outcome = await outcome
             self._verdict(outcome, what)
 
+    def _check_scope(self, instance_scoped: bool) -> None:
+        if instance_scoped and not self.registry.service_instance_id:
+            raise ValueError("an instance-scoped reload needs a registry with a service_instance_id")
+
     def _begin(
         self,
         new_value: Any,
@@ -227,7 +231,11 @@ class ReloadHandle:
         Returns:
             The ReloadEvent, SUCCEEDED or FAILED. A FAILED reload (validator or health check
             raised or returned False) leaves the old snapshot serving; it does not raise.
+
+        Raises:
+            ValueError: ``instance_scoped`` on a registry without an instance id.
         """
+        self._check_scope(instance_scoped)
         candidate, span = self._begin(new_value, version, source, reload_id, context, carrier)
         error: BaseException | None = None
         try:
@@ -251,6 +259,7 @@ class ReloadHandle:
 
         The swap itself never awaits, so concurrent tasks see the old or the new snapshot, never a mix.
         """
+        self._check_scope(instance_scoped)
         candidate, span = self._begin(new_value, version, source, reload_id, context, carrier)
         error: BaseException | None = None
         try:

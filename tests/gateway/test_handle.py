@@ -177,3 +177,13 @@ def test_listener_errors_never_break_a_reload() -> None:
     handle = registry.register("config", {"v": 0})
     assert handle.reload({"v": 1}).status == SUCCEEDED
     assert registry.listener_errors == 2
+
+
+def test_canary_reload_names_the_instance_and_needs_one() -> None:
+    _, registry, _, _ = instrumented(instance="gw-7")
+    handle = registry.register("config", {"v": 0})
+    assert handle.reload({"v": 1}, instance_scoped=True).service_instance_id == "gw-7"
+    assert handle.reload({"v": 2}).service_instance_id is None
+    _, anonymous, _, _ = instrumented(instance="")
+    with pytest.raises(ValueError, match="instance"):
+        anonymous.register("config", {"v": 0}).reload({"v": 1}, instance_scoped=True)
