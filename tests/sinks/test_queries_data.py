@@ -76,6 +76,8 @@ def sample_reloads() -> list[ReloadEvent]:
         _reload("r-api-flags-1", API, "feature_flags", None, "flags-1", 600, 15),
         _reload("r-llm-config-2-canary", LLM, "config", "cfg-1", "cfg-2", 660, 80, instance="llm-2"),
         _reload("r-llm-model-3", LLM, "model", "model-b2", "model-c3", 840, 1_200),
+        # routes-2 is rolled back; the publisher did not know the old version.
+        _reload("r-api-routes-rollback", API, "routing_rules", None, "routes-1", 1_020, 45),
     ]
 
 

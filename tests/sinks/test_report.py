@@ -59,6 +59,10 @@ def since_s(dataset: AnalystDataset, seconds: int) -> datetime:
     return datetime.fromtimestamp((dataset.start_unix_nano + seconds * NS_PER_S) / 1e9, tz=UTC)
 
 
+def effective_text(unix_nano: int) -> str:
+    return datetime.fromtimestamp(unix_nano / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
 # ---------------------------------------------------------------- pure parts
 
 
@@ -154,6 +158,7 @@ def test_terminal_tables_show_versions_reloads_and_anomalies(report: Report, dat
             line
             for line in text.splitlines()
             if f"→ {reload.new_version}" in line
+            and effective_text(reload.effective_time_unix_nano) in line
             and reload.component in line
             and reload.service_name in line
             and (reload.status in line)
