@@ -57,7 +57,7 @@ class SinkRecord:
     offset: int = -1
     raw_key: bytes | None = None
     raw_value: bytes | None = None
-    avro_body: bytes | None = None
+    avro_body: bytes | memoryview | None = None
     writer_schema: Any = None
 
 
@@ -90,7 +90,7 @@ def dedup_token(table: str, items: Sequence[SinkRecord]) -> str:
         ).hexdigest()
         return f"{table}|{'|'.join(parts)}|{len(items)}|{digest}"
     digest = hashlib.blake2b(
-        repr([item.avro_body if item.value is None else sorted(item.value.items()) for item in items]).encode(),
+        repr([bytes(item.avro_body or b"") if item.value is None else sorted(item.value.items()) for item in items]).encode(),
         digest_size=16,
     ).hexdigest()
     return f"{table}|content|{len(items)}|{digest}"
@@ -248,7 +248,7 @@ class BatchingSink:
             return item  # a dead letter that cannot be stored; flush raises for it
         raw_value = item.raw_value
         if raw_value is None:
-            raw_value = item.avro_body if item.value is None else repr(dict(item.value)).encode()
+            raw_value = bytes(item.avro_body or b"") if item.value is None else repr(dict(item.value)).encode()
         record = {
             "source_topic": item.topic or item.table,
             "source_partition": item.partition,

@@ -102,7 +102,13 @@ def open_client(target: SinkTarget | str, *, database: str | None = None) -> Any
             compress=False,
         )
     except ProgrammingError as error:
-        raise SinkConfigError(f"cannot open {target.describe()}: {error}") from error
+        hint = ""
+        if "Cannot lock file" in str(error) or "already initialized with path" in str(error):
+            hint = (
+                " (chDB opens one data directory per process and one directory per process: another process"
+                " holds it, or this one opened another path; run the sink inside the worker, or stop the other)"
+            )
+        raise SinkConfigError(f"cannot open {target.describe()}: {error}{hint}") from error
     except (ClickHouseError, OSError) as error:
         raise classify(error) from error
 
