@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from opentelemetry import context as context_api
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from gateway.attributes import MID_FLIGHT, MID_FLIGHT_COMPONENTS, MID_FLIGHT_RELOAD_IDS, version_stamp
+from gateway.attributes import (
+    GEN_AI_REQUEST_MODEL,
+    MID_FLIGHT,
+    MID_FLIGHT_COMPONENTS,
+    MID_FLIGHT_RELOAD_IDS,
+    version_stamp,
+)
 from gateway.baggage import upstream_attributes
 from gateway.handle import RELOAD_ID_ATTRIBUTE, ReloadRegistry
 from gateway.pinning import current_pin
+from gateway.versioning import Snapshot
 
 _LOG = logging.getLogger(__name__)
+_STAMP_CACHE_SIZE = 256
 
 
 class ReloadStampingSpanProcessor(SpanProcessor):
@@ -50,12 +59,27 @@ class ReloadStampingSpanProcessor(SpanProcessor):
         self.downstream = downstream
         self.copy_baggage = copy_baggage
         self.exporter = exporter
+        self._stamps: dict[tuple[int, ...], tuple[tuple[Snapshot, ...], dict[str, str]]] = {}
+
+    def _stamp(self, snapshots: Mapping[str, Snapshot]) -> dict[str, str]:
+        # Keyed by the identities of the snapshot objects; the cached entry keeps them alive, so an
+        # id cannot be reused by another snapshot while its entry exists.
+        key = tuple(map(id, snapshots.values()))
+        entry = self._stamps.get(key)
+        if entry is None:
+            entry = (tuple(snapshots.values()), version_stamp(snapshots))
+            if len(self._stamps) >= _STAMP_CACHE_SIZE:
+                self._stamps.clear()
+            self._stamps[key] = entry
+        return entry[1]
 
     def on_start(self, span: Span, parent_context: context_api.Context | None = None) -> None:
         try:
             pinned = current_pin(self.registry)
             snapshots = pinned.snapshots if pinned is not None else self.registry.snapshots()
-            attributes = version_stamp(snapshots, span.attributes)
+            attributes = dict(self._stamp(snapshots))
+            if GEN_AI_REQUEST_MODEL in attributes and span.attributes and GEN_AI_REQUEST_MODEL in span.attributes:
+                del attributes[GEN_AI_REQUEST_MODEL]  # the span names its own model
             if self.copy_baggage:
                 attributes.update(upstream_attributes(parent_context))
             span.set_attributes(attributes)
