@@ -97,6 +97,8 @@ def test_simulate_to_kafka(small, kafka_settings: KafkaSettings) -> None:
     spans = consume(kafka_settings, kafka_settings.topics.spans, len(small.spans))
     decoded = sorted((kafka_settings.codec("Span").decode(m.value()) for m in spans), key=lambda s: s["span_id"])
     assert decoded == sorted(small.spans, key=lambda s: s["span_id"])
+    # every simulated request carried a bearer token in an attribute; none reached the broker
+    assert all(b"sk-sim-" not in message.value() and b"authorization" not in message.value() for message in spans)
 
 
 def test_real_time_pacing_follows_publish_times(monkeypatch) -> None:
