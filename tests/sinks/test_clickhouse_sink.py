@@ -244,3 +244,59 @@ def test_trace_time_ranges_give_each_trace_its_span_extent(sink: ClickHouseSink)
         low_high[0] = min(low_high[0], span["start_time_unix_nano"])
         low_high[1] = max(low_high[1], span["end_time_unix_nano"])
     assert ranges == [(trace, low, high) for trace, (low, high) in sorted(expected.items())]
+
+
+class FlakyClient:
+    """A real chDB client whose first inserts fail like a dropped connection (after storing, for one)."""
+
+    def __init__(self, client: Any, failures: int, store_before_failing: bool) -> None:
+        self._client = client
+        self.failures = failures
+        self.store_before_failing = store_before_failing
+
+    def raw_insert(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            if self.store_before_failing:
+                self._client.raw_insert(*args, **kwargs)  # the insert happened; only the answer was lost
+            from clickhouse_connect.driver.exceptions import OperationalError
+
+            raise OperationalError("connection reset by peer")
+        return self._client.raw_insert(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("_client", "failures", "store_before_failing"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._client, name, value)
+
+
+@pytest.mark.parametrize("store_before_failing", [False, True], ids=["lost-request", "lost-answer"])
+def test_retried_writes_store_each_row_once(engine_path: str, store_before_failing: bool) -> None:
+    database = f"t_{uuid.uuid4().hex[:10]}"
+    settings = SinkSettings(url=f"chdb://{engine_path}", database=database, retry_initial_backoff_ms=1)
+    plain = ClickHouseSink(settings)
+    sleeps: list[float] = []
+    flaky = ClickHouseSink(
+        settings, client=FlakyClient(plain.client, 3, store_before_failing), apply_ddl=False, sleep=sleeps.append
+    )
+    try:
+        land(flaky, [message("spans_enriched", span, 0, i) for i, span in enumerate(enriched_spans(200))])
+        assert sleeps == [0.001, 0.002, 0.004]
+        assert flaky.count("spans_enriched", final=False) == 200  # the token absorbed the stored-but-failed tries
+        assert flaky.query("SELECT sum(spans) FROM span_minutes")[0][0] == 400
+    finally:
+        plain.close()
+
+
+def test_write_records_takes_plain_dicts(sink: ClickHouseSink) -> None:
+    events = [reload_event("r1"), reload_event("r2", old_version="m1", service_instance_id="llm-gateway-0")]
+    assert sink.write_records("reload_events", events) == 2
+    assert sink.write_records("reload_events", events) == 2  # the same content: the same token
+    assert sink.query("SELECT reload_id, old_version, service_instance_id FROM reload_events ORDER BY reload_id") == [
+        ("r1", None, None),
+        ("r2", "m1", "llm-gateway-0"),
+    ]
