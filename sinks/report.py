@@ -24,6 +24,7 @@ from schemas.errors import ReloadtraceError
 from sinks.report_queries import CookbookQuery, load_cookbook, run_query
 
 _DEFAULT_MAX_POINTS = 60
+_DEFAULT_WINDOW_SECONDS = 300
 _BUCKET_CHOICES_SECONDS = (1, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RELATIVE = re.compile(r"^\s*(?P<amount>[0-9]+)\s*(?P<unit>s|m|h|d|w)\s*$")
@@ -88,6 +89,11 @@ class Report:
         mid_flight: rows of ``mid_flight_spans_per_reload``.
         anomalies: rows of ``anomalies_by_reload``.
         latency: rows of ``latency_over_time``.
+        window_seconds: width of the before/after windows of ``before_after``.
+        before_after: rows of ``latency_before_after_reload``.
+        reload_health: rows of ``reload_failures_by_component``.
+        rollbacks: rows of ``rollbacks``.
+        corrections: rows of ``late_corrections_by_service``.
     """
 
     since: datetime
@@ -99,6 +105,11 @@ class Report:
     mid_flight: list[dict[str, Any]] = field(default_factory=list)
     anomalies: list[dict[str, Any]] = field(default_factory=list)
     latency: list[dict[str, Any]] = field(default_factory=list)
+    window_seconds: int = _DEFAULT_WINDOW_SECONDS
+    before_after: list[dict[str, Any]] = field(default_factory=list)
+    reload_health: list[dict[str, Any]] = field(default_factory=list)
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)
+    corrections: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def services(self) -> list[str]:
@@ -120,6 +131,7 @@ def build_report(
     now: datetime,
     target: str = "",
     bucket_seconds: int | None = None,
+    window_seconds: int = _DEFAULT_WINDOW_SECONDS,
     cookbook: Mapping[str, CookbookQuery] | None = None,
 ) -> Report:
     """Run the report's cookbook queries through ``client`` (a clickhouse-connect client on the reloadtrace database).
@@ -128,6 +140,7 @@ def build_report(
         since: report data from this time on.
         now: the report's generation time (injected; the CLI passes the wall clock).
         bucket_seconds: latency chart bucket width; None chooses one giving at most 60 points.
+        window_seconds: width of the windows before and after each reload that are compared.
 
     Raises:
         ReportError: the database has no ``spans_enriched`` table (nothing was ever written there).
@@ -151,13 +164,17 @@ def build_report(
         bucket_seconds = choose_bucket_seconds(as_utc(first), as_utc(last))
     if bucket_seconds < 1:
         raise ReportError(f"bucket width must be >= 1 second, got {bucket_seconds}")
+    if window_seconds < 1:
+        raise ReportError(f"window must be >= 1 second, got {window_seconds}")
 
     def rows(name: str, **parameters: Any) -> list[dict[str, Any]]:
         if name not in queries:
             from sinks.report_queries import CookbookError
 
             raise CookbookError(f"the cookbook has no query {name!r}, which the report needs")
-        return run_query(client, queries[name], {"since": since, **parameters})
+        query = queries[name]
+        given = {"since": since, **parameters}
+        return run_query(client, query, {k: v for k, v in given.items() if k in query.parameters})
 
     return Report(
         since=since,
@@ -169,6 +186,11 @@ def build_report(
         mid_flight=rows("mid_flight_spans_per_reload"),
         anomalies=rows("anomalies_by_reload"),
         latency=rows("latency_over_time", bucket_seconds=bucket_seconds),
+        window_seconds=window_seconds,
+        before_after=rows("latency_before_after_reload", window_seconds=window_seconds),
+        reload_health=rows("reload_failures_by_component"),
+        rollbacks=rows("rollbacks"),
+        corrections=rows("late_corrections_by_service"),
     )
 
 
@@ -193,6 +215,139 @@ def _rate(value: float | None) -> str:
 
 def _change(row: Mapping[str, Any]) -> str:
     return f"{row['old_version'] or '∅'} → {row['new_version']}"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table of the report, rendered alike in the terminal and in HTML.
+
+    ``row_classes`` name a row's emphasis: ``failed``, ``severity-CRITICAL``, ``severity-WARNING``.
+    """
+
+    title: str
+    headers: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    numeric: frozenset[int]
+    row_classes: list[str] = field(default_factory=list)
+    empty: str = ""
+
+
+def _strongest_severity(report: Report) -> dict[str, str]:
+    rank = {"INFO": 1, "WARNING": 2, "CRITICAL": 3}
+    strongest: dict[str, str] = {}
+    for row in report.anomalies:
+        held = strongest.get(row["reload_id"])
+        if held is None or rank.get(row["severity"], 0) > rank.get(held, 0):
+            strongest[row["reload_id"]] = row["severity"]
+    return strongest
+
+
+def reload_tables(report: Report) -> list[TableSpec]:
+    """Reload health by component, before vs after each reload, rollbacks, late corrections."""
+    severity = _strongest_severity(report)
+    health = TableSpec(
+        "Reload health by component",
+        ("service", "component", "attempts", "failed", "failure rate", "p50 duration ms", "max duration ms"),
+        [
+            (
+                r["service_name"],
+                r["component"],
+                f"{r['attempts']:,}",
+                f"{r['failed']:,}",
+                _rate(r["failure_rate"]),
+                _ms(r["p50_duration_ms"]),
+                _ms(r["max_duration_ms"]),
+            )
+            for r in report.reload_health
+        ],
+        frozenset({2, 3, 4, 5, 6}),
+        ["failed" if r["failed"] else "" for r in report.reload_health],
+        "No reload attempts in this period.",
+    )
+    minutes = f"{report.window_seconds / 60:g} min"
+    before_after = TableSpec(
+        f"Before vs after each reload (requests started up to {minutes} before / after, cut at the next reload)",
+        (
+            "effective (UTC)",
+            "service",
+            "component",
+            "change",
+            "requests",
+            "error rate",
+            "p95 ms",
+            "Δ p95 ms",
+            "anomaly",
+        ),
+        [
+            (
+                _time(r["effective_time"]),
+                r["service_name"],
+                r["component"],
+                _change(r),
+                f"{r['before_requests']:,} → {r['after_requests']:,}",
+                f"{_rate(r['before_error_rate'])} → {_rate(r['after_error_rate'])}",
+                f"{_ms(r['before_p95_ms'])} → {_ms(r['after_p95_ms'])}",
+                _ms(r["p95_change_ms"]),
+                severity.get(r["reload_id"], ""),
+            )
+            for r in report.before_after
+        ],
+        frozenset({4, 5, 6, 7}),
+        [f"severity-{severity[r['reload_id']]}" if r["reload_id"] in severity else "" for r in report.before_after],
+        "No service-wide reload with requests around it in this period.",
+    )
+    rollbacks = TableSpec(
+        "Rollbacks",
+        ("service", "scope", "component", "rolled back", "restored", "served", "rolled back at (UTC)", "by reload"),
+        [
+            (
+                r["service_name"],
+                r["scope"],
+                r["component"],
+                r["rolled_back_version"],
+                r["restored_version"],
+                f"{r['served_ms'] / 1000:,.1f} s",
+                _time(r["rolled_back_at"]),
+                r["rollback_reload_id"],
+            )
+            for r in report.rollbacks
+        ],
+        frozenset({5}),
+        empty="No rollbacks in this period.",
+    )
+    corrections = TableSpec(
+        "Late corrections (spans whose versions a late reload changed)",
+        ("service", "spans", "corrected", "share", "max revision"),
+        [
+            (
+                r["service_name"],
+                f"{r['spans']:,}",
+                f"{r['corrected']:,}",
+                _rate(r["corrected_share"]),
+                str(r["max_revision"]),
+            )
+            for r in report.corrections
+        ],
+        frozenset({1, 2, 3, 4}),
+        empty="No spans in this period.",
+    )
+    return [health, before_after, rollbacks, corrections]
+
+
+_TERMINAL_STYLES = {"failed": "red", "severity-CRITICAL": "bold red", "severity-WARNING": "yellow"}
+
+
+def _print_spec(spec: TableSpec, console: Console) -> None:
+    if not spec.rows:
+        console.print(f"[dim]{spec.empty}[/dim]")
+        return
+    table = Table(title=spec.title, title_justify="left")
+    for index, header in enumerate(spec.headers):
+        table.add_column(header, justify="right" if index in spec.numeric else "left")
+    for index, row in enumerate(spec.rows):
+        css = spec.row_classes[index] if index < len(spec.row_classes) else ""
+        table.add_row(*row, style=_TERMINAL_STYLES.get(css))
+    console.print(table)
 
 
 # ---------------------------------------------------------------- terminal
@@ -272,6 +427,8 @@ def render_terminal(report: Report, console: Console) -> None:
             "–" if after is None else f"{after / 1000:,.1f} s",
         )
     console.print(anomalies if anomalies.row_count else "[dim]No anomalies in this period.[/dim]")
+    for spec in reload_tables(report):
+        _print_spec(spec, console)
 
 
 # ---------------------------------------------------------------- HTML
@@ -641,6 +798,12 @@ def render_html(report: Report) -> str:
         )
     else:
         sections.append("<p>No anomalies in this period.</p>")
+    for spec in reload_tables(report):
+        sections.append(f"<h2>{_e(spec.title)}</h2>")
+        if spec.rows:
+            sections.append(_html_table(spec.headers, spec.rows, set(spec.numeric), row_classes=spec.row_classes))
+        else:
+            sections.append(f"<p>{_e(spec.empty)}</p>")
     sections.append("</body></html>")
     return "\n".join(sections)
 

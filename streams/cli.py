@@ -180,6 +180,7 @@ def report(
     html_file: str = typer.Option(None, "--html", help="Also write a self-contained HTML report (charts) to this file"),
     since: str = typer.Option(None, help="Only data from then on: 15m, 6h, 2d, 1w or an ISO 8601 time [default: all]"),
     bucket_seconds: int = typer.Option(None, help="Latency chart bucket width [default: at most 60 buckets]"),
+    window_seconds: int = typer.Option(300, help="Before/after window compared around each reload"),
     width: int = typer.Option(None, help="Terminal width for the tables [default: the terminal's]"),
 ) -> None:
     """Per-service version health, reloads (durations, failures, mid-flight requests) and anomalies, from ClickHouse."""
@@ -196,7 +197,9 @@ def report(
         start = parse_since(since, now=now)
         client, target = open_report_client(sink_url)
         try:
-            result = build_report(client, since=start, now=now, target=target, bucket_seconds=bucket_seconds)
+            result = build_report(
+                client, since=start, now=now, target=target, bucket_seconds=bucket_seconds, window_seconds=window_seconds
+            )
         finally:
             client.close()
     except (ReloadtraceError, ValueError) as error:

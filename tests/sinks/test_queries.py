@@ -268,7 +268,8 @@ def expect_reload_durations(d: AnalystDataset, since_ns: int) -> list[dict[str, 
 
 def expect_reload_failures_by_component(d: AnalystDataset, since_ns: int) -> list[dict[str, Any]]:
     rows = []
-    for (service, component), group in grouped(d.reloads, lambda r: (r.service_name, r.component)):
+    chosen = [r for r in d.reloads if r.effective_time_unix_nano >= since_ns]
+    for (service, component), group in grouped(chosen, lambda r: (r.service_name, r.component)):
         failed = sum(not r.succeeded for r in group)
         durations = [(r.effective_time_unix_nano - r.requested_time_unix_nano) / 1e6 for r in group if r.succeeded]
         rows.append(
@@ -344,7 +345,13 @@ def expect_version_changed_mid_flight(d: AnalystDataset, since_ns: int) -> list[
 
 
 def expect_latency_before_after_reload(d: AnalystDataset, since_ns: int) -> list[dict[str, Any]]:
-    window = WINDOW_SECONDS * NS_PER_S
+    return expect_latency_before_after_reload_window(d, since_ns, WINDOW_SECONDS)
+
+
+def expect_latency_before_after_reload_window(
+    d: AnalystDataset, since_ns: int, window_seconds: int
+) -> list[dict[str, Any]]:
+    window = window_seconds * NS_PER_S
     rows = []
     reloads = sorted(
         (r for r in succeeded(d) if r.is_service_wide and r.effective_time_unix_nano >= since_ns),

@@ -126,6 +126,39 @@ def test_report_holds_every_reload_anomaly_and_version(report: Report, dataset: 
 
 
 @pytest.mark.clickhouse
+def test_reload_tables_hold_the_cookbook_answers(engine: tuple[str, Any], dataset: AnalystDataset) -> None:
+    from tests.sinks import test_queries as cookbook
+
+    since_ns = dataset.start_unix_nano + 120 * NS_PER_S
+    since = datetime.fromtimestamp(since_ns / 1e9, tz=UTC)
+    report = build_report(engine[1], since=since, now=NOW, bucket_seconds=60, window_seconds=120)
+    cookbook.assert_rows(
+        report.before_after, cookbook.expect_latency_before_after_reload_window(dataset, since_ns, 120)
+    )
+    cookbook.assert_rows(report.reload_health, cookbook.expect_reload_failures_by_component(dataset, since_ns))
+    cookbook.assert_rows(report.rollbacks, cookbook.expect_rollbacks(dataset, since_ns))
+    cookbook.assert_rows(report.corrections, cookbook.expect_late_corrections_by_service(dataset, since_ns))
+    assert report.rollbacks and report.before_after
+
+    console = Console(width=240, record=True, color_system=None)
+    render_terminal(report, console)
+    text = console.export_text()
+    assert "Reload health by component" in text and "Rollbacks" in text and "Late corrections" in text
+    assert "Before vs after each reload (requests started up to 2 min before / after" in text
+    regression = next(r for r in report.before_after if r["reload_id"] == "r-llm-model-2")
+    effective = effective_text(
+        next(r.effective_time_unix_nano for r in dataset.reloads if r.reload_id == "r-llm-model-2")
+    )
+    line = next(line for line in text.splitlines() if line.startswith(f"│ {effective}") and "CRITICAL" in line)
+    assert f"{regression['before_requests']:,} → {regression['after_requests']:,}" in line
+    rollback = report.rollbacks[0]
+    assert re.search(rf"{rollback['rolled_back_version']}\s+│ {rollback['restored_version']}\s+│", text)
+    page = render_html(report)
+    for title in ("Reload health by component", "Rollbacks", "Late corrections"):
+        assert f"<h2>{title}" in page
+
+
+@pytest.mark.clickhouse
 def test_since_narrows_every_part_of_the_report(engine: tuple[str, Any], dataset: AnalystDataset) -> None:
     since = since_s(dataset, 500)
     narrowed = build_report(engine[1], since=since, now=NOW, bucket_seconds=60)
