@@ -642,6 +642,7 @@ table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
 th, td { border-bottom: 1px solid #e4e4e7; padding: 4px 10px; text-align: left; white-space: nowrap; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 tr.failed td { color: #b91c1c; font-weight: 600; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
 .legend { font-size: 12px; color: #3f3f46; margin: 4px 0 12px; }
 .legend span { margin-right: 16px; white-space: nowrap; }
 .swatch { display: inline-block; width: 18px; height: 0; border-top: 2px solid; vertical-align: middle;
@@ -674,7 +675,8 @@ def _html_table(
             for column, cell in enumerate(row)
         )
         body.append(f"<tr{css}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="table-wrap">{table}</div>'
 
 
 def render_html(report: Report) -> str:
