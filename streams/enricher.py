@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -380,8 +381,8 @@ class SpanEnricher:
             message.partition(),
             message.offset(),
             arrival,
-            span["service_name"],
-            span["service_instance_id"],
+            sys.intern(span["service_name"]),  # held for the whole horizon: one copy per name
+            sys.intern(span["service_instance_id"]),
             span["start_time_unix_nano"],
             span["end_time_unix_nano"],
             SpanMessage(message.key(), value, span["kind"], span["status_code"] == "ERROR"),
