@@ -9,6 +9,7 @@ beside their corrections and only queries that really read the latest revision p
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ import numpy
 import pytest
 
 from schemas.records import ReloadEvent
-from sinks.report_queries import CookbookError, load_cookbook, parse_cookbook, run_query
+from sinks.report_queries import COOKBOOK_PATH, CookbookError, load_cookbook, parse_cookbook, run_query
 from tests.sinks.test_queries_data import (
     NS_PER_S,
     AnalystDataset,
@@ -649,6 +650,13 @@ def test_every_cookbook_query_is_checked_by_a_test() -> None:
     assert set(COOKBOOK) == CHECKED, (
         f"untested: {sorted(set(COOKBOOK) - CHECKED)}; gone: {sorted(CHECKED - set(COOKBOOK))}"
     )
+
+
+def test_the_cookbook_index_lists_every_query_with_its_question() -> None:
+    text = COOKBOOK_PATH.read_text(encoding="utf-8")
+    index = text[text.index("## Index") : text.index("\n## ", text.index("## Index") + 1)]
+    listed = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|$", index, re.MULTILINE))
+    assert listed == {name: query.title for name, query in COOKBOOK.items()}
 
 
 def test_the_data_set_plants_what_the_queries_look_for(dataset: AnalystDataset) -> None:
