@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas.records import ReloadEvent
@@ -346,3 +348,30 @@ def test_strongest_keeps_the_highest_severity_per_anomaly() -> None:
         {"anomaly_id": "b", "severity": "INFO", "n": 3},
     ]
     assert {k: v["n"] for k, v in strongest(records).items()} == {"a": 2, "b": 3}
+
+
+@given(seed=st.integers(0, 10_000), delay_fraction=st.floats(0.0, 0.95), chunk=st.integers(1, 500))
+@settings(max_examples=6)
+def test_any_arrival_order_within_the_allowance_gives_the_offline_answer(seed: int, delay_fraction: float, chunk: int) -> None:
+    """Requests and reloads arriving up to (almost) look_allowance_ms late, in any batching, change nothing."""
+    data = generate(seed, rate_per_s=6.0)
+    settings = DetectionSettings()
+    offline = detect_offline(data.spans(), data.reloads, settings)
+    rng = np.random.default_rng(seed)
+    max_delay = int(delay_fraction * settings.look_allowance_ms * 1_000_000)
+    arrivals = [(r.start_time_unix_nano + int(rng.integers(0, max_delay + 1)), 0, i) for i, r in enumerate(data.requests)]
+    arrivals += [(r.effective_time_unix_nano + int(rng.integers(0, max_delay + 1)), 1, i) for i, r in enumerate(data.reloads)]
+    arrivals.sort()
+    detector = RegressionDetector(settings)
+    streamed: list[dict] = []
+    for position in range(0, len(arrivals), chunk):
+        for _, what, index in arrivals[position : position + chunk]:
+            if what == 0:
+                detector.add_request(data.requests[index])
+            else:
+                detector.add_reload(data.reloads[index])
+        if detector.max_start_unix_nano is not None:
+            streamed += detector.advance(detector.max_start_unix_nano)
+    streamed += detector.finish()
+    key = lambda a: (a["anomaly_id"], a["severity"])  # noqa: E731
+    assert sorted(streamed, key=key) == sorted(offline, key=key)
