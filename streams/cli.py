@@ -314,6 +314,46 @@ def alerts(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def detect(
+    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
+    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_DETECTOR_GROUP_ID]"),
+) -> None:
+    """Run only the regression detector: requests-by-service in, reload.anomalies out (until SIGTERM/Ctrl-C).
+
+    Thresholds come from RELOADTRACE_DETECTION_* variables (see README).
+    """
+    import logging
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from schemas.errors import ReloadtraceError
+    from schemas.settings import KafkaSettings
+    from streams.detection import DetectionSettings
+    from streams.detector import DetectorSettings, StreamingDetector
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
+    try:
+        kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
+        detection = DetectionSettings()
+        settings = DetectorSettings(**({"group_id": group_id} if group_id else {}))
+    except ValidationError as error:
+        typer.echo(f"reloadtrace detect: {error}", err=True)
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop.set())
+    try:
+        StreamingDetector(kafka, detection, settings).run(stop)
+    except ReloadtraceError as error:
+        typer.echo(f"reloadtrace detect: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     app()
 

@@ -178,3 +178,32 @@ def test_malformed_messages_are_refused(value: bytes) -> None:
 
     with pytest.raises(InvalidRecordError):
         parse_message(value)
+
+
+def test_detect_command_publishes_the_offline_anomalies_and_stops_on_sigterm(kafka_settings: KafkaSettings) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = generate(13)
+    offline = detect_offline(data.spans(), data.reloads)
+    produce(kafka_settings, feed_messages(data))
+    env = os.environ | {"RELOADTRACE_DETECTOR_IDLE_PROGRESS_MS": "500", "RELOADTRACE_DETECTOR_COMMIT_INTERVAL_MS": "200"}
+    command = [
+        str(Path(sys.executable).with_name("reloadtrace")), "detect",
+        "--bootstrap-servers", kafka_settings.bootstrap_servers,
+        "--topic-prefix", kafka_settings.topic_prefix,
+        "--group-id", f"cmd-{uuid.uuid4().hex}",
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reader = AnomalyReader(kafka_settings)
+    try:
+        streamed = reader.read_until(len(offline), timeout_s=90)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+        reader.close()
+    assert process.returncode == 0, output
+    assert sorted(streamed, key=key) == sorted(offline, key=key)
