@@ -241,17 +241,26 @@ class Verdict:
 
 
 class _ServiceRequests:
-    """Requests of one service, appended in any order, viewed as arrays sorted by start time."""
+    """Requests of one service, appended in any order, viewed as arrays sorted by start time.
 
-    __slots__ = ("_rows", "_arrays", "_instance_codes")
+    A request given twice (same instance, start, end, outcome and kind: an upstream at-least-once
+    redelivery) counts once, so streaming after a crash upstream still agrees with replay.
+    """
+
+    __slots__ = ("_rows", "_seen", "_arrays", "_instance_codes")
 
     def __init__(self) -> None:
         self._rows: list[tuple[int, float, bool, int, bool]] = []
+        self._seen: set[tuple[int, int, bool, int, bool]] = set()
         self._arrays: tuple[np.ndarray, ...] | None = None
         self._instance_codes: dict[str, int] = {}
 
     def add(self, instance: str, start: int, end: int, is_error: bool, kind: str) -> None:
         code = self._instance_codes.setdefault(instance, len(self._instance_codes))
+        identity = (start, end, bool(is_error), code, kind == "SERVER")
+        if identity in self._seen:
+            return
+        self._seen.add(identity)
         self._rows.append((start, (end - start) / _NANOS_PER_MS, bool(is_error), code, kind == "SERVER"))
         self._arrays = None
 
@@ -279,6 +288,7 @@ class _ServiceRequests:
         kept = [row for row in self._rows if row[0] >= before_unix_nano]
         if len(kept) != len(self._rows):
             self._rows = kept
+            self._seen = {identity for identity in self._seen if identity[0] >= before_unix_nano}
             self._arrays = None
 
     def __len__(self) -> int:

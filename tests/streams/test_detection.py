@@ -375,3 +375,13 @@ def test_any_arrival_order_within_the_allowance_gives_the_offline_answer(seed: i
     streamed += detector.finish()
     key = lambda a: (a["anomaly_id"], a["severity"])  # noqa: E731
     assert sorted(streamed, key=key) == sorted(offline, key=key)
+
+
+def test_a_request_delivered_twice_counts_once() -> None:
+    once = detector_with(traffic(T - 300 * S, T), traffic(T, T + 300 * S, median_ms=60.0, seed=1))
+    rows = traffic(T, T + 300 * S, median_ms=60.0, seed=1)
+    twice = detector_with(traffic(T - 300 * S, T), rows, rows[:1000])
+    for detector in (once, twice):
+        detector.add_reload(reload())
+    assert twice.request_count() == once.request_count()
+    assert twice.finish() == once.finish()
