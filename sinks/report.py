@@ -94,6 +94,7 @@ class Report:
         reload_health: rows of ``reload_failures_by_component``.
         rollbacks: rows of ``rollbacks``.
         corrections: rows of ``late_corrections_by_service``.
+        canaries: rows of ``canary_vs_peers``.
     """
 
     since: datetime
@@ -110,6 +111,7 @@ class Report:
     reload_health: list[dict[str, Any]] = field(default_factory=list)
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
     corrections: list[dict[str, Any]] = field(default_factory=list)
+    canaries: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def services(self) -> list[str]:
@@ -176,13 +178,14 @@ def build_report(
         given = {"since": since, **parameters}
         return run_query(client, query, {k: v for k, v in given.items() if k in query.parameters})
 
+    reloads = rows("reload_durations")
     return Report(
         since=since,
         generated_at=as_utc(now),
         target=target,
         bucket_seconds=bucket_seconds,
         versions=rows("error_rate_p95_by_version"),
-        reloads=rows("reload_durations"),
+        reloads=reloads,
         mid_flight=rows("mid_flight_spans_per_reload"),
         anomalies=rows("anomalies_by_reload"),
         latency=rows("latency_over_time", bucket_seconds=bucket_seconds),
@@ -191,6 +194,11 @@ def build_report(
         reload_health=rows("reload_failures_by_component"),
         rollbacks=rows("rollbacks"),
         corrections=rows("late_corrections_by_service"),
+        canaries=[
+            row
+            for row in rows("canary_vs_peers", window_seconds=window_seconds)
+            if any(r["reload_id"] == row["reload_id"] for r in reloads)
+        ],
     )
 
 
@@ -243,7 +251,7 @@ def _strongest_severity(report: Report) -> dict[str, str]:
 
 
 def reload_tables(report: Report) -> list[TableSpec]:
-    """Reload health by component, before vs after each reload, rollbacks, late corrections."""
+    """Reload health by component, before vs after each reload, canaries, rollbacks, late corrections."""
     severity = _strongest_severity(report)
     health = TableSpec(
         "Reload health by component",
@@ -331,7 +339,26 @@ def reload_tables(report: Report) -> list[TableSpec]:
         frozenset({1, 2, 3, 4}),
         empty="No spans in this period.",
     )
-    return [health, before_after, rollbacks, corrections]
+    canaries = TableSpec(
+        f"Canary reloads: the instance against its peers ({minutes} after)",
+        ("service", "canary", "component", "new version", "requests", "error rate", "p95 ms"),
+        [
+            (
+                r["service_name"],
+                r["canary_instance"],
+                r["component"],
+                r["new_version"],
+                f"{r['canary_requests']:,} vs {r['peer_requests']:,}",
+                f"{_rate(r['canary_error_rate'])} vs {_rate(r['peer_error_rate'])}",
+                f"{_ms(r['canary_p95_ms'])} vs {_ms(r['peer_p95_ms'])}",
+            )
+            for r in report.canaries
+        ],
+        frozenset({4, 5, 6}),
+        [f"severity-{severity[r['reload_id']]}" if r["reload_id"] in severity else "" for r in report.canaries],
+        "No canary reloads in this period.",
+    )
+    return [health, before_after, canaries, rollbacks, corrections]
 
 
 _TERMINAL_STYLES = {"failed": "red", "severity-CRITICAL": "bold red", "severity-WARNING": "yellow"}

@@ -398,7 +398,11 @@ def expect_latency_before_after_reload_window(
 
 
 def expect_canary_vs_peers(d: AnalystDataset, since_ns: int) -> list[dict[str, Any]]:
-    window = WINDOW_SECONDS * NS_PER_S
+    return expect_canary_vs_peers_window(d, WINDOW_SECONDS)
+
+
+def expect_canary_vs_peers_window(d: AnalystDataset, window_seconds: int) -> list[dict[str, Any]]:
+    window = window_seconds * NS_PER_S
     rows = []
     for r in sorted((r for r in succeeded(d) if not r.is_service_wide), key=lambda r: r.reload_id):
         spans = [

@@ -139,6 +139,13 @@ def test_reload_tables_hold_the_cookbook_answers(engine: tuple[str, Any], datase
     cookbook.assert_rows(report.rollbacks, cookbook.expect_rollbacks(dataset, since_ns))
     cookbook.assert_rows(report.corrections, cookbook.expect_late_corrections_by_service(dataset, since_ns))
     assert report.rollbacks and report.before_after
+    canaries = [
+        row
+        for row in cookbook.expect_canary_vs_peers_window(dataset, 120)
+        if row["reload_id"] in {r["reload_id"] for r in report.reloads}
+    ]
+    cookbook.assert_rows(report.canaries, canaries)
+    assert canaries
 
     console = Console(width=240, record=True, color_system=None)
     render_terminal(report, console)
@@ -154,7 +161,8 @@ def test_reload_tables_hold_the_cookbook_answers(engine: tuple[str, Any], datase
     rollback = report.rollbacks[0]
     assert re.search(rf"{rollback['rolled_back_version']}\s+│ {rollback['restored_version']}\s+│", text)
     page = render_html(report)
-    for title in ("Reload health by component", "Rollbacks", "Late corrections"):
+    assert "Canary reloads: the instance against its peers (2 min after)" in text
+    for title in ("Reload health by component", "Rollbacks", "Late corrections", "Canary reloads"):
         assert f"<h2>{title}" in page
 
 
