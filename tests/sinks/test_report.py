@@ -278,6 +278,20 @@ def test_html_is_self_contained_and_escapes_names() -> None:
     assert "<script" not in page
 
 
+def test_a_service_with_reloads_but_no_requests_still_gets_its_markers() -> None:
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    reload = {
+        "reload_id": "r1", "service_name": "quiet", "scope": "*", "component": "model", "old_version": None,
+        "new_version": "v2", "status": "SUCCEEDED", "source": "op", "requested_time": moment - timedelta(seconds=1),
+        "effective_time": moment, "reload_duration_ms": 1000.0,
+    }  # fmt: skip
+    report = Report(since=moment, generated_at=moment, target="x", bucket_seconds=60, reloads=[reload])
+    svg = chart_tree(report, "quiet")
+    assert [g.get("data-reload-id") for g in svg.iter(f"{_SVG}g")] == ["r1"]
+    assert not list(svg.iter(f"{_SVG}polyline"))
+    assert render_chart(report, "nobody") == ""
+
+
 @pytest.mark.clickhouse
 def test_empty_period_says_so(engine: tuple[str, Any]) -> None:
     empty = build_report(engine[1], since=datetime(2030, 1, 1, tzinfo=UTC), now=NOW, bucket_seconds=60)
