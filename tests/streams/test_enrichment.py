@@ -8,10 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.records import ReloadEvent
-from streams.engine import EnrichmentEngine, ReloadArrival, SpanArrival
+from streams.engine import EnrichmentEngine, ReloadArrival, SpanArrival, restore_partition
 from streams.enriched_wire import Enrichment, enrichment_of
 from streams.enrichment import SegmentAnswers, enrich
 from streams.timeline import VersionTimeline
+from tests.streams import test_engine as engine_tests
 from tests.streams.test_timeline import INSTANCES, SERVICES, oracle_between, oracle_versions, reload_sets
 
 
@@ -120,3 +121,44 @@ def test_a_span_straddling_two_reloads_is_mid_flight_with_both_sorted() -> None:
     assert enriched["versions_at_end"] == {"model": "m2", "prompt": "p7"}
     assert enriched["reload_ids"] == {"model": "a-model"}
     assert enriched["mid_flight"] is True and enriched["mid_flight_reload_ids"] == ["b-prompt", "z-model"]
+
+
+def oracle_answer(timeline: engine_tests.ListTimeline, service: str, instance: str, start: int, end: int) -> Enrichment:
+    """The full answer (reload_ids too) by brute force over the naive timeline's reloads."""
+    reloads = list(timeline.reloads.values())
+    at_start, at_end = oracle_versions(reloads, service, instance, start), oracle_versions(reloads, service, instance, end)
+    return Enrichment(
+        versions=tuple(sorted((c, v[0]) for c, v in at_start.items())),
+        versions_at_end=tuple(sorted((c, v[0]) for c, v in at_end.items())),
+        reload_ids=tuple(sorted((c, v[1]) for c, v in at_start.items())),
+        mid_flight_reload_ids=tuple(oracle_between(reloads, service, instance, start, end)),
+    )
+
+
+@settings(max_examples=60)
+@given(world=engine_tests.worlds(), seed=st.integers(0, 10**6), commit_pick=st.floats(0, 1))
+def test_the_engine_emits_the_same_with_the_real_timeline_as_with_brute_force(world, seed, commit_pick) -> None:
+    """Live runs and partition restores: VersionTimeline + SegmentAnswers == a brute-force answer, emission for emission."""
+    def real_engine() -> EnrichmentEngine:
+        return EnrichmentEngine(VersionTimeline(), SegmentAnswers(), grace_ms=engine_tests.GRACE, horizon_ms=engine_tests.HORIZON)
+
+    def oracle_engine() -> EnrichmentEngine:
+        return EnrichmentEngine(engine_tests.ListTimeline(), oracle_answer, grace_ms=engine_tests.GRACE,
+                                horizon_ms=engine_tests.HORIZON)
+
+    snapshots: list = []
+    oracle, _, _, _ = engine_tests.run_live(world, random.Random(seed), engine=oracle_engine(), snapshots=snapshots)
+    real, _, _, _ = engine_tests.run_live(world, random.Random(seed), engine=real_engine())
+    assert [(e.span, e.revision, e.answer) for e in real] == [(e.span, e.revision, e.answer) for e in oracle]
+
+    committed, frontier = snapshots[int(commit_pick * (len(snapshots) - 1))] if snapshots else ({}, None)
+    for partition, log in world.span_logs.items():
+        position = committed.get(partition, 0)
+        restored = [
+            restore_partition(timeline_factory=factory, answer_fn=answer_fn, grace_ms=engine_tests.GRACE,
+                              horizon_ms=engine_tests.HORIZON, reloads=world.reload_log, emitted=log[:position],
+                              previous_frontier=frontier, unemitted=log[position:], frontier=frontier)
+            for factory, answer_fn in ((engine_tests.ListTimeline, oracle_answer), (VersionTimeline, SegmentAnswers()))
+        ]
+        shapes = [(one.adopt, [(e.span, e.answer, e.revision) for e in one.emissions], one.hold) for one in restored]
+        assert shapes[0] == shapes[1]
