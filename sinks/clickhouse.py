@@ -60,6 +60,17 @@ _BACKPRESSURE_RETRY_AFTER_S = 1.0
 _UNREADABLE_INPUT_CODES = frozenset({33, 117, 27, 32, 3, 131, 173, 1001, 1002})
 
 
+def _insert_settings(token: str) -> dict[str, Any]:
+    """Settings of every insert: the batch's deduplication token, honoured by the views' targets too,
+    and no collapsing inside the inserted block (``optimize_on_insert = 0``: measured 3-4x cheaper
+    for spans_enriched; replacing still happens in merges and under FINAL)."""
+    return {
+        "insert_deduplication_token": token,
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+        "optimize_on_insert": 0,
+    }
+
+
 def classify(error: Exception) -> SinkError:
     """The :mod:`sinks.errors` error for a clickhouse-connect (or chDB) failure."""
     code = getattr(error, "code", None)
@@ -163,10 +174,7 @@ class ClickHouseSink(BatchingSink):
                     None,
                     container(schema, bodies),
                     fmt="Avro",
-                    settings={
-                        "insert_deduplication_token": token,
-                        "deduplicate_blocks_in_dependent_materialized_views": 1,
-                    },
+                    settings=_insert_settings(token),
                 )
             except (ClickHouseError, OSError) as error:
                 failure = classify(error)

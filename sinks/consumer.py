@@ -177,7 +177,7 @@ class SinkConsumer:
                 offset,
                 raw_key=message.key(),
                 raw_value=value,
-                avro_body=memoryview(value)[body_offset:],  # no copy; ClickHouse gets the bytes as they came
+                avro_body=value[body_offset:],
                 writer_schema=writer,
             )
         )
