@@ -1,1 +1,9 @@
-"""Writers into ClickHouse: a server through clickhouse-connect, or the embedded chDB engine."""
+"""Writers into ClickHouse: a server through clickhouse-connect, or the embedded chDB engine.
+
+Public API:
+    * :class:`sinks.clickhouse.ClickHouseSink` — ``add(SinkRecord)`` / ``flush()`` / ``query(sql)``;
+      :func:`sinks.clickhouse.open_client` — a clickhouse-connect client for a sink URL.
+    * :class:`sinks.consumer.SinkConsumer` — ``run(stop)``: Kafka topics -> ClickHouse, commit after flush.
+    * :class:`sinks.settings.SinkSettings` — ``RELOADTRACE_SINK_*``; :func:`sinks.ddl.apply_schema`.
+    * :class:`sinks.base.BatchingSink` — the base a destination subclasses (``write(batch)`` only).
+"""
