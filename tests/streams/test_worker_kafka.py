@@ -14,10 +14,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
 from infra.processes import ManagedProcess, wait_until
+from schemas.files import write_records
 from schemas.records import ENRICHMENT_FIELDS
 from schemas.settings import KafkaSettings
 from streams.replay import run_replay
@@ -109,8 +111,6 @@ def without_revision(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def replayed(scenario: Scenario, directory: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    import orjson
-
     spans_path, reloads_path = scenario.write(directory, ".avro")
     summary = run_replay(spans_path, reloads_path, directory / "replay", detect=False)
     assert summary.spans_written == len(scenario.spans)
@@ -281,3 +281,34 @@ def test_a_second_worker_joining_mid_stream_takes_partitions_without_changing_th
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_the_gateway_simulators_traffic_published_in_real_time_ends_with_the_replay_output(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """Traffic this module did not generate: real reload handles, pinned requests, late and FAILED reloads."""
+    simulator = pytest.importorskip("gateway.simulator")
+    produce = pytest.importorskip("gateway.produce")
+    worker = start_worker(kafka_settings, f"g-{uuid.uuid4().hex[:8]}", tmp_path / "worker.log")
+    collector = EnrichedCollector(kafka_settings)
+    try:
+        simulation = simulator.simulate(simulator.SimulationConfig(
+            seed=41, duration_s=8, requests_per_second_per_service=15, reloads_per_service=4, late_fraction=0.5,
+            max_lateness_s=4.0, canary_fraction=0.3, failed_fraction=0.25, start_time_unix_nano=time.time_ns(),
+        ))
+        assert simulation.ground_truth["counts"]["late_reloads"] >= 1
+        report = produce.StreamPublisher(kafka_settings).publish(
+            produce.simulation_items(simulation), produce.ProduceReport(), pace=1.0)
+        assert report.undelivered == 0
+        spans = [dict(span) for span in simulation.spans]
+        write_records(tmp_path / "spans.jsonl", "Span", spans)
+        write_records(tmp_path / "reloads.jsonl", "ReloadEvent", [reload.to_dict() for reload in simulation.reloads])
+        summary = run_replay(tmp_path / "spans.jsonl", tmp_path / "reloads.jsonl", tmp_path / "replay", detect=False)
+        expected = {}
+        for line in summary.enriched_path.read_bytes().splitlines():
+            row = orjson.loads(line)
+            expected[(row["trace_id"], row["span_id"])] = without_revision(row)
+        converge(collector, expected, [worker], timeout_s=60)
+    finally:
+        collector.close()
+        worker.stop()
