@@ -106,9 +106,15 @@ class SinkConsumer:
 
     @property
     def sink(self) -> ClickHouseSink:
+        """The sink (opened from the settings on first use; it stays open after ``run`` returns)."""
         if self._sink is None:
             self._sink = ClickHouseSink(self._settings)
         return self._sink
+
+    def close(self) -> None:
+        """Close the sink's client (releases a chDB data directory); pending rows are not flushed."""
+        if self._sink is not None:
+            self._sink.close()
 
     def run(self, stop: threading.Event) -> None:
         """Consume and land records until ``stop`` is set; flush and commit on the way out.

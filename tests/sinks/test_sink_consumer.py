@@ -147,7 +147,7 @@ def test_duplicate_deliveries_and_poison_messages_land_exactly_once(kafka_settin
         ends = {key: end for key, end in ends.items() if end > 0}  # empty partitions have nothing to commit
         assert committed(kafka_settings, group, list(ends)) == ends
     finally:
-        sink.close()
+        consumer.close()
 
 
 def run_child(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
