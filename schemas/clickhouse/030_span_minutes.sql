@@ -7,8 +7,9 @@
 -- 0.99) read with quantilesMerge(0.5, 0.9, 0.95, 0.99)(duration_ms_quantiles).
 -- Always aggregate on read: GROUP BY the key columns and sum(...), rows fold only in merges.
 --
--- Guarantee: a batch re-inserted with the same deduplication token is not counted twice (the view
--- only sees blocks the source table accepted). Non-guarantee: a span corrected by a late reload
+-- Guarantee: a batch re-inserted with the same deduplication token is not counted twice (the sink
+-- inserts with deduplicate_blocks_in_dependent_materialized_views = 1 and this table keeps a
+-- deduplication window too). Non-guarantee: a span corrected by a late reload
 -- (enrichment_revision + 1) is counted once per revision delivered, under each version it was
 -- given, and a crash that re-inserts rows in a differently cut batch counts them again. For exact
 -- figures query spans_enriched FINAL; this table is the cheap, approximate view.
