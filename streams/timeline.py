@@ -17,10 +17,11 @@ from __future__ import annotations
 from bisect import bisect_right, insort
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from schemas.records import ReloadEvent
 
-_EMPTY: Mapping[str, ActiveVersion] = {}
+_EMPTY: Mapping[str, ActiveVersion] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
