@@ -220,7 +220,7 @@ class RollbackHook:
         self._done.add(anomaly["reload_id"])
         argv = (*self._argv, anomaly["service_name"], anomaly["component"], anomaly["old_version"])
         try:
-            completed = subprocess.run(argv, capture_output=True, text=True, timeout=self._timeout_s, check=False)  # noqa: S603 - argv list, no shell
+            completed = subprocess.run(argv, capture_output=True, text=True, timeout=self._timeout_s, check=False)
         except (OSError, subprocess.TimeoutExpired) as error:
             logger.error("rollback %s for reload %s failed to run: %s", argv, anomaly["reload_id"], error)
             return RollbackOutcome(argv, None, str(error))

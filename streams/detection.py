@@ -247,7 +247,7 @@ class _ServiceRequests:
     redelivery) counts once, so streaming after a crash upstream still agrees with replay.
     """
 
-    __slots__ = ("_rows", "_seen", "_arrays", "_instance_codes")
+    __slots__ = ("_arrays", "_instance_codes", "_rows", "_seen")
 
     def __init__(self) -> None:
         self._rows: list[tuple[int, float, bool, int, bool]] = []

@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
 import orjson
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, Producer, TopicPartition
 from pydantic import Field
@@ -291,8 +292,7 @@ class StreamingDetector:
             partition.core.add_rows(service, rows)
             self.stats.requests += len(rows)
             for row in rows:
-                if row[1] > partition.latest_start_unix_nano:
-                    partition.latest_start_unix_nano = row[1]
+                partition.latest_start_unix_nano = max(partition.latest_start_unix_nano, row[1])
         elif reload is not None:
             partition.core.add_reload(reload)
             self.stats.reloads += 1
@@ -428,7 +428,7 @@ class StreamingDetector:
         )
         try:
             tp = TopicPartition(self._topics.requests_by_service, number)
-            low, high = reader.get_watermark_offsets(tp, timeout=30, cached=False)
+            low, _ = reader.get_watermark_offsets(tp, timeout=30, cached=False)
             if committed_offset in (OFFSET_INVALID, -1) or committed_offset < low:
                 return _Partition(core, next_offset=low)
             partition = _Partition(core, next_offset=committed_offset)

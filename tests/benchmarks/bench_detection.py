@@ -54,9 +54,11 @@ def main() -> str:
     lines = [
         "## Detection: time-to-detect after a reload",
         "",
-        f"Gateway simulator, {len(SEEDS)} seeds, 10 requests/s per service on 3 instances (10% streaming requests);"
-        f" default `DetectionSettings` (W = {settings.window_ms / 1000:.0f} s, {len(settings.looks_ms)} looks at"
-        f" {', '.join(f'{ms / 1000:g}' for ms in settings.looks_ms)} s, alpha {settings.alpha:g} Bonferroni-spent).",
+        (
+            f"Gateway simulator, {len(SEEDS)} seeds, 10 requests/s per service on 3 instances (10% streaming requests);"
+            f" default `DetectionSettings` (W = {settings.window_ms / 1000:.0f} s, {len(settings.looks_ms)} looks at"
+            f" {', '.join(f'{ms / 1000:g}' for ms in settings.looks_ms)} s, alpha {settings.alpha:g} Bonferroni-spent)."
+        ),
         "",
         "| regression | detected | median (s) | p95 (s) | max (s) | first look (s) | limit (s) |",
         "|---|---|---|---|---|---|---|",
@@ -69,9 +71,12 @@ def main() -> str:
         )
     lines += [
         "",
-        f"Misses: {misses}; false alarms (WARNING or worse on a benign reload, or a wrong metric): {false_alarms}"
-        f" over {benign} benign reloads ({benign - initial} scheduled, {initial} start-up registrations). The streaming detector takes each look {allowance_s:g} s of event time"
-        " later (`look_allowance_ms`) so that late requests are in it.",
+        (
+            f"Misses: {misses}; false alarms (WARNING or worse on a benign reload, or a wrong metric): {false_alarms}"
+            f" over {benign} benign reloads ({benign - initial} scheduled, {initial} start-up registrations)."
+            f" The streaming detector takes each look {allowance_s:g} s of event time later (`look_allowance_ms`)"
+            " so that late requests are in it."
+        ),
         f"Judging rate of the core: {requests / judging_s:,.0f} requests/s ({requests:,} SERVER requests in {judging_s:.1f} s).",
         "",
         "Command: `KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python -m tests.benchmarks detection`",

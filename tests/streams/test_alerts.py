@@ -30,7 +30,7 @@ class Hook:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 length = int(self.headers["Content-Length"])
                 body = self.rfile.read(length)
                 hook.attempts += 1
@@ -205,7 +205,7 @@ def run_consumer(consumer: AlertConsumer) -> tuple[threading.Thread, threading.E
     return thread, stop, errors
 
 
-def wait_for(condition, timeout_s: float = 30.0) -> bool:  # noqa: ANN001
+def wait_for(condition, timeout_s: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -288,7 +288,7 @@ def test_streaming_in_chunks_equals_offline() -> None:
     for remaining in reloads:
         detector.add_reload(remaining)
     streamed += detector.finish()
-    key = lambda a: (a["anomaly_id"], a["severity"])  # noqa: E731
+    key = lambda a: (a["anomaly_id"], a["severity"])
     assert sorted(streamed, key=key) == sorted(offline, key=key) and offline
 
 
@@ -373,7 +373,7 @@ def test_any_arrival_order_within_the_allowance_gives_the_offline_answer(seed: i
         if detector.max_start_unix_nano is not None:
             streamed += detector.advance(detector.max_start_unix_nano)
     streamed += detector.finish()
-    key = lambda a: (a["anomaly_id"], a["severity"])  # noqa: E731
+    key = lambda a: (a["anomaly_id"], a["severity"])
     assert sorted(streamed, key=key) == sorted(offline, key=key)
 
 
