@@ -5,7 +5,7 @@ Guarantees:
       it with a 2xx (or refused it for good with a 4xx, which is logged as an error and counted);
       failures are retried with exponential backoff, without limit by default.
     * Deduplication by ``(anomaly_id, severity)`` within a process: a re-sent record with the same
-      severity is posted once; a severity rise is posted again. Every POST carries the header
+      (or a lower) severity than one already handled is not posted again; a severity rise is. Every POST carries the header
       ``Idempotency-Key: <anomaly_id>:<severity>`` so receivers can dedupe across restarts.
     * The rollback command (opt-in, off by default) runs as an argv list — the configured command
       split with :func:`shlex.split`, then the reload's service, component and old version as three
@@ -264,7 +264,7 @@ class AlertConsumer:
             else None
         )
         self._clock = wall_clock_ns
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._posted_rank: OrderedDict[str, int] = OrderedDict()
         self._min_rank = _RANK[settings.min_severity]
         self.stats = AlertStats()
         self.ready = threading.Event()
@@ -321,13 +321,13 @@ class AlertConsumer:
         except DecodeError as error:
             self._dead_letter(message, error, producer)
             return True
-        identity = (anomaly["anomaly_id"], anomaly["severity"])
-        if identity in self._seen:
-            self.stats.duplicates += 1
+        identity, rank = anomaly["anomaly_id"], _RANK[anomaly["severity"]]
+        if rank <= self._posted_rank.get(identity, -1):
+            self.stats.duplicates += 1  # the same or a lower severity of an anomaly already handled
             return True
-        if _RANK[anomaly["severity"]] < self._min_rank:
+        if rank < self._min_rank:
             self.stats.below_severity += 1
-            self._remember(identity)
+            self._remember(identity, rank)
             return True
         outcomes = self._sender.deliver(anomaly)
         if outcomes is None:
@@ -336,13 +336,14 @@ class AlertConsumer:
         self.stats.rejected += sum(not outcome.delivered for outcome in outcomes)
         if self._rollback is not None and self._rollback.run(anomaly) is not None:
             self.stats.rollbacks += 1
-        self._remember(identity)
+        self._remember(identity, rank)
         return True
 
-    def _remember(self, identity: tuple[str, str]) -> None:
-        self._seen[identity] = None
-        if len(self._seen) > _DEDUPE_CAPACITY:
-            self._seen.popitem(last=False)
+    def _remember(self, identity: str, rank: int) -> None:
+        self._posted_rank[identity] = rank
+        self._posted_rank.move_to_end(identity)
+        if len(self._posted_rank) > _DEDUPE_CAPACITY:
+            self._posted_rank.popitem(last=False)
 
     def _dead_letter(self, message: Message, error: DecodeError, producer: Producer) -> None:
         logger.error("undecodable anomaly at %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), error)

@@ -284,6 +284,7 @@ def alerts(
     from schemas.errors import ReloadtraceError
     from schemas.settings import KafkaSettings
     from streams.alerts import AlertConsumer, AlertSettings
+    from streams.enricher import ensure_topics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
@@ -308,6 +309,7 @@ def alerts(
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
     try:
+        ensure_topics(kafka)
         AlertConsumer(kafka, settings).run(stop)
     except ReloadtraceError as error:
         typer.echo(f"reloadtrace alerts: {error}", err=True)
@@ -334,6 +336,7 @@ def detect(
     from schemas.settings import KafkaSettings
     from streams.detection import DetectionSettings
     from streams.detector import DetectorSettings, StreamingDetector
+    from streams.enricher import ensure_topics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
@@ -348,6 +351,7 @@ def detect(
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
     try:
+        ensure_topics(kafka)
         StreamingDetector(kafka, detection, settings).run(stop)
     except ReloadtraceError as error:
         typer.echo(f"reloadtrace detect: {error}", err=True)

@@ -219,6 +219,7 @@ def test_every_anomaly_reaches_the_webhook_across_failures_and_a_restart(kafka_s
         anomaly("r1"),
         anomaly("r1"),  # duplicate: posted once
         anomaly("r1", severity="CRITICAL"),  # severity rose: posted again
+        anomaly("r1"),  # lower than what was posted: not again
         anomaly("r2", "error_rate"),
         anomaly("r3", "reload_failed", severity="INFO"),  # below min severity
         anomaly("r4", "latency", severity="CRITICAL"),
@@ -250,7 +251,7 @@ def test_every_anomaly_reaches_the_webhook_across_failures_and_a_restart(kafka_s
         hook.close()
     assert errors == []
     assert sorted((b["anomaly_id"], b["severity"]) for b in hook.bodies) == sorted(expected)
-    assert second.stats.duplicates == 1 and second.stats.below_severity == 1
+    assert second.stats.duplicates == 2 and second.stats.below_severity == 1
     assert hook.bodies[0] == records[0]
 
     # Third run: everything was committed, so nothing is posted again.
