@@ -66,6 +66,7 @@ _DEFAULT_WATERMARK_INTERVAL_MS = 500
 _DEFAULT_IDLE_PROGRESS_MS = 5_000
 _DEFAULT_PRUNE_INTERVAL_MS = 10_000
 _DEFAULT_CLOCK_SKEW_MS = 60_000
+_DEFAULT_SESSION_TIMEOUT_MS = 45_000
 
 
 class DetectorError(ReloadtraceError):
@@ -90,6 +91,9 @@ class DetectorSettings(BaseSettings):
     prune_interval_ms: int = Field(default=_DEFAULT_PRUNE_INTERVAL_MS, ge=10, description="How often old requests are dropped")
     clock_skew_ms: int = Field(
         default=_DEFAULT_CLOCK_SKEW_MS, ge=0, description="Margin between event time and broker time when seeking back"
+    )
+    session_timeout_ms: int = Field(
+        default=_DEFAULT_SESSION_TIMEOUT_MS, ge=1_000, description="How long a crashed detector keeps its partitions"
     )
 
 
@@ -234,6 +238,7 @@ class StreamingDetector:
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
                 "max.poll.interval.ms": 600_000,
+                "session.timeout.ms": self._settings.session_timeout_ms,
             }
         )
         try:

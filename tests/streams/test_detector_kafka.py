@@ -91,7 +91,12 @@ def key(record: dict) -> tuple[str, str]:
 
 def fast_settings(group: str, *, idle_progress_ms: int = 500) -> DetectorSettings:
     return DetectorSettings(
-        group_id=group, commit_interval_ms=200, watermark_interval_ms=100, idle_progress_ms=idle_progress_ms, poll_timeout_ms=50
+        group_id=group,
+        commit_interval_ms=200,
+        watermark_interval_ms=100,
+        idle_progress_ms=idle_progress_ms,
+        poll_timeout_ms=50,
+        session_timeout_ms=6_000,
     )
 
 
@@ -207,3 +212,53 @@ def test_detect_command_publishes_the_offline_anomalies_and_stops_on_sigterm(kaf
         reader.close()
     assert process.returncode == 0, output
     assert sorted(streamed, key=key) == sorted(offline, key=key)
+
+
+def test_a_detector_killed_mid_stream_loses_nothing_and_repeats_only_same_ids(kafka_settings: KafkaSettings) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = generate(14)
+    offline = detect_offline(data.spans(), data.reloads)
+    messages = feed_messages(data)
+    split = EPOCH_NS + 420 * NANOS_PER_S
+    produce(kafka_settings, [m for m in messages if m[0] < split])
+    group = f"det-{uuid.uuid4().hex}"
+    env = os.environ | {
+        "RELOADTRACE_DETECTOR_IDLE_PROGRESS_MS": "1000000000",
+        "RELOADTRACE_DETECTOR_COMMIT_INTERVAL_MS": "200",
+        "RELOADTRACE_DETECTOR_SESSION_TIMEOUT_MS": "6000",  # the dead member's partitions come free quickly
+    }
+    command = [
+        str(Path(sys.executable).with_name("reloadtrace")), "detect",
+        "--bootstrap-servers", kafka_settings.bootstrap_servers,
+        "--topic-prefix", kafka_settings.topic_prefix,
+        "--group-id", group,
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reader = AnomalyReader(kafka_settings)
+    try:
+        before = reader.read_until(1, timeout_s=60)
+        assert before, "the first detector published nothing"
+    finally:
+        process.send_signal(signal.SIGKILL)  # a crash: no final commit, no flush
+        process.wait(30)
+    produce(kafka_settings, [m for m in messages if m[0] >= split])
+    after = StreamingDetector(kafka_settings, DetectionSettings(), fast_settings(group))
+    thread, stop, errors = start(after)
+    try:
+        expected = {key(r) for r in offline}
+        deadline = time.monotonic() + 90
+        while {key(r) for r in reader.records} != expected and time.monotonic() < deadline:
+            reader.read_until(len(reader.records) + 1, timeout_s=0.5)
+    finally:
+        stop.set()
+        thread.join(30)
+        reader.close()
+    assert errors == []
+    assert {key(r) for r in reader.records} == {key(r) for r in offline}
+    by_key = {key(r): r for r in offline}
+    assert all(record == by_key[key(record)] for record in reader.records)  # repeats are identical records
