@@ -75,12 +75,16 @@ class EnricherError(ReloadtraceError):
     """The enricher cannot go on safely (deliveries failing, broker unreachable for too long)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpanMessage:
-    """What the enricher keeps of a span message: its bytes, and what the detector needs."""
+    """What the enricher keeps of a span message: its bytes, and what the detector needs.
+
+    ``value`` is dropped (None) once the span is answered when ``refetch_corrections`` is on: a
+    correction then re-reads the bytes from the spans topic by partition and offset.
+    """
 
     key: bytes | None
-    value: bytes
+    value: bytes | None
     kind: str
     is_error: bool
 
@@ -94,6 +98,10 @@ class EnricherStats:
     commits: int = 0
     restored_partitions: int = 0
     delivery_failures: int = 0
+    refetches: int = 0
+    """Reads of the spans topic for corrections of spans whose bytes were dropped."""
+    unfetchable: int = 0
+    """Corrections not published because the span's message is gone from the topic (retention)."""
     assigned: list[int] = field(default_factory=list)
 
 
@@ -225,6 +233,7 @@ class SpanEnricher:
         self._assigned_once = False
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
+        self._fetcher: Consumer | None = None
         self._reload_consumer: Consumer | None = None
         self._feed: RequestFeed = RequestFeed()
         self._pending_requests: dict[str, list[tuple[str, int, int, bool, str]]] = {}
@@ -301,7 +310,7 @@ class SpanEnricher:
         with contextlib.suppress(Exception):
             if self._producer is not None:
                 self._producer.flush(_FLUSH_TIMEOUT_S)
-        for consumer in (self._consumer, self._reload_consumer):
+        for consumer in (self._consumer, self._reload_consumer, self._fetcher):
             if consumer is not None:
                 with contextlib.suppress(Exception):
                     consumer.close()
@@ -478,9 +487,22 @@ class SpanEnricher:
         self._flush_requests()
 
     def _publish(self, emissions: list[Emission], *, first_appearance: set[tuple[int, int]] | None) -> None:
+        missing: dict[int, set[int]] = {}
+        for emission in emissions:
+            if emission.span.payload.value is None:
+                missing.setdefault(emission.span.partition, set()).add(emission.span.offset)
+        fetched = self._refetch(missing) if missing else {}
         for emission in emissions:
             message: SpanMessage = emission.span.payload
-            value = self._encoder.encode(message.value, emission.answer, emission.revision)
+            raw = message.value if message.value is not None else fetched.get((emission.span.partition, emission.span.offset))
+            if raw is None:
+                self.stats.unfetchable += 1
+                logger.error(
+                    "cannot publish revision %d of the span at %s[%d]@%d: the message is gone from the topic",
+                    emission.revision, self._topics.spans, emission.span.partition, emission.span.offset,
+                )
+                continue
+            value = self._encoder.encode(raw, emission.answer, emission.revision)
             _produce(self._producer, self._topics.spans_enriched, message.key, value, self._on_delivery)
             self.stats.published += 1
             span = emission.span
@@ -499,6 +521,47 @@ class SpanEnricher:
                         message.kind,
                     )
                 )
+        if self._settings.refetch_corrections:
+            for emission in emissions:  # answered: only a correction needs the bytes again
+                emission.span.payload.value = None
+
+    def _refetch(self, wanted: dict[int, set[int]]) -> dict[tuple[int, int], bytes]:
+        """The raw span messages at the wanted offsets, read back from the spans topic.
+
+        Reads each partition once, from the least to the greatest wanted offset. Offsets no longer
+        in the topic (deleted by retention) are absent from the result.
+        """
+        if self._fetcher is None:
+            self._fetcher = Consumer(
+                self._kafka.confluent_config()
+                | {"group.id": f"{self._settings.group_id}-refetch", "enable.auto.commit": False,
+                   "enable.partition.eof": True, "auto.offset.reset": "earliest"}
+            )
+        found: dict[tuple[int, int], bytes] = {}
+        for partition, offsets in wanted.items():
+            self.stats.refetches += 1
+            last = max(offsets)
+            self._fetcher.assign([TopicPartition(self._topics.spans, partition, min(offsets))])
+            deadline = time.monotonic() + _FLUSH_TIMEOUT_S
+            done = False
+            while not done and time.monotonic() < deadline:
+                for message in self._fetcher.consume(self._settings.batch_size, timeout=1.0):
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            done = True
+                            break
+                        self._on_consume_error(message)
+                        continue
+                    offset = message.offset()
+                    if offset in offsets and message.value() is not None:
+                        found[(partition, offset)] = message.value()
+                    if offset >= last:
+                        done = True
+                        break
+            self._fetcher.unassign()
+            logger.info("re-read %d span messages of partition %d for corrections", len(offsets), partition)
+        return found
 
     def _flush_requests(self) -> None:
         for service_name, rows in self._pending_requests.items():
@@ -640,6 +703,9 @@ class SpanEnricher:
             for span in restored.hold:
                 self.engine.add_span(span)
             self._publish(restored.emissions, first_appearance={(s.partition, s.offset) for s in unemitted})
+            if self._settings.refetch_corrections:
+                for span, _, _ in restored.adopt:
+                    span.payload.value = None
             self._span_progress[partition] = progress
             self.stats.restored_partitions += 1
             logger.info(
