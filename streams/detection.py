@@ -149,6 +149,11 @@ class DetectionSettings(BaseSettings):
     failed_streak_critical: int = Field(
         default=_DEFAULT_FAILED_STREAK_CRITICAL, ge=1, description="FAILED reloads in a row that make a CRITICAL"
     )
+    baseline_since_previous_reload: bool = Field(
+        default=False,
+        description="Start the baseline at the previous SUCCEEDED reload of the service when it is within W, so an"
+        " ongoing regression is not blamed on the next, unrelated reload (off: the baseline is [T - W, T) as designed)",
+    )
 
     @field_validator("look_schedule_ms", mode="before")
     @classmethod
@@ -424,6 +429,15 @@ class RegressionDetector:
                 return min(end, other_effective)
         return end
 
+    def _baseline_start(self, reload: ReloadEvent) -> int:
+        effective = reload.effective_time_unix_nano
+        start = effective - self._window_ns
+        if self.settings.baseline_since_previous_reload:
+            for other_effective, other_id in self._succeeded_by_service.get(reload.service_name, ()):
+                if start < other_effective < effective and other_id != reload.reload_id:
+                    start = other_effective
+        return start
+
     def judge_window(self, reload: ReloadEvent, look_unix_nano: int) -> list[Verdict]:
         """Latency and error-rate verdicts of ``reload`` from requests started before ``look_unix_nano``."""
         requests = self._requests.get(reload.service_name)
@@ -433,7 +447,7 @@ class RegressionDetector:
         effective = reload.effective_time_unix_nano
         after_lo, after_hi = np.searchsorted(starts, [effective, look_unix_nano], side="left")
         if reload.is_service_wide:
-            before_lo = int(np.searchsorted(starts, effective - self._window_ns, side="left"))
+            before_lo = int(np.searchsorted(starts, self._baseline_start(reload), side="left"))
             base_index = np.arange(before_lo, after_lo)
             cand_index = np.arange(after_lo, after_hi)
         else:

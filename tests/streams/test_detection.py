@@ -385,3 +385,16 @@ def test_a_request_delivered_twice_counts_once() -> None:
         detector.add_reload(reload())
     assert twice.request_count() == once.request_count()
     assert twice.finish() == once.finish()
+
+
+def test_an_ongoing_regression_is_blamed_on_the_next_reload_unless_the_baseline_starts_at_the_previous_one() -> None:
+    # r1 doubles latency at T; r2 (no change) follows 30 s later while the regression goes on.
+    rows = [traffic(T - 300 * S, T), traffic(T, T + 300 * S, median_ms=80.0, seed=1)]
+    as_designed = detector_with(*rows)
+    since_previous = detector_with(*rows, settings=DetectionSettings(baseline_since_previous_reload=True))
+    for detector in (as_designed, since_previous):
+        detector.add_reload(reload("r1"))
+        detector.add_reload(reload("r2", at=T + 30 * S, component="feature_flags"))
+    assert ("r2", LATENCY) in metrics(as_designed.finish())  # baseline [T2 - W, T2) is mostly pre-regression
+    flagged = metrics(since_previous.finish())
+    assert ("r1", LATENCY) in flagged and ("r2", LATENCY) not in flagged
