@@ -73,9 +73,23 @@ class ManagedProcess:
         return None if self._process is None else self._process.poll()
 
     def check_alive(self) -> None:
-        """Raise :class:`ProcessError` (quoting the log) when the child has exited."""
+        """Raise :class:`ProcessError` (quoting the first error and the log's end) when the child has exited."""
         if self._process is not None and self._process.poll() is not None:
-            raise ProcessError(f"{self.argv[0]} exited with {self._process.returncode}:\n{self.log_tail()}")
+            first = self.first_error()
+            raise ProcessError(
+                f"{self.argv[0]} exited with {self._process.returncode}:\n"
+                + (f"first error:\n{first}\n...\n" if first else "")
+                + self.log_tail()
+            )
+
+    def first_error(self, lines: int = 30) -> str:
+        """The log from its first ERROR line or traceback on (``lines`` of it), or ''."""
+        with contextlib.suppress(FileNotFoundError):
+            text = self.log_path.read_text(errors="replace").splitlines()
+            for number, line in enumerate(text):
+                if "ERROR" in line or line.startswith("Traceback"):
+                    return "\n".join(text[number : number + lines])
+        return ""
 
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(FileNotFoundError):

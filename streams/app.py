@@ -56,7 +56,8 @@ class ThreadService(mode.Service):
                 self._target(self._stop_event)
             except BaseException as error:  # noqa: BLE001 - handed to the app, which crashes
                 logger.exception("%s failed", self._thread_name)
-                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._app.crash(error)))
+                # Bind the error now: the name is unbound once the except block ends.
+                loop.call_soon_threadsafe(lambda failure=error: asyncio.ensure_future(self._app.crash(failure)))
 
         self._thread = threading.Thread(target=run, name=self._thread_name, daemon=True)
         self._thread.start()

@@ -1,0 +1,1 @@
+"""End-to-end tests: the whole pipeline (Kafka → worker → ClickHouse) under load and faults."""
