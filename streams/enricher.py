@@ -79,8 +79,8 @@ class EnricherError(ReloadtraceError):
 class SpanMessage:
     """What the enricher keeps of a span message: its bytes, and what the detector needs.
 
-    ``value`` is dropped (None) once the span is answered when ``refetch_corrections`` is on: a
-    correction then re-reads the bytes from the spans topic by partition and offset.
+    ``key`` and ``value`` are dropped (None) once the span is answered when ``refetch_corrections``
+    is on: a correction then re-reads the message from the spans topic by partition and offset.
     """
 
     key: bytes | None
@@ -494,7 +494,11 @@ class SpanEnricher:
         fetched = self._refetch(missing) if missing else {}
         for emission in emissions:
             message: SpanMessage = emission.span.payload
-            raw = message.value if message.value is not None else fetched.get((emission.span.partition, emission.span.offset))
+            key, raw = (
+                (message.key, message.value)
+                if message.value is not None
+                else fetched.get((emission.span.partition, emission.span.offset), (None, None))
+            )
             if raw is None:
                 self.stats.unfetchable += 1
                 logger.error(
@@ -503,7 +507,7 @@ class SpanEnricher:
                 )
                 continue
             value = self._encoder.encode(raw, emission.answer, emission.revision)
-            _produce(self._producer, self._topics.spans_enriched, message.key, value, self._on_delivery)
+            _produce(self._producer, self._topics.spans_enriched, key, value, self._on_delivery)
             self.stats.published += 1
             span = emission.span
             is_first = (
@@ -523,10 +527,10 @@ class SpanEnricher:
                 )
         if self._settings.refetch_corrections:
             for emission in emissions:  # answered: only a correction needs the bytes again
-                emission.span.payload.value = None
+                emission.span.payload.key = emission.span.payload.value = None
 
-    def _refetch(self, wanted: dict[int, set[int]]) -> dict[tuple[int, int], bytes]:
-        """The raw span messages at the wanted offsets, read back from the spans topic.
+    def _refetch(self, wanted: dict[int, set[int]]) -> dict[tuple[int, int], tuple[bytes | None, bytes]]:
+        """(key, value) of the span messages at the wanted offsets, read back from the spans topic.
 
         Reads each partition once, from the least to the greatest wanted offset. Offsets no longer
         in the topic (deleted by retention) are absent from the result.
@@ -537,7 +541,7 @@ class SpanEnricher:
                 | {"group.id": f"{self._settings.group_id}-refetch", "enable.auto.commit": False,
                    "enable.partition.eof": True, "auto.offset.reset": "earliest"}
             )
-        found: dict[tuple[int, int], bytes] = {}
+        found: dict[tuple[int, int], tuple[bytes | None, bytes]] = {}
         for partition, offsets in wanted.items():
             self.stats.refetches += 1
             last = max(offsets)
@@ -555,7 +559,7 @@ class SpanEnricher:
                         continue
                     offset = message.offset()
                     if offset in offsets and message.value() is not None:
-                        found[(partition, offset)] = message.value()
+                        found[(partition, offset)] = (message.key(), message.value())
                     if offset >= last:
                         done = True
                         break
@@ -705,7 +709,7 @@ class SpanEnricher:
             self._publish(restored.emissions, first_appearance={(s.partition, s.offset) for s in unemitted})
             if self._settings.refetch_corrections:
                 for span, _, _ in restored.adopt:
-                    span.payload.value = None
+                    span.payload.key = span.payload.value = None
             self._span_progress[partition] = progress
             self.stats.restored_partitions += 1
             logger.info(

@@ -97,6 +97,7 @@ class EnrichedCollector:
         for message in self._consumer.consume(2_000, timeout=0.3):
             assert message.error() is None, message.error()
             record = self._codec.decode(message.value())
+            assert message.key() == record["trace_id"].encode()  # the span's own key, corrections too
             self.messages += 1
             key = (record["trace_id"], record["span_id"])
             if key not in self.best or record["enrichment_revision"] >= self.best[key]["enrichment_revision"]:
