@@ -41,12 +41,23 @@ def run_simulate(
     out: Path | None,
     file_format: str,
     realtime: bool,
+    speed: float | None = None,
     console: Console | None = None,
 ) -> int:
-    """Simulate, then write files and/or publish to Kafka; returns the exit code (1 if anything was undelivered)."""
+    """Simulate, then write files and/or publish to Kafka; returns the exit code (1 if anything was undelivered).
+
+    Event time: ``realtime`` (or ``speed``, a factor of real time) starts it now and paces the
+    publication; publishing to Kafka without pacing backfills the last ``duration_s`` (ending now),
+    since the worker dead-letters spans far from its clock; files alone keep the config's start.
+    """
     console = console or Console(stderr=True)
     if realtime:
-        config = replace(config, start_time_unix_nano=time.time_ns() // 1_000_000 * 1_000_000)
+        speed = 1.0
+    now = time.time_ns() // 1_000_000 * 1_000_000
+    if speed is not None:
+        config = replace(config, start_time_unix_nano=now)
+    elif kafka is not None:
+        config = replace(config, start_time_unix_nano=now - int(config.duration_s * 1e9))
     with _progress(console) as progress:
         task = progress.add_task("simulating", total=None)
         simulation = simulate(
@@ -65,9 +76,9 @@ def run_simulate(
         items = simulation_items(simulation)
         report = ProduceReport()
         with _progress(console) as progress:
-            task = progress.add_task("publishing" + (" in real time" if realtime else ""), total=len(items))
+            task = progress.add_task("publishing" + (f" at {speed:g}x real time" if speed else ""), total=len(items))
             StreamPublisher(kafka).publish(
-                items, report, pace=1.0 if realtime else None, on_item=lambda n: progress.update(task, completed=n)
+                items, report, pace=speed, on_item=lambda n: progress.update(task, completed=n)
             )
         console.print(
             f"published {report.spans} spans to {kafka.topics.spans} and {report.reloads} reloads to "

@@ -98,6 +98,7 @@ def simulate(
     file_format: str = typer.Option("jsonl", "--format", help="jsonl or avro"),
     kafka: bool = typer.Option(None, "--kafka/--no-kafka", help="Publish to the topics [default: when no --out]"),
     realtime: bool = typer.Option(False, "--realtime", help="Event time = now, published at real-time pace"),
+    speed: float = typer.Option(None, help="Event time = now, published at this multiple of real time (accelerated)"),
     bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
     topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
 ) -> None:
@@ -135,7 +136,9 @@ def simulate(
     publish = kafka if kafka is not None else out is None
     kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
     settings = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None}) if publish else None
-    code = run_simulate(config, kafka=settings, out=Path(out) if out else None, file_format=file_format, realtime=realtime)
+    code = run_simulate(
+        config, kafka=settings, out=Path(out) if out else None, file_format=file_format, realtime=realtime, speed=speed
+    )
     raise typer.Exit(code)
 
 
