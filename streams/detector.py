@@ -239,6 +239,7 @@ class StreamingDetector:
                 "enable.partition.eof": False,
                 "max.poll.interval.ms": 600_000,
                 "session.timeout.ms": self._settings.session_timeout_ms,
+                "fetch.wait.max.ms": 100,
             }
         )
         try:
@@ -328,16 +329,17 @@ class StreamingDetector:
     # --- progress and output -----------------------------------------------------------------
 
     def _observe_watermarks(self) -> None:
+        """High watermarks as of the last fetch response (cached: a broker query per partition would
+        queue behind the consumer's long-poll fetches and take up to ``fetch.wait.max.ms`` each)."""
         for number, partition in self._partitions.items():
             try:
                 _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self._topics.requests_by_service, number), timeout=5, cached=False
+                    TopicPartition(self._topics.requests_by_service, number), cached=True
                 )
             except Exception as error:  # noqa: BLE001 - a failed query only delays progress
                 logger.warning("high-watermark query for partition %d failed: %s", number, error)
-                partition.high_watermark = -1
-                continue
-            partition.high_watermark = high
+                high = -1
+            partition.high_watermark = high if high is not None and high >= 0 else -1
 
     def _event_progress(self) -> int:
         behind = [p.latest_start_unix_nano for p in self._partitions.values() if not p.caught_up]

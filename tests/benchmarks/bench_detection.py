@@ -8,7 +8,11 @@ the same runs, and the core's judging rate.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import threading
 import time
+import uuid
 
 import numpy as np
 
@@ -17,6 +21,49 @@ from streams.detection import DetectionSettings, detect_offline
 from tests.streams.test_detection_simulated import SEEDS, expected_metrics, scenario
 
 _LIMIT_S = 10.0  # "an obvious regression alerts within seconds": p95 time-to-detect of service-wide regressions
+_STREAM_SEEDS = range(3)
+_STREAM_LIMIT_ROWS_PER_S = 10_000  # what the enricher feeds at 1,000 services x 10 requests/s
+
+
+def streaming_rate() -> tuple[int, float, float, int]:
+    """(request rows, seconds in all, seconds from the first message, anomalies published by then) of the
+    streaming detector on the broker, over a backlog of three runs."""
+    from infra.kafka import create_topics
+    from schemas.settings import KafkaSettings
+    from schemas.topics import TopicNames
+    from streams.detector import DetectorSettings, StreamingDetector
+    from tests.streams.test_detect_traffic import generate
+    from tests.streams.test_detector_kafka import feed_messages, produce
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    topics = TopicNames(prefix=f"bench{uuid.uuid4().hex[:8]}.")
+    create_topics(bootstrap, topics.with_configs(), partitions=4)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=topics.prefix, partitions=4)
+    rows = 0
+    for seed in _STREAM_SEEDS:
+        data = generate(seed)
+        # Each run under its own service names, so the runs are distinct services on the topic.
+        data.reloads = [
+            dataclasses.replace(r, reload_id=f"s{seed}-{r.reload_id}", service_name=f"s{seed}-{r.service_name}")
+            for r in data.reloads
+        ]
+        data.requests = [dataclasses.replace(r, service_name=f"s{seed}-{r.service_name}") for r in data.requests]
+        produce(kafka, feed_messages(data))
+        rows += len(data.requests)
+    detector = StreamingDetector(kafka, settings=DetectorSettings(group_id=f"bench-{uuid.uuid4().hex}", idle_progress_ms=10**9))
+    stop = threading.Event()
+    thread = threading.Thread(target=detector.run, args=(stop,), daemon=True)
+    started = time.perf_counter()
+    thread.start()
+    first_message = None
+    while detector.stats.requests < rows and time.perf_counter() - started < 300:
+        if first_message is None and detector.stats.messages:
+            first_message = time.perf_counter()
+        time.sleep(0.005)
+    finished = time.perf_counter()
+    stop.set()
+    thread.join(60)
+    return rows, finished - started, finished - (first_message or started), detector.stats.anomalies
 
 
 def main() -> str:
@@ -51,6 +98,7 @@ def main() -> str:
                     continue
                 delay_s = (first[(reload_id, metric)] - row["effective_time_unix_nano"]) / 1e9
                 detect_times.setdefault(label, []).append(delay_s)
+    stream_rows, stream_s, stream_busy_s, stream_anomalies = streaming_rate()
     lines = [
         "## Detection: time-to-detect after a reload",
         "",
@@ -78,6 +126,13 @@ def main() -> str:
             " so that late requests are in it."
         ),
         f"Judging rate of the core: {requests / judging_s:,.0f} requests/s ({requests:,} SERVER requests in {judging_s:.1f} s).",
+        (
+            f"Streaming detector on the broker, a backlog of {stream_rows:,} request rows ({len(_STREAM_SEEDS) * 5} services,"
+            f" 4 partitions): {stream_rows / stream_busy_s:,.0f} rows/s from the first message"
+            f" ({stream_rows / stream_s:,.0f} rows/s counting the {stream_s - stream_busy_s:.1f} s group join;"
+            f" {stream_anomalies} anomalies published meanwhile); limit {_STREAM_LIMIT_ROWS_PER_S:,} rows/s"
+            " (1,000 services at 10 requests/s)."
+        ),
         "",
         "Command: `KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python -m tests.benchmarks detection`",
     ]
