@@ -238,7 +238,7 @@ def run_replay(
 
     Raises:
         RecordFileError: an input file cannot be read (missing, unknown extension, corrupt Avro).
-        ReplayError: the output directory cannot be written.
+        ReplayError: the output directory cannot be written, or detection refused the input.
     """
     spans_path, reloads_path, out = Path(spans_path), Path(reloads_path), Path(out_dir)
     summary = ReplaySummary(spans_path, reloads_path, out / ENRICHED_FILE, out / ANOMALIES_FILE)
@@ -271,7 +271,11 @@ def run_replay(
     with summary.anomalies_path.open("wb") as anomalies_out:
         if detect_offline is not None:
             reloads = [reload for service in timeline.services() for reload in timeline.reloads(service)]
-            for anomaly in detect_offline(collected, reloads):
+            try:
+                anomalies = detect_offline(collected, reloads)
+            except ReloadtraceError as error:
+                raise ReplayError(f"anomaly detection failed (the enriched spans are written): {error}") from error
+            for anomaly in anomalies:
                 anomalies_out.write(orjson.dumps(anomaly, option=orjson.OPT_APPEND_NEWLINE))
                 summary.anomalies += 1
     summary.seconds = time.perf_counter() - started
