@@ -17,7 +17,7 @@ from schemas.files import write_records
 from schemas.errors import InvalidRecordError
 from schemas.records import ReloadEvent, Span, validate_span
 from streams.enrichment import enrich
-from streams.replay import RecordFileError, plainly_valid, run_replay
+from streams.replay import RecordFileError, ReplayError, plainly_valid, run_replay
 from streams.timeline import VersionTimeline
 from tests.scenarios import build_scenario
 from tests.strategies import spans
@@ -104,6 +104,10 @@ def test_unreadable_inputs_raise_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "spans.avro").write_bytes(b"definitely not avro")
     with pytest.raises(RecordFileError, match="Avro"):
         run_replay(tmp_path / "spans.avro", tmp_path / "reloads.jsonl", tmp_path / "out")
+    write_records(tmp_path / "ok.jsonl", "Span", [])
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(ReplayError, match="cannot write"):
+        run_replay(tmp_path / "ok.jsonl", tmp_path / "reloads.jsonl", tmp_path / "a-file")
 
 
 def test_cli_writes_both_files_reports_skips_and_fails_on_unreadable_input(tmp_path: Path) -> None:
