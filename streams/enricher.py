@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 _NANOS_PER_MS = 1_000_000
 _FLUSH_TIMEOUT_S = 60.0
 _METADATA_VERSION = 1
+REQUEST_ROWS_PER_MESSAGE = 5_000
+"""Request rows per message of the requests-by-service topic (keeps messages ~400 kB)."""
 
 
 class EnricherError(ReloadtraceError):
@@ -167,8 +169,12 @@ class KafkaRequestFeed(RequestFeed):
         self._on_delivery = on_delivery
 
     def requests(self, service_name: str, rows: list[tuple[str, int, int, bool, str]]) -> None:
-        value = orjson.dumps({"service_name": service_name, "requests": rows})
-        _produce(self._producer, self._topic, service_name.encode(), value, self._on_delivery)
+        # A backlog can answer a service's requests by the hundred thousand at once: chunk them so
+        # no message nears the broker's 1 MB limit (a row is ~80 bytes of JSON).
+        for first in range(0, len(rows), REQUEST_ROWS_PER_MESSAGE):
+            chunk = rows[first : first + REQUEST_ROWS_PER_MESSAGE]
+            value = orjson.dumps({"service_name": service_name, "requests": chunk})
+            _produce(self._producer, self._topic, service_name.encode(), value, self._on_delivery)
 
     def reload(self, arrival: ReloadArrival) -> None:
         value = orjson.dumps({"service_name": arrival.reload.service_name, "reload": arrival.reload.to_dict()})
