@@ -1,0 +1,304 @@
+"""End to end: Kafka → worker (enrich + detect + sink) → embedded ClickHouse, beside the raw consume + decode rate.
+
+Three measurements on the broker from ``KAFKA_BOOTSTRAP_SERVERS``, each on topics of its own:
+
+* **Sustained throughput**: a backlog of simulated spans (3 services, reloads, 1 in 5 late) is in
+  ``spans`` before one ``reloadtrace worker`` starts; the clock runs from the moment its
+  consumer group is stable with every partition assigned (start-up excluded, reported apart) to the moment every consumer group (enricher, detector, sink) has
+  committed the end of its topics — every span enriched, judged and landed in ClickHouse. The
+  limit it stands beside, from the same run: a bare confluent-kafka consumer reading and
+  decoding the same topic with the same codec (nothing else done).
+* **Freshness**: spans produced at a fixed rate with ``end_time`` = the moment they are produced,
+  into an idle worker; afterwards ClickHouse's ``inserted_at`` minus ``end_time`` per span, p50 and
+  p99. The grace period (default 2 s, a span waits that long for late reloads) is part of it.
+* **Worker peak RSS**: the worker process, sampled every 0.25 s during the throughput run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from infra.consumer_lag import consumer_group_lag
+from infra.kafka import create_topics
+from infra.processes import ManagedProcess, wait_until
+from schemas.settings import KafkaSettings
+from schemas.topics import TopicNames
+
+REPO = Path(__file__).resolve().parents[2]
+SPANS = int(os.environ.get("BENCH_E2E_SPANS", "300000"))
+FRESHNESS_RATE = int(os.environ.get("BENCH_E2E_RATE", "5000"))
+FRESHNESS_SECONDS = int(os.environ.get("BENCH_E2E_SECONDS", "30"))
+PARTITIONS = 4
+TARGET_SPANS_PER_S = 20_000
+TARGET_P99_FRESHNESS_S = 5.0
+TARGET_RSS_MB = 500
+
+
+def _spans(count: int, start_unix_nano: int) -> list[dict]:
+    """``count`` realistic spans: one simulation, repeated with fresh ids and shifted in time."""
+    from gateway.simulator import SimulationConfig, simulate
+
+    base = simulate(
+        SimulationConfig(
+            seed=5, requests_per_second_per_service=200, duration_s=60, start_time_unix_nano=start_unix_nano
+        )
+    )
+    rng = random.Random(5)
+    spans: list[dict] = []
+    period = 60 * 10**9
+    copy = 0
+    while len(spans) < count:
+        shift = copy * period
+        ids: dict[str, str] = {}
+        for span in base.spans:
+            trace = ids.setdefault(span["trace_id"], f"{rng.getrandbits(128):032x}")
+            spans.append(
+                dict(
+                    span,
+                    trace_id=trace,
+                    span_id=f"{rng.getrandbits(64):016x}",
+                    parent_span_id=None if span["parent_span_id"] is None else f"{rng.getrandbits(64):016x}",
+                    start_time_unix_nano=span["start_time_unix_nano"] + shift,
+                    end_time_unix_nano=span["end_time_unix_nano"] + shift,
+                )
+            )
+            if len(spans) == count:
+                break
+        copy += 1
+    return spans, base.reloads
+
+
+def _produce(kafka: KafkaSettings, spans: list[dict], reloads) -> float:
+    producer = Producer(kafka.confluent_config() | {"linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4"})
+    span_codec, reload_codec = kafka.codec("Span"), kafka.codec("ReloadEvent")
+    for reload in reloads:
+        producer.produce(kafka.topics.reloads, key=reload.service_name.encode(), value=reload_codec.encode(reload.to_dict()))
+    producer.flush(30)
+    started = time.perf_counter()
+    for span in spans:
+        while True:
+            try:
+                producer.produce(kafka.topics.spans, key=span["trace_id"].encode(), value=span_codec.encode(span))
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0
+    return len(spans) / (time.perf_counter() - started)
+
+
+def _raw_consume_decode(kafka: KafkaSettings, expected: int) -> float:
+    codec = kafka.codec("Span")
+    consumer = Consumer(
+        kafka.confluent_config()
+        | {"group.id": f"bench-raw-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(kafka.topics.spans, p, 0) for p in range(PARTITIONS)])
+    seen = 0
+    started = None
+    while seen < expected:
+        for message in consumer.consume(5_000, timeout=1.0):
+            if started is None:
+                started = time.perf_counter()
+            if message.error() is None:
+                codec.decode(message.value())
+                seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return seen / elapsed
+
+
+def _worker(kafka: KafkaSettings, directory: Path, group_id: str) -> ManagedProcess:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "RELOADTRACE_TOPIC_PREFIX": kafka.topic_prefix,
+        "RELOADTRACE_PARTITIONS": str(PARTITIONS),
+        "RELOADTRACE_GROUP_ID": group_id,
+        "RELOADTRACE_SINK_URL": f"chdb://{directory / 'chdb'}",
+    }
+    return ManagedProcess(
+        [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warn"], log_path=directory / "worker.log", env=env, cwd=REPO
+    ).start()
+
+
+def _groups(kafka: KafkaSettings, group_id: str) -> dict[str, list[str]]:
+    topics = kafka.topics
+    return {
+        group_id: [topics.spans],
+        f"{group_id}-detector": [topics.requests_by_service],
+        f"{group_id}-sink": [topics.spans_enriched, topics.reloads, topics.reload_anomalies, topics.dead_letter],
+    }
+
+
+def _assigned(kafka: KafkaSettings, group_id: str) -> bool:
+    """True once the group is stable with every spans partition assigned (the worker is consuming)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(kafka.confluent_config() | {"log_level": 3})
+    try:
+        description = admin.describe_consumer_groups([group_id])[group_id].result(timeout=10)
+    except Exception:  # noqa: BLE001 - not there yet
+        return False
+    partitions = sum(len(member.assignment.topic_partitions) for member in description.members if member.assignment)
+    return description.state == ConsumerGroupState.STABLE and partitions >= PARTITIONS
+
+
+class _RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self._process = psutil.Process(pid)
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.peak = max(self.peak, self._process.memory_info().rss)
+            except psutil.Error:
+                return
+            self.stop.wait(0.25)
+
+
+def _query(sink_url: str, sql: str) -> list:
+    code = (
+        "import sys, orjson; from sinks.report import open_report_client\n"
+        "c, _ = open_report_client(sys.argv[1]); print(orjson.dumps([list(r) for r in c.query(sys.argv[2]).result_rows]).decode())"
+    )
+    out = subprocess.run([sys.executable, "-c", code, sink_url, sql], cwd=REPO, check=True, capture_output=True, text=True)
+    import orjson
+
+    return orjson.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fresh_kafka(bootstrap: str) -> KafkaSettings:
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    create_topics(bootstrap, TopicNames(prefix).with_configs(), partitions=PARTITIONS)
+    return KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=PARTITIONS)
+
+
+def throughput(bootstrap: str, directory: Path) -> dict:
+    kafka = _fresh_kafka(bootstrap)
+    spans, reloads = _spans(SPANS, time.time_ns() - 3_600 * 10**9)
+    produce_rate = _produce(kafka, spans, reloads)
+    raw_rate = _raw_consume_decode(kafka, len(spans))
+    group_id = f"bench-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
+    worker = _worker(kafka, directory, group_id)
+    sampler = _RssSampler(worker.pid)
+    sampler.start()
+    first_progress = None
+    groups = _groups(kafka, group_id)
+    try:
+        while True:
+            worker.check_alive()
+            if first_progress is None and _assigned(kafka, group_id):
+                first_progress = time.perf_counter()
+            if first_progress is not None and all(
+                consumer_group_lag(bootstrap, group, names) == 0 for group, names in groups.items()
+            ):
+                done = time.perf_counter()
+                break
+            time.sleep(0.25)
+    finally:
+        sampler.stop.set()
+        worker.stop()
+    rows = _query(f"chdb://{directory / 'chdb'}", "SELECT count() FROM spans_enriched FINAL")[0][0]
+    return {
+        "spans": len(spans),
+        "rows": rows,
+        "produce_rate": produce_rate,
+        "raw_rate": raw_rate,
+        "e2e_rate": len(spans) / (done - first_progress),
+        "e2e_rate_with_startup": len(spans) / (done - started),
+        "startup_s": first_progress - started,
+        "peak_rss_mb": sampler.peak / 2**20,
+    }
+
+
+def freshness(bootstrap: str, directory: Path) -> dict:
+    kafka = _fresh_kafka(bootstrap)
+    template, reloads = _spans(FRESHNESS_RATE, time.time_ns())
+    group_id = f"bench-{uuid.uuid4().hex[:6]}"
+    worker = _worker(kafka, directory, group_id)
+    producer = Producer(kafka.confluent_config() | {"linger.ms": 5})
+    codec, reload_codec = kafka.codec("Span"), kafka.codec("ReloadEvent")
+    try:
+        for reload in reloads:
+            producer.produce(kafka.topics.reloads, key=reload.service_name.encode(), value=reload_codec.encode(reload.to_dict()))
+        producer.flush(30)
+        wait_until(lambda: _assigned(kafka, group_id), timeout_s=60, what="worker consuming", alive=[worker])
+        time.sleep(2)
+        rng = random.Random(9)
+        total = FRESHNESS_RATE * FRESHNESS_SECONDS
+        started = time.perf_counter()
+        for number in range(total):
+            due = started + number / FRESHNESS_RATE
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            span = template[number % len(template)]
+            duration = span["end_time_unix_nano"] - span["start_time_unix_nano"]
+            end = time.time_ns()
+            record = dict(
+                span,
+                trace_id=f"{rng.getrandbits(128):032x}",
+                span_id=f"{rng.getrandbits(64):016x}",
+                start_time_unix_nano=end - duration,
+                end_time_unix_nano=end,
+            )
+            producer.produce(kafka.topics.spans, key=record["trace_id"].encode(), value=codec.encode(record))
+            producer.poll(0)
+        producer.flush(60)
+        achieved = total / (time.perf_counter() - started)
+        groups = _groups(kafka, group_id)
+        wait_until(
+            lambda: all(consumer_group_lag(bootstrap, g, n) == 0 for g, n in groups.items()),
+            timeout_s=300, interval_s=0.5, what="drained", alive=[worker],
+        )
+    finally:
+        worker.stop()
+    p50, p99, worst = _query(
+        f"chdb://{directory / 'chdb'}",
+        "SELECT quantiles(0.5, 0.99, 1)(toUnixTimestamp64Milli(inserted_at) - intDiv(toUnixTimestamp64Nano(end_time), 1000000))"
+        " FROM spans_enriched WHERE enrichment_revision = 0",
+    )[0][0]
+    return {"rate": achieved, "spans": total, "p50_s": p50 / 1000, "p99_s": p99 / 1000, "max_s": worst / 1000}
+
+
+def main() -> str:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    with tempfile.TemporaryDirectory() as first, tempfile.TemporaryDirectory() as second:
+        t = throughput(bootstrap, Path(first))
+        f = freshness(bootstrap, Path(second))
+    verdict = lambda ok: "meets" if ok else "**misses**"  # noqa: E731
+    return f"""## End to end: Kafka → worker (enrich + detect + sink) → embedded ClickHouse
+
+One `reloadtrace worker` (default settings, grace period 2 s), {PARTITIONS} partitions, the broker on the same machine.
+
+| figure | measured | limit / target | verdict |
+|---|---|---|---|
+| sustained end-to-end spans/s (backlog of {t['spans']:,} spans, from partitions assigned to all landed) | {t['e2e_rate']:,.0f} | target ≥ {TARGET_SPANS_PER_S:,} | {verdict(t['e2e_rate'] >= TARGET_SPANS_PER_S)} |
+| the same including worker start-up ({t['startup_s']:.1f} s) | {t['e2e_rate_with_startup']:,.0f} | | |
+| raw consume + Avro decode of the same topic (one consumer, nothing else) | {t['raw_rate']:,.0f} | the ceiling of one Python process | |
+| spans in ClickHouse after the run (FINAL) | {t['rows']:,} | {t['spans']:,} produced | {verdict(t['rows'] == t['spans'])} |
+| worker peak RSS | {t['peak_rss_mb']:.0f} MB | ≤ {TARGET_RSS_MB} MB | {verdict(t['peak_rss_mb'] <= TARGET_RSS_MB)} |
+| freshness p50 (span end → row in ClickHouse) at {f['rate']:,.0f} spans/s for {FRESHNESS_SECONDS} s | {f['p50_s']:.2f} s | includes the 2 s grace period | |
+| freshness p99 | {f['p99_s']:.2f} s | ≤ {TARGET_P99_FRESHNESS_S:.0f} s | {verdict(f['p99_s'] <= TARGET_P99_FRESHNESS_S)} |
+| freshness max | {f['max_s']:.2f} s | | |
+
+(The producer of the backlog ran at {t['produce_rate']:,.0f} spans/s before the worker started.)
+
+Command: `make bench BENCH=e2e` (or `KAFKA_BOOTSTRAP_SERVERS=… .venv/bin/python -m tests.benchmarks e2e`; sizes via
+`BENCH_E2E_SPANS`, `BENCH_E2E_RATE`, `BENCH_E2E_SECONDS`).
+"""
