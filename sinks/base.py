@@ -277,16 +277,28 @@ class BatchingSink:
         return SinkRecord(DEAD_LETTERS_TABLE, record, item.topic, item.partition, item.offset, item.raw_key, raw_value)
 
     def _write_with_retries(self, batch: SinkBatch) -> None:
-        """``write`` with exponential backoff on retryable errors, up to ``retry_timeout_ms``."""
+        """``write`` with exponential backoff on retryable errors, up to ``retry_timeout_ms``.
+
+        A retry after an unknown outcome (timeout, lost connection) keeps the batch's token, so an
+        insert that did land is not stored twice. A retry after the server answered that the
+        insert failed gets a fresh token: ClickHouse can fail a block in a dependent view after
+        the first table's part and its token were recorded and then dropped, and the same token
+        would then skip the block for good (seen with a full disk: a whole batch lost). The fresh
+        token may store rows twice that the replacing keys collapse (exact with FINAL); it never
+        loses any.
+        """
         deadline = self._clock() + self._retry_timeout_s
         backoff = self._initial_backoff_s
         attempt = 0
+        original_token = batch.dedup_token
         while True:
             attempt += 1
             try:
                 self.write(batch)
                 return
             except SinkRetryableError as error:
+                if error.server_failed:
+                    batch = SinkBatch(batch.table, batch.items, f"{original_token}~retry{attempt}")
                 wait = error.retry_after if isinstance(error, SinkBackpressureError) else backoff
                 if self._clock() + wait > deadline:
                     raise SinkRetriesExhaustedError(

@@ -54,6 +54,10 @@ RETRYABLE_CODES = frozenset(
 #    SOCKET_TIMEOUT, NETWORK_ERROR, MEMORY_LIMIT_EXCEEDED, TABLE_IS_READ_ONLY, NOT_ENOUGH_SPACE (a full
 #    disk frees up: the batch waits, it is not the data's fault), TOO_FEW_LIVE_REPLICAS,
 #    UNKNOWN_STATUS_OF_INSERT, QUERY_WAS_CANCELLED, SYSTEM_ERROR, KEEPER_EXCEPTION
+SERVER_FAILED_CODES = frozenset({75, 241, 243, 285})
+"""Retryable codes with which the server says the insert failed (CANNOT_WRITE_TO_FILE_DESCRIPTOR,
+MEMORY_LIMIT_EXCEEDED, NOT_ENOUGH_SPACE, TOO_FEW_LIVE_REPLICAS) — possibly after a part of its
+chain of materialized views had been written: see ``BatchingSink._write_with_retries``."""
 _BACKPRESSURE_RETRY_AFTER_S = 1.0
 # Avro input that does not parse: CANNOT_READ_ALL_DATA, INCORRECT_DATA, CANNOT_PARSE_INPUT_ASSERTION_FAILED,
 # ATTEMPT_TO_READ_AFTER_EOF, UNEXPECTED_END_OF_FILE, TOO_LARGE_STRING_SIZE, CANNOT_ALLOCATE_MEMORY (a
@@ -81,7 +85,7 @@ def classify(error: Exception) -> SinkError:
     if code in REJECTED_DATA_CODES:
         return SinkRejectedError(message)
     if code in RETRYABLE_CODES or isinstance(error, (OperationalError, ConnectionError, TimeoutError)):
-        return SinkRetryableError(message)
+        return SinkRetryableError(message, server_failed=code in SERVER_FAILED_CODES)
     return SinkFatalError(message)
 
 

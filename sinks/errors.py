@@ -10,7 +10,15 @@ class SinkError(ReloadtraceError):
 
 
 class SinkRetryableError(SinkError):
-    """A write failed for a reason that may pass (network, server overload, timeout): retry it."""
+    """A write failed for a reason that may pass (network, server overload, timeout): retry it.
+
+    ``server_failed`` is True when the destination itself answered that the write failed (a full
+    disk, a memory limit), as opposed to an unknown outcome (a timeout, a lost connection).
+    """
+
+    def __init__(self, message: str = "", *, server_failed: bool = False) -> None:
+        super().__init__(message)
+        self.server_failed = server_failed
 
 
 class SinkBackpressureError(SinkRetryableError):

@@ -188,3 +188,37 @@ def test_dedup_token_names_exactly_the_offsets_it_holds() -> None:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="flush_rows"):
         ListSink(flush_rows=0)
+
+
+class TokenRecordingSink(ListSink):
+    """Fails the first writes with the given error, remembering the token of every attempt."""
+
+    def __init__(self, errors: list[Exception], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._errors = list(errors)
+        self.tokens: list[str] = []
+
+    def write(self, batch: SinkBatch) -> None:
+        self.tokens.append(batch.dedup_token)
+        if self._errors:
+            raise self._errors.pop(0)
+        self.written.append(batch)
+
+
+def test_a_retry_after_an_unknown_outcome_keeps_the_token_and_after_a_server_failure_takes_a_fresh_one() -> None:
+    from sinks.errors import SinkRetryableError
+
+    clock = FakeClock()
+    sink = TokenRecordingSink(
+        [SinkRetryableError("timed out"), SinkRetryableError("disk full", server_failed=True), SinkRetryableError("timed out")],
+        clock=clock, sleep=clock.sleep, now_unix_nano=lambda: 42,
+    )
+    for offset in range(3):
+        sink.add(SinkRecord("spans_enriched", {"n": offset}, "spans.enriched", 0, offset))
+    assert sink.flush() == 3
+    first, second, third, fourth = sink.tokens
+    # unknown outcome: the same token (an insert that did land is not stored twice) ...
+    assert second == first
+    # ... the server said it failed: a fresh token (a half-written chain must not skip the block)
+    assert third != first and fourth == third
+    assert [batch.dedup_token for batch in sink.written] == [third]
