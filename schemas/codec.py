@@ -340,6 +340,45 @@ class ConfluentCodec:
         return _read_body(bytes(data), offset, writer, self._schema, self.record_name)
 
 
+class ProjectedDecoder:
+    """Decodes only some top-level fields of a codec's messages; the other fields are skipped, not built.
+
+    Skipping still parses every byte of the body (lengths, unions, the end of the record), so a
+    message that :meth:`Codec.decode` refuses is refused here with the same :class:`DecodeError`
+    kinds; only the values of the skipped fields are never materialised (the attribute maps of a
+    span are most of its decoding cost). The projection is made of each writer's own schema, so
+    any known writer version decodes.
+
+    Args:
+        codec: the framing and the known schemas.
+        field_names: top-level fields to keep (those a writer lacks are simply absent).
+    """
+
+    def __init__(self, codec: Codec, field_names: tuple[str, ...]) -> None:
+        self._codec = codec
+        self._fields = frozenset(field_names)
+        self._projections: dict[bytes, SchemaVersion] = {}
+
+    def _projection(self, writer: SchemaVersion) -> SchemaVersion:
+        projection = self._projections.get(writer.fingerprint)
+        if projection is None:
+            raw = dict(writer.raw)
+            raw["fields"] = [field for field in writer.raw["fields"] if field["name"] in self._fields]
+            parsed = fastavro.parse_schema(raw, named_schemas={})
+            projection = SchemaVersion(writer.name, writer.version, raw, parsed, crc64_avro_fingerprint(raw))
+            self._projections[writer.fingerprint] = projection
+        return projection
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """The kept fields of a message.
+
+        Raises:
+            DecodeError: the same failures as the codec's ``decode``.
+        """
+        writer, offset = self._codec.split(data)
+        return _read_body(bytes(data), offset, writer, self._projection(writer), writer.name)
+
+
 def codec_for(
     record_name: str, *, schema_registry_url: str | None = None, store: SchemaStore | None = None
 ) -> Codec:

@@ -103,8 +103,12 @@ def _check_attributes(record: Mapping[str, Any], name: str, *, optional: bool) -
             raise InvalidRecordError(f"{name}[{key!r}] must map a string to string/int/float/bool", name)
 
 
-def validate_span(span: Mapping[str, Any]) -> None:
+def validate_span(span: Mapping[str, Any], *, check_attributes: bool = True) -> None:
     """Check the contract rules a span must follow beyond its Avro types.
+
+    Args:
+        check_attributes: False for a span whose attribute maps were parsed (and skipped) by an
+            Avro decoder, which already guarantees their key and value types.
 
     Raises:
         InvalidRecordError: the first rule broken, naming the field.
@@ -130,8 +134,9 @@ def validate_span(span: Mapping[str, Any]) -> None:
     message = span.get("status_message")
     if message is not None and not isinstance(message, str):
         raise InvalidRecordError("status_message must be a string or null", "status_message")
-    _check_attributes(span, "attributes", optional=False)
-    _check_attributes(span, "resource_attributes", optional=True)
+    if check_attributes:
+        _check_attributes(span, "attributes", optional=False)
+        _check_attributes(span, "resource_attributes", optional=True)
 
 
 def check_time_plausible(
