@@ -248,6 +248,7 @@ class SpanEnricher:
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._fetcher: Consumer | None = None
+        self._watermarks: Consumer | None = None
         self._reload_consumer: Consumer | None = None
         self._feed: RequestFeed = RequestFeed()
         self._pending_requests: dict[str, list[tuple[str, int, int, bool, str]]] = {}
@@ -277,6 +278,7 @@ class SpanEnricher:
             self._feed = self._feed_factory(self._producer, self._on_delivery)
         elif self._settings.detection_enabled:
             self._feed = KafkaRequestFeed(self._producer, self._topics.requests_by_service, self._on_delivery)
+        self._watermarks = Consumer(base | {"group.id": f"{self._settings.group_id}-watermarks", "enable.auto.commit": False})
         self._reload_consumer = Consumer(
             base
             | {
@@ -324,7 +326,7 @@ class SpanEnricher:
         with contextlib.suppress(Exception):
             if self._producer is not None:
                 self._producer.flush(_FLUSH_TIMEOUT_S)
-        for consumer in (self._consumer, self._reload_consumer, self._fetcher):
+        for consumer in (self._consumer, self._reload_consumer, self._fetcher, self._watermarks):
             if consumer is not None:
                 with contextlib.suppress(Exception):
                     consumer.close()
@@ -468,6 +470,14 @@ class SpanEnricher:
     # --- progress, answers, publication ------------------------------------------------------
 
     def _observe_watermarks(self) -> None:
+        """Query the high watermark of every partition read to its last known end.
+
+        Queries go through a client of their own (``self._watermarks``), which fetches nothing:
+        on a consuming client each query waits behind the long-poll fetches of its connection
+        (measured: a fifth of the enricher's time under load). A partition known to be behind
+        (its cached high watermark, from the last fetch response, is past our position) needs no
+        query: its progress is its last arrival anyway.
+        """
         skew_free_now = self._clock() // _NANOS_PER_MS
         for consumer, topic, progress_by_partition in (
             (self._consumer, self._topics.spans, self._span_progress),
@@ -475,8 +485,13 @@ class SpanEnricher:
         ):
             for partition in self._owned(progress_by_partition, topic):
                 progress = progress_by_partition[partition]
+                tp = TopicPartition(topic, partition)
+                with contextlib.suppress(Exception):
+                    _, cached_high = consumer.get_watermark_offsets(tp, cached=True)
+                    if cached_high is not None and cached_high > progress.next_offset >= 0:
+                        continue
                 try:
-                    _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5, cached=False)
+                    _, high = self._watermarks.get_watermark_offsets(tp, timeout=5, cached=False)
                 except Exception as error:  # noqa: BLE001 - a failed query only delays progress
                     logger.warning("high-watermark query for %s[%d] failed: %s", topic, partition, error)
                     continue
@@ -692,7 +707,9 @@ class SpanEnricher:
             if start < high:
                 reader.assign([TopicPartition(self._topics.spans, partition, start)])
                 while progress.next_offset < high:
-                    for message in reader.consume(self._settings.batch_size, timeout=1.0):
+                    # Ask for no more than is left: consume() waits its whole timeout for a batch it cannot fill.
+                    wanted = max(1, min(self._settings.batch_size, high - progress.next_offset))
+                    for message in reader.consume(wanted, timeout=1.0):
                         if message.error() is not None:
                             self._on_consume_error(message)
                             continue
