@@ -53,6 +53,9 @@ def main(argv: list[str]) -> int:
         "Reproduce everything with `make bench` (or one section: `make bench BENCH=replay`).\n"
         "Each figure stands beside the limit it is measured against, from the same run.\n"
     )
+    log = HERE / "performance_log.md"  # hand-kept history of performance work, never regenerated
+    if log.exists():
+        sections.append(log.read_text())
     OUTPUT.write_text(header + "\n" + "\n".join(sections))
     print(f"wrote {OUTPUT}")
     return 0
