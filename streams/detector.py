@@ -50,6 +50,7 @@ from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
 from schemas.records import ReloadEvent, dead_letter
 from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, RegressionDetector
+from streams.kafka_io import commit_quietly, produce_waiting
 
 logger = logging.getLogger(__name__)
 
@@ -367,12 +368,7 @@ class StreamingDetector:
                 self.stats.anomalies += 1
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=self._on_delivery)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
+        produce_waiting(self._producer, topic, key, value, self._on_delivery)
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
@@ -396,11 +392,8 @@ class StreamingDetector:
         ]
         if not offsets:
             return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+        if commit_quietly(self._consumer, offsets):
             self.stats.commits += 1
-        except Exception as error:  # noqa: BLE001 - retried at the next commit; at-least-once holds
-            logger.warning("offset commit failed (will retry): %s", error)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]

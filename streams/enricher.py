@@ -62,6 +62,7 @@ from streams.engine import (
 )
 from streams.enriched_wire import EnrichedEncoder
 from streams.enrichment import SegmentAnswers
+from streams.kafka_io import commit_quietly, produce_waiting
 from streams.progress import PartitionProgress, overall_progress
 from streams.settings import WorkerSettings
 
@@ -180,20 +181,11 @@ class KafkaRequestFeed(RequestFeed):
         for first in range(0, len(rows), REQUEST_ROWS_PER_MESSAGE):
             chunk = rows[first : first + REQUEST_ROWS_PER_MESSAGE]
             value = orjson.dumps({"service_name": service_name, "requests": chunk})
-            _produce(self._producer, self._topic, service_name.encode(), value, self._on_delivery)
+            produce_waiting(self._producer, self._topic, service_name.encode(), value, self._on_delivery)
 
     def reload(self, arrival: ReloadArrival) -> None:
         value = orjson.dumps({"service_name": arrival.reload.service_name, "reload": arrival.reload.to_dict()})
-        _produce(self._producer, self._topic, arrival.reload.service_name.encode(), value, self._on_delivery)
-
-
-def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes, on_delivery: Callable[..., None]) -> None:
-    while True:
-        try:
-            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-            return
-        except BufferError:
-            producer.poll(0.05)  # the local queue is full: let deliveries drain
+        produce_waiting(self._producer, self._topic, arrival.reload.service_name.encode(), value, self._on_delivery)
 
 
 class SpanEnricher:
@@ -464,7 +456,7 @@ class SpanEnricher:
             stage=stage,
             now_unix_nano=self._clock(),
         )
-        _produce(self._producer, self._topics.dead_letter, message.key(), self._dead_letter_codec.encode(record), self._on_delivery)
+        produce_waiting(self._producer, self._topics.dead_letter, message.key(), self._dead_letter_codec.encode(record), self._on_delivery)
         self.stats.dead_letters += 1
 
     # --- progress, answers, publication ------------------------------------------------------
@@ -536,7 +528,7 @@ class SpanEnricher:
                 )
                 continue
             value = self._encoder.encode(raw, emission.answer, emission.revision)
-            _produce(self._producer, self._topics.spans_enriched, key, value, self._on_delivery)
+            produce_waiting(self._producer, self._topics.spans_enriched, key, value, self._on_delivery)
             self.stats.published += 1
             span = emission.span
             is_first = (
@@ -634,11 +626,8 @@ class SpanEnricher:
         offsets = self._commit_offsets(self.stats.assigned if partitions is None else partitions)
         if not offsets:
             return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+        if commit_quietly(self._consumer, offsets):
             self.stats.commits += 1
-        except Exception as error:  # noqa: BLE001 - retried at the next commit; at-least-once holds
-            logger.warning("offset commit failed (will retry): %s", error)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [tp.partition for tp in partitions]
