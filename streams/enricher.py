@@ -484,9 +484,15 @@ class SpanEnricher:
                         continue
                 try:
                     _, high = self._watermarks.get_watermark_offsets(tp, timeout=5, cached=False)
-                except Exception as error:  # noqa: BLE001 - a failed query only delays progress
-                    logger.warning("high-watermark query for %s[%d] failed: %s", topic, partition, error)
-                    continue
+                except Exception:  # noqa: BLE001 - retried once with fresh metadata, below
+                    try:
+                        # A client that consumes nothing keeps stale metadata (e.g. across a broker
+                        # restart: "Unknown partition" for ever): refresh it and ask again.
+                        self._watermarks.list_topics(topic, timeout=5)
+                        _, high = self._watermarks.get_watermark_offsets(tp, timeout=5, cached=False)
+                    except Exception as error:  # noqa: BLE001 - a failed query only delays progress
+                        logger.warning("high-watermark query for %s[%d] failed: %s", topic, partition, error)
+                        continue
                 progress.observed_high_watermark(high, skew_free_now)
 
     def _owned(self, progress_by_partition: dict[int, PartitionProgress], topic: str) -> list[int]:
