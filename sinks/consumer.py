@@ -36,6 +36,7 @@ from sinks.base import DEAD_LETTERS_TABLE, SinkRecord
 from sinks.clickhouse import ClickHouseSink
 from sinks.errors import SinkError
 from sinks.settings import SinkSettings
+from streams.kafka_io import commit_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -221,13 +222,10 @@ class SinkConsumer:
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         assert self._consumer is not None
-        try:
-            self._consumer.commit(
-                offsets=[TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()],
-                asynchronous=False,
-            )
-        except Exception as error:  # noqa: BLE001 - KafkaException; the next commit carries these offsets too
-            logger.warning("offset commit failed (will retry): %s", error)
+        committed = commit_quietly(
+            self._consumer, [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+        )
+        if not committed:  # the next commit carries these offsets too
             return
         for key, offset in offsets.items():
             if self._uncommitted.get(key) == offset:

@@ -39,6 +39,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from schemas.errors import DecodeError, DecodeErrorKind, ReloadtraceError
 from schemas.records import SEVERITIES, dead_letter
 from schemas.settings import KafkaSettings
+from streams.kafka_io import commit_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -376,8 +377,5 @@ class AlertConsumer:
             logger.warning("dead letters undelivered; not committing")
             return
         offsets = [TopicPartition(self._kafka.topics.reload_anomalies, partition, offset) for partition, offset in done.items()]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
+        if commit_quietly(consumer, offsets):
             self.stats.commits += 1
-        except Exception as error:  # noqa: BLE001 - re-delivered after a restart; at-least-once holds
-            logger.warning("offset commit failed (will retry): %s", error)

@@ -1,4 +1,4 @@
-"""The two Kafka client moves every streaming stage makes the same way: produce under backpressure, commit quietly."""
+"""The two Kafka client moves every stage (enricher, detector, sink, alerts) makes the same way: produce under backpressure, commit quietly."""
 
 from __future__ import annotations
 
