@@ -17,10 +17,10 @@ replacing key (read with FINAL) is what makes counts exact then.
 from __future__ import annotations
 
 import hashlib
-from array import array
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -68,7 +68,7 @@ class SinkBatch:
     """Rows of one table written together, with the deduplication token of exactly these rows."""
 
     table: str
-    items: tuple[SinkRecord, ...]
+    items: Sequence[SinkRecord]
     dedup_token: str
 
     def __len__(self) -> int:
@@ -94,14 +94,7 @@ def dedup_token(table: str, items: Sequence[SinkRecord]) -> str:
             offsets = offsets_by_partition[key] = []
         offsets.append(item.offset)
     if from_kafka:
-        digest = hashlib.blake2b(digest_size=8)
-        parts = []
-        for (topic, partition), offsets in sorted(offsets_by_partition.items()):
-            offsets.sort()
-            parts.append(f"{topic}:{partition}:{offsets[0]}-{offsets[-1]}")
-            digest.update(f"{topic}:{partition}:".encode())
-            digest.update(array("q", offsets).tobytes())
-        return f"{table}|{'|'.join(parts)}|{len(items)}|{digest.hexdigest()}"
+        return offsets_token(table, {key: array("q", sorted(offsets)) for key, offsets in offsets_by_partition.items()})
     digest = hashlib.blake2b(
         repr([bytes(item.avro_body or b"") if item.value is None else sorted(item.value.items()) for item in items]).encode(),
         digest_size=16,
@@ -109,9 +102,101 @@ def dedup_token(table: str, items: Sequence[SinkRecord]) -> str:
     return f"{table}|content|{len(items)}|{digest.hexdigest()}"
 
 
+def offsets_token(table: str, offsets_by_partition: Mapping[tuple[str, int], array]) -> str:
+    """:func:`dedup_token` of Kafka records given by their sorted offsets per (topic, partition)."""
+    digest = hashlib.blake2b(digest_size=8)
+    parts = []
+    count = 0
+    for (topic, partition), offsets in sorted(offsets_by_partition.items()):
+        parts.append(f"{topic}:{partition}:{offsets[0]}-{offsets[-1]}")
+        digest.update(f"{topic}:{partition}:".encode())
+        digest.update(offsets.tobytes())
+        count += len(offsets)
+    return f"{table}|{'|'.join(parts)}|{count}|{digest.hexdigest()}"
+
+
+class KafkaRows(Sequence[SinkRecord]):
+    """Records of one table, all Kafka messages of one topic with one writer schema, kept as the messages.
+
+    The consumer's fast path: no :class:`SinkRecord` is built per message. ``messages`` are
+    confluent-kafka ``Message`` objects (anything with ``partition()``, ``offset()``, ``key()``,
+    ``value()``) whose values are ``header_len`` bytes of header then an Avro body written with
+    ``writer_schema``. Indexing builds the :class:`SinkRecord` (the slow path: a refused batch
+    being split to isolate its bad rows); destinations take :meth:`bodies` whole.
+
+    ``runs`` are the (partition, first offset, last offset + 1) of consecutive messages, in
+    arrival order, from which :meth:`dedup_token` and the offsets to commit are made without a
+    pass over the messages.
+    """
+
+    __slots__ = ("table", "topic", "writer_schema", "header_len", "messages", "runs")
+
+    def __init__(
+        self,
+        table: str,
+        topic: str,
+        writer_schema: Any,
+        header_len: int,
+        messages: list[Any],
+        runs: Sequence[tuple[int, int, int]],
+    ) -> None:
+        self.table = table
+        self.topic = topic
+        self.writer_schema = writer_schema
+        self.header_len = header_len
+        self.messages = messages
+        self.runs = tuple(runs)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(self._record(message) for message in self.messages[index])
+        return self._record(self.messages[index])
+
+    def __iter__(self) -> Any:
+        return map(self._record, self.messages)
+
+    def _record(self, message: Any) -> SinkRecord:
+        value = message.value()
+        return SinkRecord(
+            self.table,
+            None,
+            self.topic,
+            message.partition(),
+            message.offset(),
+            raw_key=message.key(),
+            raw_value=value,
+            avro_body=value[self.header_len :],
+            writer_schema=self.writer_schema,
+        )
+
+    def bodies(self) -> list[bytes]:
+        """The Avro bodies, in order."""
+        start = self.header_len
+        return [message.value()[start:] for message in self.messages]
+
+    def dedup_token(self) -> str:
+        """The same token :func:`dedup_token` gives for these records, from the runs alone."""
+        by_partition: dict[tuple[str, int], array] = {}
+        ordered = True
+        for partition, first, end in self.runs:
+            offsets = by_partition.get((self.topic, partition))
+            if offsets is None:
+                offsets = by_partition[(self.topic, partition)] = array("q")
+            elif offsets[-1] >= first:
+                ordered = False
+            offsets.extend(range(first, end))
+        if not ordered:
+            by_partition = {key: array("q", sorted(offsets)) for key, offsets in by_partition.items()}
+        return offsets_token(self.table, by_partition)
+
+
 @dataclass
 class _Pending:
     items: list[SinkRecord] = field(default_factory=list)
+    chunks: list[tuple[Sequence[SinkRecord], str | None]] = field(default_factory=list)
     first_added: float | None = None
 
 
@@ -185,6 +270,22 @@ class BatchingSink:
         pending.items.append(record)
         self._pending_rows += 1
 
+    def add_rows(self, table: str, rows: Sequence[SinkRecord], token: str | None = None) -> None:
+        """Queue ``rows`` of ``table`` to be written as a batch of their own, with ``token`` (default:
+        :func:`dedup_token` of the rows); e.g. a :class:`KafkaRows` and its :meth:`KafkaRows.dedup_token`."""
+        if not rows:
+            return
+        pending = self._pending.setdefault(table, _Pending())
+        if pending.first_added is None:
+            pending.first_added = self._clock()
+        pending.chunks.append((rows, token))
+        self._pending_rows += len(rows)
+
+    def discard_pending(self) -> None:
+        """Drop every pending record (after a flush failed for good: their offsets are never committed)."""
+        self._pending.clear()
+        self._pending_rows = 0
+
     @property
     def pending_rows(self) -> int:
         return self._pending_rows
@@ -210,22 +311,37 @@ class BatchingSink:
         tables = sorted(self._pending, key=lambda name: name == DEAD_LETTERS_TABLE)
         for table in tables:
             pending = self._pending.get(table)
-            if pending is None or not pending.items:
+            if pending is None:
                 continue
-            items = tuple(pending.items)
-            rejected = self._write_isolating(SinkBatch(table, items, dedup_token(table, items)))
-            self._pending.pop(table, None)
-            self._pending_rows -= len(items)
-            flushed += len(items)
-            if rejected:
-                self.rows_dead_lettered += len(rejected)
-                if table == DEAD_LETTERS_TABLE:
-                    raise SinkRejectedError(f"dead_letters refused {len(rejected)} rows: {rejected[0][1]}")
-                for item in rejected:
-                    self.add(item[0])
-        if DEAD_LETTERS_TABLE in self._pending and self._pending[DEAD_LETTERS_TABLE].items:
+            while pending.chunks:  # each chunk its own batch; written ones leave, a failing one stays
+                rows, token = pending.chunks[0]
+                rejected = self._write_isolating(SinkBatch(table, rows, token or dedup_token(table, rows)))
+                pending.chunks.pop(0)
+                self._pending_rows -= len(rows)
+                flushed += len(rows)
+                self._dead_letter_rejected(table, rejected)
+            if pending.items:
+                items = tuple(pending.items)
+                rejected = self._write_isolating(SinkBatch(table, items, dedup_token(table, items)))
+                pending.items.clear()
+                self._pending_rows -= len(items)
+                flushed += len(items)
+                self._dead_letter_rejected(table, rejected)
+            if self._pending.get(table) is pending and not pending.items and not pending.chunks:
+                self._pending.pop(table)
+        dead = self._pending.get(DEAD_LETTERS_TABLE)
+        if dead is not None and (dead.items or dead.chunks):
             flushed += self.flush()
         return flushed
+
+    def _dead_letter_rejected(self, table: str, rejected: list[tuple[SinkRecord, str]]) -> None:
+        if not rejected:
+            return
+        self.rows_dead_lettered += len(rejected)
+        if table == DEAD_LETTERS_TABLE:
+            raise SinkRejectedError(f"dead_letters refused {len(rejected)} rows: {rejected[0][1]}")
+        for item in rejected:
+            self.add(item[0])
 
     # ---- rejects and retries -------------------------------------------------------------
 

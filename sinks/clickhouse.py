@@ -26,7 +26,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError, ProgrammingError
 
 from sinks.avro_blocks import body_problem, container, encode_body, latest_schema
-from sinks.base import BatchingSink, SinkBatch, SinkRecord
+from sinks.base import BatchingSink, KafkaRows, SinkBatch, SinkRecord
 from sinks.ddl import apply_schema
 from sinks.errors import (
     SinkBackpressureError,
@@ -194,8 +194,10 @@ class ClickHouseSink(BatchingSink):
                 raise failure from error
 
     @staticmethod
-    def _bodies_by_schema(batch: SinkBatch) -> list[tuple[Any, list[int], list[bytes]]]:
+    def _bodies_by_schema(batch: SinkBatch) -> list[tuple[Any, Sequence[int], list[bytes]]]:
         """(writer schema, batch positions, bodies) per writer schema, in first-seen order."""
+        if isinstance(batch.items, KafkaRows):  # the consumer's fast path: one schema, bodies as they came
+            return [(batch.items.writer_schema, range(len(batch.items)), batch.items.bodies())]
         groups: dict[bytes, tuple[Any, list[int], list[bytes]]] = {}
         unfit: dict[int, str] = {}
         latest = latest_schema(batch.table)
