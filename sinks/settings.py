@@ -17,6 +17,9 @@ _DEFAULT_DATABASE = "reloadtrace"
 _DEFAULT_FLUSH_ROWS = 50_000
 _DEFAULT_FLUSH_INTERVAL_MS = 500
 """Half a second: p99 freshness at 5k spans/s was 5.1 s with 1 s, 3.9 s with 500 ms (BENCHMARKS.md)."""
+_DEFAULT_WRITERS = 2
+"""Two flushes in flight on two clients: the engine converts and stores two blocks at once (chDB
+releases the GIL), while the consumer keeps reading; a third was no faster on 2 cores (BENCHMARKS.md)."""
 _DEFAULT_RETRY_TIMEOUT_MS = 120_000
 _DEFAULT_RETRY_INITIAL_BACKOFF_MS = 100
 _DEFAULT_RETRY_MAX_BACKOFF_MS = 5_000
@@ -101,7 +104,8 @@ def _without_password(url: str) -> str:
 class SinkSettings(BaseSettings):
     """Environment: ``RELOADTRACE_SINK_URL``, ``RELOADTRACE_SINK_DATABASE``, ``RELOADTRACE_SINK_PASSWORD``,
     ``RELOADTRACE_SINK_FLUSH_ROWS``, ``RELOADTRACE_SINK_FLUSH_INTERVAL_MS``, ``RELOADTRACE_SINK_TTL_DAYS``,
-    ``RELOADTRACE_SINK_RETRY_TIMEOUT_MS``, ``RELOADTRACE_SINK_GROUP_ID``, ``RELOADTRACE_SINK_SESSION_TIMEOUT_MS``.
+    ``RELOADTRACE_SINK_RETRY_TIMEOUT_MS``, ``RELOADTRACE_SINK_GROUP_ID``, ``RELOADTRACE_SINK_SESSION_TIMEOUT_MS``,
+    ``RELOADTRACE_SINK_WRITERS``.
 
     A password written in the URL is moved into ``password`` (a ``SecretStr``) and removed from
     ``url``, so printing the settings never shows it.
@@ -118,6 +122,11 @@ class SinkSettings(BaseSettings):
     flush_rows: int = Field(default=_DEFAULT_FLUSH_ROWS, ge=1, description="Flush when this many rows are pending")
     flush_interval_ms: int = Field(
         default=_DEFAULT_FLUSH_INTERVAL_MS, ge=1, description="Flush when the oldest pending row waited this long"
+    )
+    writers: int = Field(
+        default=_DEFAULT_WRITERS,
+        ge=1,
+        description="Flushes in flight at once, each on its own client (the consumer keeps reading meanwhile)",
     )
     ttl_days: int | None = Field(default=None, ge=0, description="Delete rows older than this (0 removes the TTL)")
     retry_timeout_ms: int = Field(default=_DEFAULT_RETRY_TIMEOUT_MS, ge=0, description="Give up retrying a batch after")
