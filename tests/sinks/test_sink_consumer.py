@@ -184,7 +184,8 @@ def test_a_crash_between_insert_and_commit_re_inserts_and_final_counts_stay_exac
     assert 0 < first_commit < flushed  # flush 1 was committed, flush 2 was not ...
     sink = ClickHouseSink(SinkSettings(url=f"chdb://{chdb_path}"))
     try:
-        assert sink.count("spans_enriched") == flushed  # ... yet its rows are in ClickHouse
+        # ... yet its rows are in ClickHouse (and maybe those of flush 3, in flight on the other writer)
+        assert sink.count("spans_enriched") >= flushed
     finally:
         sink.close()
 
