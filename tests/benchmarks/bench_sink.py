@@ -1,12 +1,16 @@
-"""Sink ingest rows/s into the embedded engine, beside the engine's raw Arrow insert of the same rows.
+"""Sink ingest rows/s into the embedded engine: the real SinkConsumer on the broker, beside the engine's limits.
 
 Rows are EnrichedSpan Kafka messages (single-object Avro, ~410 bytes, 5 span attributes, 2 resource
-attributes, 2 versions). "Sink ingest" is what the consumer does per message after the poll: check
-the header, wrap it in a SinkRecord, ``add`` it, and ``flush`` every 50,000 rows (the default): Avro
-containers into ``spans_enriched_avro``, ClickHouse decodes and converts, the two materialized views
-(per-minute aggregates, trace time ranges) run. The limits from the same run: the same rows as one
-Arrow table inserted straight into ``spans_enriched`` (same table, same views) and into a bare copy
-(no views), and the Python Avro decode the sink avoids (fastavro, what an Arrow path would add).
+attributes, 2 versions) pre-filled into ``spans.enriched`` (4 partitions) on the broker of
+``KAFKA_BOOTSTRAP_SERVERS``. "Sink ingest" is :class:`sinks.consumer.SinkConsumer` as the worker runs
+it (default settings but the data directory): consume, header check, batches sealed every
+``flush_rows`` and written by the writer threads as Avro containers into ``spans_enriched_avro``
+(ClickHouse decodes and converts, the two materialized views run), offsets committed in order. It is
+timed from the first message read to the commit of the last one (the group join before is not).
+
+The limits, from the same run and the same rows, with no Kafka and no Python per row: the same Avro
+containers inserted straight (one client, then two clients at once), the rows as Arrow tables into
+``spans_enriched`` (same table, same views; one and two clients) and into a bare copy (no views).
 """
 
 from __future__ import annotations
@@ -14,18 +18,32 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from confluent_kafka import Producer
+
+from infra.kafka import create_topics
 from schemas.codec import codec_for
-from sinks.base import SinkRecord
-from sinks.clickhouse import ClickHouseSink
+from schemas.settings import KafkaSettings
+from schemas.topics import TopicNames
+from sinks.avro_blocks import container
+from sinks.clickhouse import ClickHouseSink, open_client
+from sinks.consumer import SinkConsumer
+from sinks.ddl import apply_schema
 from sinks.settings import SinkSettings
 from sinks.testing import enriched_spans
 
-ROWS = int(os.environ.get("BENCH_SINK_ROWS", "200000"))
+ROWS = int(os.environ.get("BENCH_SINK_ROWS", "400000"))
 TARGET_ROWS_PER_S = 200_000
-FLUSH_ROWS = 50_000
+PARTITIONS = 4
+DEFAULTS = SinkSettings()
+FLUSH_ROWS = int(os.environ.get("BENCH_SINK_FLUSH_ROWS", DEFAULTS.flush_rows))
+WRITERS = int(os.environ.get("BENCH_SINK_WRITERS", DEFAULTS.writers))
+_SAME_AS_THE_SINK = {"optimize_on_insert": 0, "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
 def timed(action: Callable[[], object]) -> tuple[float, float]:
@@ -36,77 +54,231 @@ def timed(action: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def in_parallel(clients: Sequence[Any], jobs: Sequence[Callable[[Any], None]]) -> None:
+    """Run ``jobs`` spread round-robin over one thread per client (each thread on its own client)."""
+
+    def work(index: int) -> None:
+        for job in jobs[index :: len(clients)]:
+            job(clients[index])
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+class _TimedConsumer(SinkConsumer):
+    """The sink consumer, noting when the first message came and when each commit went out."""
+
+    first_message: float | None = None
+    last_commit: float | None = None
+
+    def _ingest_all(self, messages: list[Any]) -> None:
+        if messages and self.first_message is None:
+            self.first_message = time.perf_counter()
+        super()._ingest_all(messages)
+
+    def _commit(self) -> None:
+        super()._commit()
+        if not self._to_commit:
+            self.last_commit = time.perf_counter()
+
+
+def fill_topic(bootstrap: str, messages: list[bytes]) -> KafkaSettings:
+    prefix = f"benchsink{uuid.uuid4().hex[:6]}."
+    create_topics(bootstrap, TopicNames(prefix).with_configs(), partitions=PARTITIONS)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=PARTITIONS)
+    producer = Producer(kafka.confluent_config() | {"linger.ms": 20, "batch.size": 1_000_000})
+    topic = kafka.topics.spans_enriched
+    for index, value in enumerate(messages):
+        while True:
+            try:
+                producer.produce(topic, value=value, key=b"%d" % (index // 4), partition=index % PARTITIONS)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if index % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    return kafka
+
+
+def consume_all(kafka: KafkaSettings, directory: str, *, writers: int) -> tuple[float, float, ClickHouseSink, int]:
+    """(wall s from first message to last commit, CPU s over the same span, the open sink, flushes)."""
+    settings = SinkSettings(
+        url=f"chdb://{directory}", database="bench_sink", group_id=f"bench-sink-{uuid.uuid4().hex[:6]}",
+        writers=writers, flush_rows=FLUSH_ROWS
+    )
+    consumer = _TimedConsumer(kafka, settings)
+    consumer.sink  # opens the engine and applies the DDL before the clock starts
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    cpu_at_first: list[float] = []
+
+    def run() -> None:
+        try:
+            consumer.run(stop)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    gc.collect()
+    thread = threading.Thread(target=run, name="sink")
+    thread.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not errors:
+        if consumer.first_message is not None and not cpu_at_first:
+            cpu_at_first.append(time.process_time())
+        if consumer.stats.rows_flushed >= ROWS and consumer.last_commit is not None:
+            break
+        time.sleep(0.002)
+    cpu_end = time.process_time()
+    stop.set()
+    thread.join(60)
+    assert not errors, errors
+    assert consumer.stats.rows_flushed == ROWS and consumer.first_message and consumer.last_commit
+    return consumer.last_commit - consumer.first_message, cpu_end - cpu_at_first[0], consumer.sink, consumer.stats.flushes
+
+
 def main() -> str:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     codec = codec_for("EnrichedSpan")
     messages = [codec.encode(span) for span in enriched_spans(ROWS, seed=3)]
+    kafka = fill_topic(bootstrap, messages)
+    results: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as directory:
-        settings = SinkSettings(url=f"chdb://{directory}", database="bench_sink", flush_rows=FLUSH_ROWS)
-        sink = ClickHouseSink(settings)
+        wall, cpu, sink, flushes = consume_all(kafka, directory, writers=WRITERS)
+        results["sink"] = (wall, cpu)
         try:
-
-            def ingest() -> None:
-                split = codec.split
-                for offset, value in enumerate(messages):
-                    writer, body_offset = split(value)
-                    sink.add(SinkRecord("spans_enriched", None, "spans.enriched", offset % 4, offset, None, value,
-                                        avro_body=value[body_offset:], writer_schema=writer))
-                    if sink.pending_rows >= FLUSH_ROWS:
-                        sink.flush()
-                sink.flush()
-
-            sink_wall, sink_cpu = timed(ingest)
-            assert sink.count("spans_enriched", final=False) == ROWS
-            arrow = sink.client.query_arrow(
-                "SELECT * EXCEPT (inserted_at) FROM bench_sink.spans_enriched", use_strings=True
-            )
-            sink.client.command("CREATE DATABASE raw_with_views")
-            from sinks.ddl import apply_schema
-
-            apply_schema(sink.client, "raw_with_views")
-            same = {"optimize_on_insert": 0}  # as the sink inserts
-            with_views_wall, with_views_cpu = timed(
-                lambda: sink.client.insert_arrow("raw_with_views.spans_enriched", arrow, settings=same)
-            )
-            sink.client.command("CREATE TABLE raw_with_views.bare AS raw_with_views.spans_enriched")
-            bare_wall, bare_cpu = timed(lambda: sink.client.insert_arrow("raw_with_views.bare", arrow, settings=same))
-            assert sink.client.command("SELECT count() FROM raw_with_views.bare") == ROWS
-            decode = codec.decode
-            sample = messages[: min(ROWS, 50_000)]
-            decode_wall, decode_cpu = timed(lambda: [decode(value) for value in sample])
+            assert sink.count("spans_enriched") == ROWS
+            one_wall, one_cpu, _sink, _ = consume_all(kafka, directory, writers=1)
+            results["sink1"] = (one_wall, one_cpu)
+            client = sink.client
+            schema, header = codec.split(messages[0])
+            containers = [container(schema, [m[header:] for m in messages[i : i + FLUSH_ROWS]]) for i in range(0, ROWS, FLUSH_ROWS)]
+            arrow = client.query_arrow("SELECT * EXCEPT (inserted_at) FROM bench_sink.spans_enriched FINAL", use_strings=True)
+            arrows = [arrow.slice(i, FLUSH_ROWS) for i in range(0, ROWS, FLUSH_ROWS)]
+            clients = [client, open_client(f"chdb://{directory}")]
+            for name, count in (("avro1", 1), ("avro2", 2), ("arrow1", 1), ("arrow2", 2), ("bare", 1)):
+                database = f"raw_{name}"
+                client.command(f"CREATE DATABASE {database}")
+                apply_schema(client, database)
+                if name == "bare":
+                    client.command(f"CREATE TABLE {database}.bare AS {database}.spans_enriched")
+                if name.startswith("avro"):
+                    jobs = [
+                        (lambda c, i=i, b=b, d=database: c.raw_insert(
+                            f"{d}.spans_enriched_avro", None, b, fmt="Avro",
+                            settings=_SAME_AS_THE_SINK | {"insert_deduplication_token": f"{d}-{i}"}))
+                        for i, b in enumerate(containers)
+                    ]
+                else:
+                    table = "bare" if name == "bare" else "spans_enriched"
+                    jobs = [
+                        (lambda c, a=a, d=database, t=table: c.insert_arrow(f"{d}.{t}", a, settings=_SAME_AS_THE_SINK))
+                        for a in arrows
+                    ]
+                results[name] = timed(lambda jobs=jobs, count=count: in_parallel(clients[:count], jobs))
+                table = "bare" if name == "bare" else "spans_enriched"
+                assert client.command(f"SELECT count() FROM {database}.{table}") == ROWS
+            clients[1].close()
+            # the consumer's work before the engine, alone: header check, batching, container bytes
+            python_wall, python_cpu = timed(lambda: in_process_python(messages, codec))
+            results["python"] = (python_wall, python_cpu)
         finally:
             sink.close()
 
-    def rate(rows: int, seconds: float) -> str:
-        return f"{rows / seconds:,.0f}"
+    def rate(key: str) -> str:
+        wall, cpu = results[key]
+        return f"{ROWS / wall:,.0f} | {ROWS / cpu:,.0f}"
 
-    sink_rate = ROWS / sink_wall
+    sink_rate = ROWS / results["sink"][0]
+    avro2 = ROWS / results["avro2"][0]
     lines = [
         "## ClickHouse sink (embedded chDB)",
         "",
         (
-            f"{ROWS:,} EnrichedSpan messages, flush every {FLUSH_ROWS:,} rows. Rows/s by wall time; CPU rows/s"
-            " counts the CPU time of the process, all threads."
+            f"{ROWS:,} EnrichedSpan messages pre-filled in {PARTITIONS} partitions of `spans.enriched` on the broker;"
+            f" the sink's defaults: flush every {FLUSH_ROWS:,} rows, {WRITERS} writers ({flushes} flushes)."
+            " Rows/s by wall time; CPU rows/s counts the CPU time of the process, all threads (chDB's too)."
         ),
         "",
         "| what | rows/s | CPU rows/s |",
         "|---|---:|---:|",
-        f"| **sink ingest** (header check, add, flush as Avro containers; engine decodes; 2 views) | **{rate(ROWS, sink_wall)}** | {rate(ROWS, sink_cpu)} |",
-        f"| limit: raw Arrow insert of the same rows into `spans_enriched` (same 2 views) | {rate(ROWS, with_views_wall)} | {rate(ROWS, with_views_cpu)} |",
-        f"| limit: raw Arrow insert into a bare copy (no views) | {rate(ROWS, bare_wall)} | {rate(ROWS, bare_cpu)} |",
-        f"| the hop avoided: Python Avro decode alone (fastavro) | {rate(len(sample), decode_wall)} | {rate(len(sample), decode_cpu)} |",
+        f"| **sink ingest**: `SinkConsumer` from the broker, first message to last commit ({WRITERS} writers) | **{rate('sink').replace(' | ', '** | ', 1)} |",
+        f"| the same with 1 writer (flushes not overlapped) | {rate('sink1')} |",
+        f"| limit: the same Avro containers inserted straight, 1 client | {rate('avro1')} |",
+        f"| limit: the same Avro containers inserted straight, 2 clients at once | {rate('avro2')} |",
+        f"| limit: the rows as Arrow into `spans_enriched` (same 2 views), 1 client | {rate('arrow1')} |",
+        f"| limit: the rows as Arrow into `spans_enriched` (same 2 views), 2 clients at once | {rate('arrow2')} |",
+        f"| limit: the rows as Arrow into a bare copy (no views), 1 client | {rate('bare')} |",
+        f"| the consumer's Python per row alone (header check, batch, container bytes; no Kafka, no engine) | {rate('python')} |",
         "",
         (
             f"Target: >= {TARGET_ROWS_PER_S:,} rows/s: {'met' if sink_rate >= TARGET_ROWS_PER_S else 'NOT met'}"
-            f" ({sink_rate / TARGET_ROWS_PER_S:.0%} of it); the sink runs at"
-            f" {with_views_wall / sink_wall:.0%} of the engine's raw Arrow rate into the same table."
+            f" ({sink_rate / TARGET_ROWS_PER_S:.0%} of it); the sink runs at {sink_rate / avro2:.0%} of the engine's"
+            " own rate for the same containers on 2 clients."
         ),
         "",
         (
-            "Command: `KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python -m tests.benchmarks sink`"
-            " (`BENCH_SINK_ROWS` sets the row count)."
+            "Command: `KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python -m tests.benchmarks.bench_sink`"
+            " (`BENCH_SINK_ROWS` sets the row count, `BENCH_SINK_FLUSH_ROWS` and `BENCH_SINK_WRITERS` the sink's)."
         ),
     ]
     return "\n".join(lines)
+
+
+class _FakeMessage:
+    __slots__ = ("_topic", "_value", "_partition", "_offset")
+
+    def __init__(self, topic: str, value: bytes, partition: int, offset: int) -> None:
+        self._topic, self._value, self._partition, self._offset = topic, value, partition, offset
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def key(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def in_process_python(messages: list[bytes], codec: Any) -> None:
+    """What the consumer does in Python for these messages, with no Kafka and no engine (inserts are no-ops)."""
+
+    class NoEngine:
+        database = ""
+
+        def raw_insert(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    settings = SinkSettings(url="chdb:///unused", flush_rows=FLUSH_ROWS, flush_interval_ms=3_600_000, writers=1)
+    sink = ClickHouseSink(settings, client=NoEngine(), apply_ddl=False)
+    consumer = SinkConsumer(KafkaSettings(topic_prefix=""), settings, sink=sink)
+    topic = KafkaSettings(topic_prefix="").topics.spans_enriched
+    fake = [_FakeMessage(topic, value, index % PARTITIONS, index // PARTITIONS) for index, value in enumerate(messages)]
+    consumer._open_writers(sink)
+    consumer._commit = lambda: None  # type: ignore[method-assign]
+    try:
+        for start in range(0, len(fake), 10_000):
+            consumer._ingest_all(fake[start : start + 10_000])  # type: ignore[arg-type]
+            if consumer._due():
+                consumer._seal_and_submit()
+            consumer._complete_done()
+        consumer._drain()
+    finally:
+        consumer._close_writers()
+    assert consumer.stats.rows_flushed == len(messages)
 
 
 if __name__ == "__main__":
