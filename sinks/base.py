@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -129,7 +129,7 @@ class KafkaRows(Sequence[SinkRecord]):
     pass over the messages.
     """
 
-    __slots__ = ("table", "topic", "writer_schema", "header_len", "messages", "runs")
+    __slots__ = ("header_len", "messages", "runs", "table", "topic", "writer_schema")
 
     def __init__(
         self,

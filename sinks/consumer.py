@@ -80,7 +80,7 @@ class SinkConsumerStats:
 class _Rows:
     """Messages of one topic and one writer header in the open batch, and their offset runs."""
 
-    __slots__ = ("writer", "messages", "runs", "partition", "first", "next_offset")
+    __slots__ = ("first", "messages", "next_offset", "partition", "runs", "writer")
 
     def __init__(self, writer: Any) -> None:
         self.writer = writer
@@ -102,7 +102,7 @@ class _Rows:
 class _OpenBatch:
     """What the consumer has read since the last seal: message groups, dead letters, positions."""
 
-    __slots__ = ("groups", "records", "positions", "rows", "opened")
+    __slots__ = ("groups", "opened", "positions", "records", "rows")
 
     def __init__(self, topics: list[str], opened: float) -> None:
         self.groups: dict[str, dict[bytes, _Rows]] = {topic: {} for topic in topics}

@@ -111,7 +111,7 @@ def consume_all(kafka: KafkaSettings, directory: str, *, writers: int) -> tuple[
         writers=writers, flush_rows=FLUSH_ROWS
     )
     consumer = _TimedConsumer(kafka, settings)
-    consumer.sink  # opens the engine and applies the DDL before the clock starts
+    _ = consumer.sink  # opens the engine and applies the DDL before the clock starts
     stop = threading.Event()
     errors: list[BaseException] = []
     cpu_at_first: list[float] = []
@@ -229,7 +229,7 @@ def main() -> str:
 
 
 class _FakeMessage:
-    __slots__ = ("_topic", "_value", "_partition", "_offset")
+    __slots__ = ("_offset", "_partition", "_topic", "_value")
 
     def __init__(self, topic: str, value: bytes, partition: int, offset: int) -> None:
         self._topic, self._value, self._partition, self._offset = topic, value, partition, offset

@@ -162,7 +162,7 @@ def test_a_later_flush_finishing_first_is_committed_only_after_the_earlier_one()
 
 def test_a_flush_that_fails_for_good_commits_nothing_of_it_or_after_it() -> None:
     second = threading.Event()
-    consumer, kafka, log, stop, thread, errors = start(
+    _consumer, kafka, log, stop, thread, errors = start(
         [[span(0, 0), span(0, 1)], [span(0, 2), span(0, 3)], [span(0, 4), span(0, 5)]],
         gates={2: second},
         fail_offset=2,
@@ -191,7 +191,7 @@ def test_revoke_waits_for_every_flush_in_flight_then_commits() -> None:
         kafka.on_revoke(kafka, [TopicPartition(TOPIC, 0)])
         returned.append(list(kafka.commits))
 
-    consumer, kafka, log, stop, thread, errors = start(
+    _consumer, kafka, _log, stop, thread, errors = start(
         [[span(0, 0), span(0, 1)], [span(0, 2)], revoke], gates={0: gate}
     )
     try:
@@ -208,7 +208,7 @@ def test_revoke_waits_for_every_flush_in_flight_then_commits() -> None:
 
 def test_a_stop_drains_the_open_batch_and_every_flush_in_flight() -> None:
     gate = threading.Event()
-    consumer, kafka, log, stop, thread, errors = start([[span(0, 0), span(0, 1)], [span(0, 2)]], gates={0: gate})
+    consumer, kafka, _log, stop, thread, errors = start([[span(0, 0), span(0, 1)], [span(0, 2)]], gates={0: gate})
     wait_until(lambda: consumer.stats.in_flight == 1 and not kafka.script, "one flush in flight and one row open")
     stop.set()
     threading.Timer(0.1, gate.set).start()
@@ -218,7 +218,7 @@ def test_a_stop_drains_the_open_batch_and_every_flush_in_flight() -> None:
 
 
 def test_undecodable_messages_become_dead_letters_and_their_offsets_are_committed() -> None:
-    consumer, kafka, log, stop, thread, errors = start(
+    consumer, kafka, _log, stop, thread, errors = start(
         [[span(0, 0), FakeMessage(TOPIC, 0, 1, b"junk"), FakeMessage(TOPIC, 0, 2, None), span(0, 3)]]
     )
     try:
