@@ -146,12 +146,10 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             return 1
 
         console.rule("[bold]4. Draining")
-        topics = kafka.topics
-        groups = {
-            group_id: [topics.spans],
-            f"{group_id}-detector": [topics.requests_by_service],
-            f"{group_id}-sink": [topics.spans_enriched, topics.reloads, topics.reload_anomalies, topics.dead_letter],
-        }
+        from streams.app import consumer_groups
+        from streams.settings import WorkerSettings
+
+        groups = consumer_groups(kafka, WorkerSettings(group_id=group_id, sink_url=sink_url))
 
         def drained() -> bool:
             return all(consumer_group_lag(broker.bootstrap_servers, g, t) == 0 for g, t in groups.items())

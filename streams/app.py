@@ -3,14 +3,19 @@
 Faust owns the process: start-up after table recovery, graceful shutdown on SIGTERM/SIGINT,
 logging, and the agents and tables of the low-rate streams. The high-rate span path is a
 service running :class:`streams.enricher.SpanEnricher` in its own thread (batched
-confluent-kafka clients; see that module for why and for its guarantees). A crash of any
-service crashes the worker, so a supervisor restarts it from the last commit.
+confluent-kafka clients; see that module for why and for its guarantees). The sink and the
+detector run in child processes of the worker by default (:mod:`streams.components`), else as
+threads. A crash of any service or child crashes the worker, so a supervisor restarts it from the
+last commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +73,73 @@ class ThreadService(mode.Service):
             await asyncio.to_thread(self._thread.join)
 
 
+class ChildProcessService(mode.Service):
+    """Runs a component (:mod:`streams.components`) in a child process for the lifetime of the app.
+
+    The child inherits the worker's stdout/stderr. When it exits while the app runs, the app
+    crashes; on stop it gets SIGTERM (it flushes and commits) and ``stop_timeout_s`` to exit
+    before SIGKILL. The child also gets SIGTERM if the worker dies without stopping it.
+    """
+
+    def __init__(
+        self,
+        component: str,
+        spec_json: str,
+        app: faust.App,
+        *,
+        stop_timeout_s: float = 60.0,
+        argv: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._component = component
+        self._argv = argv
+        self._spec = spec_json
+        self._app = app
+        self._stop_timeout_s = stop_timeout_s
+        self._stopping = False
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self._component}-process"
+
+    async def on_start(self) -> None:
+        from streams import components
+
+        loop = asyncio.get_running_loop()
+        # Started from the event loop's thread, which lives as long as the worker: the child's
+        # parent-death signal fires when the thread that forked it ends.
+        self.process = subprocess.Popen(  # noqa: ASYNC220 - fork only; must run on the loop's thread
+            self._argv or components.command(self._component),
+            env=os.environ | {components.SPEC_ENV: self._spec},
+            preexec_fn=components.die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
+        )
+        logger.info("%s process started (pid %d)", self._component, self.process.pid)
+
+        def watch(process: subprocess.Popen[bytes]) -> None:
+            code = process.wait()
+            if not self._stopping:
+                failure = RuntimeError(f"the {self._component} process exited with code {code} (its log is above)")
+                logger.error("%s", failure)
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._app.crash(failure)))
+
+        threading.Thread(target=watch, args=(self.process,), name=f"{self._component}-watch", daemon=True).start()
+
+    async def on_stop(self) -> None:
+        self._stopping = True
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, self._stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.error("%s process did not stop in %.0f s: killing it", self._component, self._stop_timeout_s)
+            process.kill()
+            await asyncio.to_thread(process.wait)
+
+
 def create_app(
     kafka: KafkaSettings,
     settings: WorkerSettings,
@@ -94,16 +166,27 @@ def create_app(
     _add_thread_service(app, "span-enricher", enricher.run)
     parts = [("enricher", lambda: enricher.stats), ("engine", lambda: enricher.engine.stats)]
     if settings.detection_enabled:
-        detector = StreamingDetector(kafka, settings=_derived(DetectorSettings(), settings.group_id, "-detector"))
-        _add_thread_service(app, "regression-detector", detector.run)
-        parts.append(("detector", lambda: detector.stats))
+        from streams.detection import DetectionSettings
+
+        detection, detector_settings = DetectionSettings(), _derived(DetectorSettings(), settings.group_id, "-detector")
+        if settings.component_processes:
+            _add_child_process(app, "detector", kafka, detector_settings, detection)
+        else:
+            detector = StreamingDetector(kafka, detection, detector_settings)
+            _add_thread_service(app, "regression-detector", detector.run)
+            parts.append(("detector", lambda: detector.stats))
     if settings.sink_url:
-        from sinks.consumer import SinkConsumer
         from sinks.settings import SinkSettings
 
-        sink = SinkConsumer(kafka, _derived(SinkSettings(url=settings.sink_url), settings.group_id, "-sink"))
-        _add_thread_service(app, "clickhouse-sink", sink.run)
-        parts.append(("sink", lambda: sink.stats))
+        sink_settings = _derived(SinkSettings(url=settings.sink_url), settings.group_id, "-sink")
+        if settings.component_processes:
+            _add_child_process(app, "sink", kafka, sink_settings)
+        else:
+            from sinks.consumer import SinkConsumer
+
+            sink = SinkConsumer(kafka, sink_settings)
+            _add_thread_service(app, "clickhouse-sink", sink.run)
+            parts.append(("sink", lambda: sink.stats))
 
     @app.timer(interval=30.0)
     async def report_stats() -> None:
@@ -119,6 +202,36 @@ def _add_thread_service(app: faust.App, name: str, target: Callable[[threading.E
     class _Service(ThreadService):
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(name, target, app, **kwargs)
+
+
+def _add_child_process(app: faust.App, component: str, kafka: KafkaSettings, *settings: Any) -> None:
+    """Run ``component`` in a child process with the app; its exit crashes the worker."""
+    from streams import components
+
+    spec_json = components.spec(component, kafka, *settings)
+
+    @app.service
+    class _Service(ChildProcessService):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(component, spec_json, app, **kwargs)
+
+
+def consumer_groups(kafka: KafkaSettings, settings: WorkerSettings) -> dict[str, list[str]]:
+    """Every consumer group a worker runs, with the topics it reads: all lags 0 = the pipeline drained.
+
+    (The enricher's own group, ``<group>-detector`` when detection is on, ``<group>-sink`` when a
+    sink URL is set; explicit ``RELOADTRACE_DETECTOR_GROUP_ID``/``RELOADTRACE_SINK_GROUP_ID`` win.)
+    """
+    topics = kafka.topics
+    groups = {settings.group_id: [topics.spans]}
+    if settings.detection_enabled:
+        groups[_derived(DetectorSettings(), settings.group_id, "-detector").group_id] = [topics.requests_by_service]
+    if settings.sink_url:
+        from sinks.settings import SinkSettings
+
+        sink_group = _derived(SinkSettings(url=settings.sink_url), settings.group_id, "-sink").group_id
+        groups[sink_group] = [topics.spans_enriched, topics.reloads, topics.reload_anomalies, topics.dead_letter]
+    return groups
 
 
 def _derived(component_settings: Any, worker_group_id: str, suffix: str) -> Any:

@@ -62,6 +62,11 @@ class WorkerSettings(BaseSettings):
     sink_url: str | None = Field(
         default="chdb://./data/chdb", description="ClickHouse destination (chdb://PATH or clickhouse://...); empty = none"
     )
+    component_processes: bool = Field(
+        default=True,
+        description="Run the sink and the detector each in a child process (own GIL and memory) rather than "
+        "as threads of the worker process",
+    )
 
     @model_validator(mode="after")
     def _horizon_covers_grace(self) -> WorkerSettings:

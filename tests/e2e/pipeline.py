@@ -27,7 +27,9 @@ from infra.consumer_lag import consumer_group_lag
 from infra.processes import ManagedProcess, wait_until
 from schemas.records import ReloadEvent
 from schemas.settings import KafkaSettings
+from streams.app import consumer_groups
 from streams.enrichment import enrich
+from streams.settings import WorkerSettings
 from streams.timeline import VersionTimeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -180,12 +182,7 @@ class PipelineRun:
         return "\n".join(f"--- {p.log_path.name}\n{p.log_tail(25)}" for p in self.processes)
 
     def lag(self) -> int:
-        topics = self.kafka.topics
-        groups = {
-            self.group_id: [topics.spans],
-            f"{self.group_id}-detector": [topics.requests_by_service],
-            f"{self.group_id}-sink": [topics.spans_enriched, topics.reloads, topics.reload_anomalies, topics.dead_letter],
-        }
+        groups = consumer_groups(self.kafka, WorkerSettings(group_id=self.group_id, sink_url=self.sink_url))
         return sum(consumer_group_lag(self.kafka.bootstrap_servers, group, names) for group, names in groups.items())
 
     def drain(self, alive: list[ManagedProcess], timeout_s: float = 120.0) -> None:
