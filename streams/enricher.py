@@ -76,6 +76,11 @@ SPAN_FIELDS_ENRICHMENT_READS = (
     "start_time_unix_nano", "end_time_unix_nano", "status_code", "status_message",
 )
 """Every span field but the attribute maps: what validation, enrichment and detection look at."""
+_PREFETCH_KBYTES = 16_384
+"""librdkafka's read-ahead of the spans topic (default 64 MB). Measured on a backlog: peak RSS of the
+enricher process 539 -> 450 MB at the same spans/s (the consumer asks for 5,000 messages at a time)."""
+_PRODUCER_QUEUE_KBYTES = 65_536
+"""Bound of the enriched-span producer's queue (default 1 GB); a full queue makes the enricher wait."""
 REQUEST_ROWS_PER_MESSAGE = 5_000
 """Request rows per message of the requests-by-service topic (keeps messages ~400 kB)."""
 
@@ -264,6 +269,7 @@ class SpanEnricher:
                 "compression.type": "lz4",
                 "message.timeout.ms": 120_000,
                 "queue.buffering.max.messages": 500_000,
+                "queue.buffering.max.kbytes": _PRODUCER_QUEUE_KBYTES,
             }
         )
         if self._feed_factory is not None:
@@ -291,6 +297,7 @@ class SpanEnricher:
                 "session.timeout.ms": self._settings.session_timeout_ms,
                 "heartbeat.interval.ms": min(3_000, self._settings.session_timeout_ms // 3),
                 "fetch.wait.max.ms": 100,
+                "queued.max.messages.kbytes": _PREFETCH_KBYTES,
             }
         )
         try:
