@@ -23,14 +23,16 @@ from gateway.simulator import NANOS, SimulationConfig, simulate
 from schemas.settings import KafkaSettings
 
 
-def _progress(console: Console) -> Progress:
+def progress_bar(console: Console, *, when_piped: bool = False) -> Progress:
+    """The rich progress bar of the commands (description, bar, n/total, elapsed); off when the
+    console is not a terminal unless ``when_piped`` (the demo shows it in CI logs too)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
-        disable=not console.is_terminal,
+        disable=not (console.is_terminal or when_piped),
     )
 
 
@@ -58,7 +60,7 @@ def run_simulate(
         config = replace(config, start_time_unix_nano=now)
     elif kafka is not None:
         config = replace(config, start_time_unix_nano=now - int(config.duration_s * 1e9))
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("simulating", total=None)
         simulation = simulate(
             config, on_progress=lambda done, total: progress.update(task, completed=done, total=total)
@@ -75,7 +77,7 @@ def run_simulate(
     if kafka is not None:
         items = simulation_items(simulation)
         report = ProduceReport()
-        with _progress(console) as progress:
+        with progress_bar(console) as progress:
             task = progress.add_task("publishing" + (f" at {speed:g}x real time" if speed else ""), total=len(items))
             StreamPublisher(kafka).publish(
                 items, report, pace=speed, on_item=lambda n: progress.update(task, completed=n)
@@ -102,7 +104,7 @@ def run_produce(
     delays = publication_delays(json.loads(ground_truth.read_text())) if ground_truth is not None else None
     report = ProduceReport()
     items = file_stream(spans, reloads, report, interleaving=interleaving, publication_delays_ns=delays)
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("publishing", total=len(items))
         StreamPublisher(kafka).publish(items, report, on_item=lambda n: progress.update(task, completed=n))
     console.print(

@@ -69,15 +69,8 @@ def demo_config(*, duration_s: float, rate: float, start_time_unix_nano: int, se
     )
 
 
-def _progress(console: Console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    )
-
-
 def run_demo(args: argparse.Namespace, console: Console) -> int:
+    from gateway.commands import progress_bar
     from gateway.produce import ProduceReport, StreamPublisher, simulation_items
     from gateway.simulator import simulate
     from schemas.settings import KafkaSettings
@@ -132,7 +125,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         )
         items = simulation_items(simulation)
         report = ProduceReport()
-        with _progress(console) as progress:
+        with progress_bar(console, when_piped=True) as progress:
             task = progress.add_task("publishing", total=len(items))
 
             def on_item(number: int) -> None:

@@ -40,6 +40,7 @@ COMPONENTS = ("sink", "detector")
 _ENGINE_LOCK_WAIT_S = 60.0
 _PARENT_POLL_S = 1.0
 _PR_SET_PDEATHSIG = 1
+_STATS_INTERVAL_S = 30.0
 
 
 def _plain(model: BaseModel) -> dict[str, Any]:
@@ -78,6 +79,12 @@ def _watch_parent(stop: threading.Event, parent_pid: int) -> None:
             stop.set()
 
 
+def _log_stats(stop: threading.Event, component: str, stats: Callable[[], Any]) -> None:
+    """Log the component's counters every ``_STATS_INTERVAL_S`` (the worker logs its own likewise)."""
+    while not stop.wait(_STATS_INTERVAL_S):
+        logger.info("%s %s", component, stats())
+
+
 def _open_sink_waiting(open_sink: Callable[[], Any], stop: threading.Event, wait_s: float = _ENGINE_LOCK_WAIT_S) -> Any:
     """``open_sink()``, retried while another process still holds the embedded engine's directory."""
     from sinks.errors import SinkConfigError
@@ -103,6 +110,7 @@ def _run_sink(document: dict[str, Any], stop: threading.Event) -> None:
     settings = SinkSettings(**document["settings"])
     consumer = SinkConsumer(kafka, settings)
     _open_sink_waiting(lambda: consumer.sink, stop)
+    threading.Thread(target=_log_stats, args=(stop, "sink", lambda: consumer.stats), daemon=True).start()
     try:
         consumer.run(stop)
     finally:
@@ -116,7 +124,9 @@ def _run_detector(document: dict[str, Any], stop: threading.Event) -> None:
 
     kafka = KafkaSettings(**document["kafka"])
     detection = DetectionSettings(**document["detection"]) if "detection" in document else DetectionSettings()
-    StreamingDetector(kafka, detection, DetectorSettings(**document["settings"])).run(stop)
+    detector = StreamingDetector(kafka, detection, DetectorSettings(**document["settings"]))
+    threading.Thread(target=_log_stats, args=(stop, "detector", lambda: detector.stats), daemon=True).start()
+    detector.run(stop)
 
 
 _RUNNERS = {"sink": _run_sink, "detector": _run_detector}
