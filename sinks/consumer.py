@@ -52,7 +52,7 @@ from sinks.base import DEAD_LETTERS_TABLE, KafkaRows, SinkRecord
 from sinks.clickhouse import ClickHouseSink
 from sinks.errors import SinkError
 from sinks.settings import SinkSettings
-from streams.kafka_io import commit_quietly
+from streams.kafka_io import commit_quietly, group_consumer_config
 
 logger = logging.getLogger(__name__)
 
@@ -209,16 +209,9 @@ class SinkConsumer:
                 acknowledged) or Kafka reported a fatal error.
         """
         sink = self.sink
-        config = self._kafka.confluent_config() | {
-            "group.id": self._settings.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": False,
-            "max.poll.interval.ms": 600_000,
-            "session.timeout.ms": self._settings.session_timeout_ms,
-            "heartbeat.interval.ms": max(1, min(3_000, self._settings.session_timeout_ms // 3)),
-            "fetch.wait.max.ms": 100,
-        }
+        config = self._kafka.confluent_config() | group_consumer_config(
+            self._settings.group_id, self._settings.session_timeout_ms
+        )
         self._failure = None
         try:
             self._open_writers(sink)

@@ -50,7 +50,7 @@ from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
 from schemas.records import ReloadEvent, dead_letter
 from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, RegressionDetector
-from streams.kafka_io import commit_quietly, produce_waiting
+from streams.kafka_io import commit_quietly, group_consumer_config, produce_waiting
 
 logger = logging.getLogger(__name__)
 
@@ -231,18 +231,7 @@ class StreamingDetector:
         """
         base = self._kafka.confluent_config()
         self._producer = Producer(base | {"enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 120_000})
-        self._consumer = Consumer(
-            base
-            | {
-                "group.id": self._settings.group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": False,
-                "max.poll.interval.ms": 600_000,
-                "session.timeout.ms": self._settings.session_timeout_ms,
-                "fetch.wait.max.ms": 100,
-            }
-        )
+        self._consumer = Consumer(base | group_consumer_config(self._settings.group_id, self._settings.session_timeout_ms))
         try:
             self._consumer.subscribe(
                 [self._topics.requests_by_service], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost

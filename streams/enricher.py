@@ -62,7 +62,7 @@ from streams.engine import (
 )
 from streams.enriched_wire import EnrichedEncoder
 from streams.enrichment import SegmentAnswers
-from streams.kafka_io import commit_quietly, produce_waiting
+from streams.kafka_io import commit_quietly, group_consumer_config, produce_waiting
 from streams.progress import PartitionProgress, overall_progress
 from streams.settings import WorkerSettings
 
@@ -288,17 +288,8 @@ class SpanEnricher:
         )
         self._consumer = Consumer(
             base
-            | {
-                "group.id": self._settings.group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": False,
-                "max.poll.interval.ms": 600_000,
-                "session.timeout.ms": self._settings.session_timeout_ms,
-                "heartbeat.interval.ms": min(3_000, self._settings.session_timeout_ms // 3),
-                "fetch.wait.max.ms": 100,
-                "queued.max.messages.kbytes": _PREFETCH_KBYTES,
-            }
+            | group_consumer_config(self._settings.group_id, self._settings.session_timeout_ms)
+            | {"queued.max.messages.kbytes": _PREFETCH_KBYTES}
         )
         try:
             self._load_reloads(stop)

@@ -10,7 +10,9 @@ import pytest
 from streams.app import ThreadService
 
 
-class _App:
+class FakeApp:
+    """Stands in for the Faust app: records what a service crashed it with."""
+
     def __init__(self) -> None:
         self.crashed: list[BaseException] = []
         self.event = asyncio.Event()
@@ -22,7 +24,7 @@ class _App:
 
 def test_a_service_that_raises_crashes_the_app_with_its_error() -> None:
     async def scenario() -> list[BaseException]:
-        app = _App()
+        app = FakeApp()
 
         def target(stop: threading.Event) -> None:
             raise RuntimeError("sink flush failed for good")
@@ -41,7 +43,7 @@ def test_stop_sets_the_event_and_joins_the_thread() -> None:
     seen = threading.Event()
 
     async def scenario() -> None:
-        app = _App()
+        app = FakeApp()
 
         def target(stop: threading.Event) -> None:
             stop.wait(30)

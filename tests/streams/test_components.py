@@ -23,6 +23,7 @@ from streams import components
 from streams.app import ChildProcessService
 from streams.detection import DetectionSettings
 from streams.detector import DetectorSettings
+from tests.streams.test_app import FakeApp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,19 +107,9 @@ def test_opening_the_sink_fails_at_once_for_other_errors_and_after_the_wait() ->
         components._open_sink_waiting(held, threading.Event(), wait_s=0.6)
 
 
-class _App:
-    def __init__(self) -> None:
-        self.crashed: list[BaseException] = []
-        self.event = asyncio.Event()
-
-    async def crash(self, error: BaseException) -> None:
-        self.crashed.append(error)
-        self.event.set()
-
-
 def test_a_child_that_exits_crashes_the_worker() -> None:
     async def scenario() -> list[BaseException]:
-        app = _App()
+        app = FakeApp()
         service = ChildProcessService("sink", "{}", app, argv=[sys.executable, "-c", "raise SystemExit(3)"])  # type: ignore[arg-type]
         await service.on_start()
         await asyncio.wait_for(app.event.wait(), timeout=30)
@@ -138,7 +129,7 @@ def test_stop_terminates_the_child_gracefully_and_does_not_crash(tmp_path: Path)
     )
 
     async def scenario() -> tuple[list[BaseException], int | None]:
-        app = _App()
+        app = FakeApp()
         service = ChildProcessService("detector", "{}", app, argv=[sys.executable, "-c", child])  # type: ignore[arg-type]
         await service.on_start()
         await asyncio.sleep(1.0)  # the child installs its handler

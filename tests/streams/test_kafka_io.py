@@ -47,3 +47,14 @@ def test_commit_quietly_says_whether_the_commit_went_through() -> None:
     failing = _Consumer(KafkaException("coordinator not available"))
     assert commit_quietly(failing, ["tp"]) is False  # type: ignore[arg-type, list-item]
     assert failing.calls == [["tp"]]
+
+
+def test_group_consumers_commit_by_hand_and_heartbeat_well_inside_the_session() -> None:
+    from streams.kafka_io import group_consumer_config
+
+    for session_ms in (2, 6_000, 45_000):
+        config = group_consumer_config("g", session_ms)
+        assert config["group.id"] == "g" and config["enable.auto.commit"] is False
+        assert config["auto.offset.reset"] == "earliest"
+        assert 1 <= config["heartbeat.interval.ms"] <= max(1, session_ms // 3) and config["heartbeat.interval.ms"] <= 3_000
+        assert config["session.timeout.ms"] == session_ms
