@@ -17,7 +17,9 @@ worker process (``SinkConsumer.run`` as a thread) rather than as a second proces
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from sinks.ddl import apply_schema
 from sinks.errors import (
     SinkBackpressureError,
     SinkConfigError,
+    SinkEngineBusyError,
     SinkError,
     SinkFatalError,
     SinkRejectedError,
@@ -96,6 +99,7 @@ def open_client(target: SinkTarget | str, *, database: str | None = None) -> Any
     a process can open one path only (``SinkConfigError`` otherwise).
 
     Raises:
+        SinkEngineBusyError: another process holds the chDB data directory.
         SinkConfigError: bad URL, or a second chDB path in this process.
         SinkRetryableError: the server does not answer.
     """
@@ -118,15 +122,37 @@ def open_client(target: SinkTarget | str, *, database: str | None = None) -> Any
             compress=False,
         )
     except ProgrammingError as error:
+        if target.embedded and _locked_by_another_process(Path(target.path)):
+            raise SinkEngineBusyError(
+                f"cannot open {target.describe()}: another process holds its data directory (chDB opens a"
+                " directory in one process only: stop the other, or wait for it to stop)"
+            ) from error
         hint = ""
-        if "Cannot lock file" in str(error) or "already initialized with path" in str(error):
-            hint = (
-                " (chDB opens one data directory per process and one directory per process: another process"
-                " holds it, or this one opened another path; run the sink inside the worker, or stop the other)"
-            )
+        if "already initialized with path" in str(error):
+            hint = " (chDB opens one data directory per process: this process opened another path)"
         raise SinkConfigError(f"cannot open {target.describe()}: {error}{hint}") from error
     except (ClickHouseError, OSError) as error:
         raise classify(error) from error
+
+
+def _locked_by_another_process(path: Path) -> bool:
+    """Whether the engine's lock on ``path/status`` is held (asked after a failed open: chDB reports
+    that case only as "Error initializing EmbeddedServer", the reason goes to stderr)."""
+    try:
+        descriptor = os.open(path / "status", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(descriptor)
 
 
 class ClickHouseSink(BatchingSink):

@@ -48,6 +48,10 @@ class SinkConfigError(SinkError, ValueError):
     """A sink URL or setting that cannot work (unknown scheme, bad database name)."""
 
 
+class SinkEngineBusyError(SinkConfigError):
+    """Another process holds the embedded engine's data directory (it may be stopping: try again later)."""
+
+
 class UnconvertibleRecordError(SinkError, ValueError):
     """Records of a batch that cannot be turned into rows (undecodable body, missing field, wrong type).
 

@@ -36,7 +36,6 @@ from pydantic import BaseModel, SecretStr
 logger = logging.getLogger(__name__)
 
 SPEC_ENV = "RELOADTRACE_COMPONENT_SPEC"
-COMPONENTS = ("sink", "detector")
 _ENGINE_LOCK_WAIT_S = 60.0
 _PARENT_POLL_S = 1.0
 _PR_SET_PDEATHSIG = 1
@@ -87,15 +86,14 @@ def _log_stats(stop: threading.Event, component: str, stats: Callable[[], Any]) 
 
 def _open_sink_waiting(open_sink: Callable[[], Any], stop: threading.Event, wait_s: float = _ENGINE_LOCK_WAIT_S) -> Any:
     """``open_sink()``, retried while another process still holds the embedded engine's directory."""
-    from sinks.errors import SinkConfigError
+    from sinks.errors import SinkEngineBusyError
 
     deadline = time.monotonic() + wait_s
     while True:
         try:
             return open_sink()
-        except SinkConfigError as error:
-            held = "another process holds it" in str(error) or "Cannot lock file" in str(error)
-            if not held or time.monotonic() >= deadline or stop.is_set():
+        except SinkEngineBusyError as error:
+            if time.monotonic() >= deadline or stop.is_set():
                 raise
             logger.info("waiting for the engine's data directory (held by a stopping process): %s", error)
             time.sleep(0.5)
@@ -130,6 +128,7 @@ def _run_detector(document: dict[str, Any], stop: threading.Event) -> None:
 
 
 _RUNNERS = {"sink": _run_sink, "detector": _run_detector}
+COMPONENTS = tuple(_RUNNERS)
 
 
 def main(argv: list[str] | None = None) -> int:

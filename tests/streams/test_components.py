@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from pydantic import SecretStr
 
 from schemas.settings import KafkaSettings
-from sinks.errors import SinkConfigError
+from sinks.errors import SinkConfigError, SinkEngineBusyError
 from sinks.settings import SinkSettings
 from streams import components
 from streams.app import ChildProcessService
@@ -80,7 +80,7 @@ def test_opening_the_sink_waits_while_another_process_holds_the_engine() -> None
     def open_sink() -> str:
         attempts.append(time.monotonic())
         if len(attempts) < 3:
-            raise SinkConfigError("cannot open chdb://x: Cannot lock file (... another process holds it ...)")
+            raise SinkEngineBusyError("cannot open chdb://x: another process holds its data directory")
         return "opened"
 
     import threading
@@ -101,10 +101,44 @@ def test_opening_the_sink_fails_at_once_for_other_errors_and_after_the_wait() ->
     assert time.monotonic() - started < 1
 
     def held() -> None:
-        raise SinkConfigError("Cannot lock file")
+        raise SinkEngineBusyError("Cannot lock file")
 
     with pytest.raises(SinkConfigError, match="lock"):
         components._open_sink_waiting(held, threading.Event(), wait_s=0.6)
+
+
+def test_a_sink_child_waits_for_the_directory_a_stopping_process_still_holds(tmp_path: Path) -> None:
+    url = f"chdb://{tmp_path / 'chdb'}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            f"from sinks.clickhouse import open_client; client = open_client({url!r}); print('held', flush=True);"
+            " import time; time.sleep(4)"
+        )],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code = (
+            "import sys, threading, time\n"
+            "from sinks.clickhouse import open_client\n"
+            "from sinks.errors import SinkEngineBusyError\n"
+            "from streams.components import _open_sink_waiting\n"
+            "try:\n"
+            "    open_client(sys.argv[1])\n"
+            "except SinkEngineBusyError:\n"
+            "    print('busy')\n"
+            "started = time.monotonic()\n"
+            "_open_sink_waiting(lambda: open_client(sys.argv[1]), threading.Event(), wait_s=60)\n"
+            "print('opened after', round(time.monotonic() - started, 1))\n"
+        )
+        waited = subprocess.run([sys.executable, "-c", code, url], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        lines = waited.stdout.split("\n")
+        assert lines[0] == "busy", waited.stdout + waited.stderr[-2000:]
+        assert lines[1].startswith("opened after"), waited.stdout + waited.stderr[-2000:]
+        assert holder.wait(30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
 
 
 def test_a_child_that_exits_crashes_the_worker() -> None:
