@@ -48,6 +48,8 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from schemas.errors import DecodeError
 from schemas.records import dead_letter
 from schemas.settings import KafkaSettings
+from schemas.topics import TopicNames
+from sinks.avro_blocks import TABLE_RECORDS
 from sinks.base import DEAD_LETTERS_TABLE, KafkaRows, SinkRecord
 from sinks.clickhouse import ClickHouseSink
 from sinks.errors import SinkError
@@ -58,6 +60,16 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_BATCH_SIZE = 10_000
 _DEFAULT_POLL_TIMEOUT_MS = 100
+
+
+def source_tables(topics: TopicNames) -> dict[str, str]:
+    """Topic -> table of everything the sink lands (the topics its consumer group reads)."""
+    return {
+        topics.spans_enriched: "spans_enriched",
+        topics.reloads: "reload_events",
+        topics.reload_anomalies: "anomalies",
+        topics.dead_letter: DEAD_LETTERS_TABLE,
+    }
 
 
 class SinkConsumerError(SinkError):
@@ -169,12 +181,8 @@ class SinkConsumer:
         self._monotonic = clock
         self._batch_size = batch_size
         self._poll_timeout_s = poll_timeout_ms / 1000
-        topics = kafka.topics
         self._tables = {
-            topics.spans_enriched: ("spans_enriched", kafka.codec("EnrichedSpan")),
-            topics.reloads: ("reload_events", kafka.codec("ReloadEvent")),
-            topics.reload_anomalies: ("anomalies", kafka.codec("Anomaly")),
-            topics.dead_letter: (DEAD_LETTERS_TABLE, kafka.codec("DeadLetter")),
+            topic: (table, kafka.codec(TABLE_RECORDS[table])) for topic, table in source_tables(kafka.topics).items()
         }
         self._header_len: dict[str, int] = {topic: 0 for topic in self._tables}  # learnt from the first split
         self._known_headers: dict[str, dict[bytes, Any]] = {topic: {} for topic in self._tables}

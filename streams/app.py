@@ -35,6 +35,11 @@ def _faust_broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{server}" for server in bootstrap_servers.split(","))
 
 
+def _crash_from_thread(loop: asyncio.AbstractEventLoop, app: faust.App, error: BaseException) -> None:
+    """Crash ``app`` with ``error`` from a thread other than the loop's (the worker then exits non-zero)."""
+    loop.call_soon_threadsafe(lambda: asyncio.ensure_future(app.crash(error)))
+
+
 class ThreadService(mode.Service):
     """Runs a blocking ``run(stop_event)`` callable in a thread for the lifetime of the app.
 
@@ -61,8 +66,7 @@ class ThreadService(mode.Service):
                 self._target(self._stop_event)
             except BaseException as error:  # noqa: BLE001 - handed to the app, which crashes
                 logger.exception("%s failed", self._thread_name)
-                # Bind the error now: the name is unbound once the except block ends.
-                loop.call_soon_threadsafe(lambda failure=error: asyncio.ensure_future(self._app.crash(failure)))
+                _crash_from_thread(loop, self._app, error)
 
         self._thread = threading.Thread(target=run, name=self._thread_name, daemon=True)
         self._thread.start()
@@ -122,7 +126,7 @@ class ChildProcessService(mode.Service):
             if not self._stopping:
                 failure = RuntimeError(f"the {self._component} process exited with code {code} (its log is above)")
                 logger.error("%s", failure)
-                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._app.crash(failure)))
+                _crash_from_thread(loop, self._app, failure)
 
         threading.Thread(target=watch, args=(self.process,), name=f"{self._component}-watch", daemon=True).start()
 
@@ -168,7 +172,7 @@ def create_app(
     if settings.detection_enabled:
         from streams.detection import DetectionSettings
 
-        detection, detector_settings = DetectionSettings(), _derived(DetectorSettings(), settings.group_id, "-detector")
+        detection, detector_settings = DetectionSettings(), _detector_settings(settings)
         if settings.component_processes:
             _add_child_process(app, "detector", kafka, detector_settings, detection)
         else:
@@ -176,9 +180,7 @@ def create_app(
             _add_thread_service(app, "regression-detector", detector.run)
             parts.append(("detector", lambda: detector.stats))
     if settings.sink_url:
-        from sinks.settings import SinkSettings
-
-        sink_settings = _derived(SinkSettings(url=settings.sink_url), settings.group_id, "-sink")
+        sink_settings = _sink_settings(settings)
         if settings.component_processes:
             _add_child_process(app, "sink", kafka, sink_settings)
         else:
@@ -225,13 +227,22 @@ def consumer_groups(kafka: KafkaSettings, settings: WorkerSettings) -> dict[str,
     topics = kafka.topics
     groups = {settings.group_id: [topics.spans]}
     if settings.detection_enabled:
-        groups[_derived(DetectorSettings(), settings.group_id, "-detector").group_id] = [topics.requests_by_service]
+        groups[_detector_settings(settings).group_id] = [topics.requests_by_service]
     if settings.sink_url:
-        from sinks.settings import SinkSettings
+        from sinks.consumer import source_tables
 
-        sink_group = _derived(SinkSettings(url=settings.sink_url), settings.group_id, "-sink").group_id
-        groups[sink_group] = [topics.spans_enriched, topics.reloads, topics.reload_anomalies, topics.dead_letter]
+        groups[_sink_settings(settings).group_id] = list(source_tables(topics))
     return groups
+
+
+def _detector_settings(settings: WorkerSettings) -> DetectorSettings:
+    return _derived(DetectorSettings(), settings.group_id, "-detector")
+
+
+def _sink_settings(settings: WorkerSettings) -> Any:
+    from sinks.settings import SinkSettings
+
+    return _derived(SinkSettings(url=settings.sink_url), settings.group_id, "-sink")
 
 
 def _derived(component_settings: Any, worker_group_id: str, suffix: str) -> Any:
