@@ -35,7 +35,7 @@ from sinks.clickhouse import ClickHouseSink, open_client
 from sinks.consumer import SinkConsumer
 from sinks.ddl import apply_schema
 from sinks.settings import SinkSettings
-from sinks.testing import enriched_spans
+from sinks.testing import FakeMessage, enriched_spans
 
 ROWS = int(os.environ.get("BENCH_SINK_ROWS", "400000"))
 TARGET_ROWS_PER_S = 200_000
@@ -228,31 +228,6 @@ def main() -> str:
     return "\n".join(lines)
 
 
-class _FakeMessage:
-    __slots__ = ("_offset", "_partition", "_topic", "_value")
-
-    def __init__(self, topic: str, value: bytes, partition: int, offset: int) -> None:
-        self._topic, self._value, self._partition, self._offset = topic, value, partition, offset
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def key(self) -> None:
-        return None
-
-    def value(self) -> bytes:
-        return self._value
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-
 def in_process_python(messages: list[bytes], codec: Any) -> None:
     """What the consumer does in Python for these messages, with no Kafka and no engine (inserts are no-ops)."""
 
@@ -266,7 +241,7 @@ def in_process_python(messages: list[bytes], codec: Any) -> None:
     sink = ClickHouseSink(settings, client=NoEngine(), apply_ddl=False)
     consumer = SinkConsumer(KafkaSettings(topic_prefix=""), settings, sink=sink)
     topic = KafkaSettings(topic_prefix="").topics.spans_enriched
-    fake = [_FakeMessage(topic, value, index % PARTITIONS, index // PARTITIONS) for index, value in enumerate(messages)]
+    fake = [FakeMessage(topic, index % PARTITIONS, index // PARTITIONS, value) for index, value in enumerate(messages)]
     consumer._open_writers(sink)
     consumer._commit = lambda: None  # type: ignore[method-assign]
     try:

@@ -20,35 +20,12 @@ from sinks.base import DEAD_LETTERS_TABLE, KafkaRows, SinkBatch, dedup_token
 from sinks.consumer import SinkConsumer, SinkConsumerError
 from sinks.errors import SinkFatalError
 from sinks.settings import SinkSettings
-from sinks.testing import ListSink, enriched_spans
+from sinks.testing import FakeMessage, ListSink, enriched_spans
 
 KAFKA = KafkaSettings(topic_prefix="")
 TOPIC = KAFKA.topics.spans_enriched
 CODEC = codec_for("EnrichedSpan")
 VALUES = [CODEC.encode(span) for span in enriched_spans(40, seed=5)]
-
-
-class FakeMessage:
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = b"k") -> None:
-        self._topic, self._partition, self._offset, self._value, self._key = topic, partition, offset, value, key
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return self._key
 
 
 def span(partition: int, offset: int) -> FakeMessage:
@@ -219,7 +196,7 @@ def test_a_stop_drains_the_open_batch_and_every_flush_in_flight() -> None:
 
 def test_undecodable_messages_become_dead_letters_and_their_offsets_are_committed() -> None:
     consumer, kafka, _log, stop, thread, errors = start(
-        [[span(0, 0), FakeMessage(TOPIC, 0, 1, b"junk"), FakeMessage(TOPIC, 0, 2, None), span(0, 3)]]
+        [[span(0, 0), FakeMessage(TOPIC, 0, 1, b"junk", b"k"), FakeMessage(TOPIC, 0, 2, None, b"k"), span(0, 3)]]
     )
     try:
         wait_until(lambda: bool(kafka.commits), "the commit")
