@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from sinks.clickhouse import ClickHouseSink
 from sinks.consumer import SinkConsumer
 from sinks.settings import SinkSettings
 from sinks.testing import BASE_TIME_UNIX_NANO, enriched_spans
+from tests.threads import start_stoppable
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -106,17 +106,7 @@ def test_duplicate_deliveries_and_poison_messages_land_exactly_once(kafka_settin
     group = f"sink-{uuid.uuid4().hex[:8]}"
     settings = SinkSettings(url=f"chdb://{tmp_path / 'chdb'}", flush_rows=700, flush_interval_ms=200, group_id=group)
     consumer = SinkConsumer(kafka_settings, settings, batch_size=400)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            consumer.run(stop)
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-
-    thread = threading.Thread(target=run, name="sink")
-    thread.start()
+    thread, stop, errors = start_stoppable(consumer.run, name="sink")
     try:
         wait_for(lambda: consumer.stats.messages >= total or bool(errors), 90, "every message to be consumed")
     finally:

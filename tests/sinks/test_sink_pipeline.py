@@ -21,6 +21,7 @@ from sinks.consumer import SinkConsumer, SinkConsumerError
 from sinks.errors import SinkFatalError
 from sinks.settings import SinkSettings
 from sinks.testing import FakeMessage, ListSink, enriched_spans
+from tests.threads import start_stoppable
 
 KAFKA = KafkaSettings(topic_prefix="")
 TOPIC = KAFKA.topics.spans_enriched
@@ -94,17 +95,7 @@ def start(
     consumer = SinkConsumer(
         KAFKA, settings, sink=next(sinks), consumer_factory=lambda config: kafka, writer_factory=lambda: next(sinks)  # type: ignore[arg-type,return-value]
     )
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            consumer.run(stop)
-        except BaseException as error:  # noqa: BLE001 - the tests look at it
-            errors.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread, stop, errors = start_stoppable(consumer.run)
     return consumer, kafka, log, stop, thread, errors
 
 

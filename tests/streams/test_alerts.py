@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 from schemas.settings import KafkaSettings
 from streams.alerts import AlertConsumer, AlertError, AlertSettings, RollbackHook, WebhookSender
 from streams.detection import anomaly_id
+from tests.threads import start_stoppable
 
 
 class Hook:
@@ -192,17 +193,7 @@ def produce_anomalies(kafka: KafkaSettings, records: list[dict]) -> None:
 
 
 def run_consumer(consumer: AlertConsumer) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
-    stop, errors = threading.Event(), []
-
-    def run() -> None:
-        try:
-            consumer.run(stop)
-        except BaseException as error:  # noqa: BLE001 - surfaced by the test
-            errors.append(error)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, stop, errors
+    return start_stoppable(consumer.run)
 
 
 def wait_for(condition, timeout_s: float = 30.0) -> bool:

@@ -8,7 +8,6 @@ that the Avro anomalies on ``reload.anomalies`` are exactly what the offline rep
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 import uuid
 
@@ -24,6 +23,7 @@ from streams.settings import WorkerSettings
 from streams.timeline import VersionTimeline
 from tests.streams.test_detection_simulated import scenario
 from tests.streams.test_detector_kafka import AnomalyReader, key, start
+from tests.threads import start_stoppable
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -51,17 +51,7 @@ def test_enricher_feed_and_detector_give_the_offline_anomalies(kafka_settings: K
         WorkerSettings(group_id=f"enr-{uuid.uuid4().hex}", grace_period_ms=400, sink_url=None),
         timeline_factory=VersionTimeline,
     )
-    enricher_stop = threading.Event()
-    enricher_errors: list[BaseException] = []
-
-    def run_enricher() -> None:
-        try:
-            enricher.run(enricher_stop)
-        except BaseException as error:  # noqa: BLE001 - surfaced by the test
-            enricher_errors.append(error)
-
-    enricher_thread = threading.Thread(target=run_enricher, daemon=True)
-    enricher_thread.start()
+    enricher_thread, enricher_stop, enricher_errors = start_stoppable(enricher.run)
     detector = StreamingDetector(
         kafka_settings,
         DetectionSettings(),

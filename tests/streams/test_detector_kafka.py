@@ -15,6 +15,7 @@ from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, detect_offline
 from streams.detector import DetectorSettings, StreamingDetector, parse_message
 from tests.streams.test_detect_traffic import EPOCH_NS, NANOS_PER_S, Traffic, generate
+from tests.threads import start_stoppable
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -72,17 +73,7 @@ class AnomalyReader:
 
 
 def start(detector: StreamingDetector) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
-    stop, errors = threading.Event(), []
-
-    def run() -> None:
-        try:
-            detector.run(stop)
-        except BaseException as error:  # noqa: BLE001 - surfaced by the test
-            errors.append(error)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, stop, errors
+    return start_stoppable(detector.run)
 
 
 def key(record: dict) -> tuple[str, str]:
