@@ -11,10 +11,18 @@ timed from the first message read to the commit of the last one (the group join 
 The limits, from the same run and the same rows, with no Kafka and no Python per row: the same Avro
 containers inserted straight (one client, then two clients at once), the rows as Arrow tables into
 ``spans_enriched`` (same table, same views; one and two clients) and into a bare copy (no views).
+
+Where the CPU goes: during the sink-ingest run the CPU of every thread of this process is read from
+``/proc/self/task`` and grouped by what the thread does (the writers' inserts with the engine's query
+threads, the engine's background merges, the consumer's Python thread, librdkafka), and the broker's
+process CPU over the same window is read with psutil (found by its listening port). Their sum per row,
+against the machine's cores, is the most this machine can ingest at that cost. The engine's own cost per
+row is also measured with its background merges included (2 clients, waiting for the merges to end).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import tempfile
@@ -22,8 +30,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import psutil
 from confluent_kafka import Producer
 
 from infra.kafka import create_topics
@@ -68,6 +79,79 @@ def in_parallel(clients: Sequence[Any], jobs: Sequence[Callable[[Any], None]]) -
         thread.join()
 
 
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of each live thread of this process by native id, with its OS name (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    threads: dict[int, tuple[str, float]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            threads[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    return threads
+
+
+def cpu_by_role(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], python_roles: dict[int, str]
+) -> dict[str, float]:
+    """CPU seconds spent between two :func:`thread_cpu` snapshots, by role.
+
+    Python threads are named by ``python_roles`` (native id -> role); the others by the names the
+    engine (ClickHouse: ``MergeMutate`` merges, pool threads running a query's pipeline) and
+    librdkafka (``rdk:*``) give their threads.
+    """
+    roles: dict[str, float] = {}
+    for tid, (name, seconds) in after.items():
+        spent = seconds - before.get(tid, (name, 0.0))[1]
+        if tid in python_roles:
+            role = python_roles[tid]
+        elif name.startswith("MergeMutate"):
+            role = MERGES
+        elif name.startswith("rdk:"):
+            role = LIBRDKAFKA
+        elif name.startswith(("ThreadPool", "QueryPipelineEx", "QueryPullPipeEx", "QueryPushPipeEx")):
+            role = INSERTS
+        else:
+            role = OTHER
+        roles[role] = roles.get(role, 0.0) + spent
+    return roles
+
+
+INSERTS = "engine: inserts (writer threads, the engine's query threads)"
+MERGES = "engine: background merges"
+CONSUMER = "consumer thread (Python: consume, header check, batching, commits)"
+LIBRDKAFKA = "librdkafka threads (fetch, decompression)"
+OTHER = "other threads of the process (the benchmark's own loop, chDB housekeeping)"
+BROKER = "the broker (another process on the same cores)"
+
+
+def broker_process(bootstrap: str) -> psutil.Process | None:
+    """The process listening on the bootstrap port, when it runs on this machine."""
+    port = int(bootstrap.rsplit(":", 1)[1])
+    with contextlib.suppress(psutil.Error, OSError):
+        for connection in psutil.net_connections(kind="tcp"):
+            if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+                return psutil.Process(connection.pid)
+    return None
+
+
+def process_cpu(process: psutil.Process | None) -> float:
+    if process is None:
+        return 0.0
+    with contextlib.suppress(psutil.Error):
+        times = process.cpu_times()
+        return times.user + times.system
+    return 0.0
+
+
+def wait_for_merges(client: Any, timeout_s: float = 120) -> None:
+    """Until the engine runs no background merge (so one measurement's merges do not bill the next)."""
+    deadline = time.monotonic() + timeout_s
+    time.sleep(0.2)
+    while client.command("SELECT count() FROM system.merges") and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 class _TimedConsumer(SinkConsumer):
     """The sink consumer, noting when the first message came and when each commit went out."""
 
@@ -104,11 +188,26 @@ def fill_topic(bootstrap: str, messages: list[bytes]) -> KafkaSettings:
     return kafka
 
 
-def consume_all(kafka: KafkaSettings, directory: str, *, writers: int) -> tuple[float, float, ClickHouseSink, int]:
-    """(wall s from first message to last commit, CPU s over the same span, the open sink, flushes)."""
+@dataclass
+class Consumed:
+    """One timed run of the sink consumer: from its first message to its last commit."""
+
+    wall: float
+    cpu: float
+    sink: ClickHouseSink
+    flushes: int
+    roles: dict[str, float]
+    """CPU seconds over the same window by role (see :func:`cpu_by_role`), the broker's included."""
+
+
+def consume_all(kafka: KafkaSettings, directory: str, *, writers: int) -> Consumed:
+    """Run the sink consumer over the whole pre-filled topic, timed from its first message to its last commit."""
     settings = SinkSettings(
-        url=f"chdb://{directory}", database="bench_sink", group_id=f"bench-sink-{uuid.uuid4().hex[:6]}",
-        writers=writers, flush_rows=FLUSH_ROWS
+        url=f"chdb://{directory}",
+        database="bench_sink",
+        group_id=f"bench-sink-{uuid.uuid4().hex[:6]}",
+        writers=writers,
+        flush_rows=FLUSH_ROWS,
     )
     consumer = _TimedConsumer(kafka, settings)
     _ = consumer.sink  # opens the engine and applies the DDL before the clock starts
@@ -122,22 +221,41 @@ def consume_all(kafka: KafkaSettings, directory: str, *, writers: int) -> tuple[
         except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
+    broker = broker_process(kafka.bootstrap_servers)
     gc.collect()
     thread = threading.Thread(target=run, name="sink")
     thread.start()
     deadline = time.monotonic() + 300
+    threads_at_first: dict[int, tuple[str, float]] = {}
+    broker_at_first = 0.0
     while time.monotonic() < deadline and not errors:
         if consumer.first_message is not None and not cpu_at_first:
             cpu_at_first.append(time.process_time())
+            threads_at_first, broker_at_first = thread_cpu(), process_cpu(broker)
         if consumer.stats.rows_flushed >= ROWS and consumer.last_commit is not None:
             break
         time.sleep(0.002)
     cpu_end = time.process_time()
+    threads_at_end, broker_at_end = thread_cpu(), process_cpu(broker)  # before the writer threads end
+    python_roles = {
+        live.native_id: INSERTS if live.name.startswith("sink-writer") else CONSUMER if live is thread else OTHER
+        for live in threading.enumerate()
+        if live.native_id is not None
+    }
     stop.set()
     thread.join(60)
     assert not errors, errors
     assert consumer.stats.rows_flushed == ROWS and consumer.first_message and consumer.last_commit
-    return consumer.last_commit - consumer.first_message, cpu_end - cpu_at_first[0], consumer.sink, consumer.stats.flushes
+    roles = cpu_by_role(threads_at_first, threads_at_end, python_roles)
+    if broker is not None:
+        roles[BROKER] = broker_at_end - broker_at_first
+    return Consumed(
+        consumer.last_commit - consumer.first_message,
+        cpu_end - cpu_at_first[0],
+        consumer.sink,
+        consumer.stats.flushes,
+        roles,
+    )
 
 
 def main() -> str:
@@ -147,16 +265,23 @@ def main() -> str:
     kafka = fill_topic(bootstrap, messages)
     results: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as directory:
-        wall, cpu, sink, flushes = consume_all(kafka, directory, writers=WRITERS)
-        results["sink"] = (wall, cpu)
+        consumed = consume_all(kafka, directory, writers=WRITERS)
+        sink, flushes = consumed.sink, consumed.flushes
+        results["sink"] = (consumed.wall, consumed.cpu)
         try:
             assert sink.count("spans_enriched") == ROWS
-            one_wall, one_cpu, _sink, _ = consume_all(kafka, directory, writers=1)
-            results["sink1"] = (one_wall, one_cpu)
+            wait_for_merges(sink.client)
+            one = consume_all(kafka, directory, writers=1)
+            results["sink1"] = (one.wall, one.cpu)
             client = sink.client
             schema, header = codec.split(messages[0])
-            containers = [container(schema, [m[header:] for m in messages[i : i + FLUSH_ROWS]]) for i in range(0, ROWS, FLUSH_ROWS)]
-            arrow = client.query_arrow("SELECT * EXCEPT (inserted_at) FROM bench_sink.spans_enriched FINAL", use_strings=True)
+            containers = [
+                container(schema, [m[header:] for m in messages[i : i + FLUSH_ROWS]])
+                for i in range(0, ROWS, FLUSH_ROWS)
+            ]
+            arrow = client.query_arrow(
+                "SELECT * EXCEPT (inserted_at) FROM bench_sink.spans_enriched FINAL", use_strings=True
+            )
             arrows = [arrow.slice(i, FLUSH_ROWS) for i in range(0, ROWS, FLUSH_ROWS)]
             clients = [client, open_client(f"chdb://{directory}")]
             for name, count in (("avro1", 1), ("avro2", 2), ("arrow1", 1), ("arrow2", 2), ("bare", 1)):
@@ -167,9 +292,15 @@ def main() -> str:
                     client.command(f"CREATE TABLE {database}.bare AS {database}.spans_enriched")
                 if name.startswith("avro"):
                     jobs = [
-                        (lambda c, i=i, b=b, d=database: c.raw_insert(
-                            f"{d}.spans_enriched_avro", None, b, fmt="Avro",
-                            settings=_SAME_AS_THE_SINK | {"insert_deduplication_token": f"{d}-{i}"}))
+                        (
+                            lambda c, i=i, b=b, d=database: c.raw_insert(
+                                f"{d}.spans_enriched_avro",
+                                None,
+                                b,
+                                fmt="Avro",
+                                settings=_SAME_AS_THE_SINK | {"insert_deduplication_token": f"{d}-{i}"},
+                            )
+                        )
                         for i, b in enumerate(containers)
                     ]
                 else:
@@ -178,7 +309,12 @@ def main() -> str:
                         (lambda c, a=a, d=database, t=table: c.insert_arrow(f"{d}.{t}", a, settings=_SAME_AS_THE_SINK))
                         for a in arrows
                     ]
+                wait_for_merges(client)
                 results[name] = timed(lambda jobs=jobs, count=count: in_parallel(clients[:count], jobs))
+                if name == "avro2":  # the same inserts with the CPU of the merges they cause
+                    merges_cpu = time.process_time()
+                    wait_for_merges(client)
+                    results["avro2_merged"] = (results[name][0], results[name][1] + time.process_time() - merges_cpu)
                 table = "bare" if name == "bare" else "spans_enriched"
                 assert client.command(f"SELECT count() FROM {database}.{table}") == ROWS
             clients[1].close()
@@ -194,6 +330,11 @@ def main() -> str:
 
     sink_rate = ROWS / results["sink"][0]
     avro2 = ROWS / results["avro2"][0]
+    cores = os.cpu_count() or 1
+    per_row = {role: seconds / ROWS * 1e6 for role, seconds in consumed.roles.items()}
+    total_us = sum(per_row.values())
+    engine_us = results["avro2_merged"][1] / ROWS * 1e6
+    budget = [f"| {role} | {us:.2f} |" for role, us in sorted(per_row.items(), key=lambda item: -item[1])]
     lines = [
         "## ClickHouse sink (embedded chDB)",
         "",
@@ -218,6 +359,20 @@ def main() -> str:
             f"Target: >= {TARGET_ROWS_PER_S:,} rows/s: {'met' if sink_rate >= TARGET_ROWS_PER_S else 'NOT met'}"
             f" ({sink_rate / TARGET_ROWS_PER_S:.0%} of it); the sink runs at {sink_rate / avro2:.0%} of the engine's"
             " own rate for the same containers on 2 clients."
+        ),
+        "",
+        f"Where the CPU of the sink-ingest run went, per row ({cores} cores on this machine):",
+        "",
+        "| role | CPU µs per row |",
+        "|---|---:|",
+        *budget,
+        f"| **total** | **{total_us:.2f}** |",
+        "",
+        (
+            f"At that cost {cores} cores ingest at most {cores / total_us * 1e6:,.0f} rows/s. The engine alone (the same"
+            f" containers on 2 clients, no Kafka, no Python per row) costs {engine_us:.2f} µs of CPU per row once the"
+            f" background merges its inserts cause are counted: {cores / engine_us * 1e6:,.0f} rows/s on {cores} cores"
+            " with nothing else running."
         ),
         "",
         (
