@@ -51,8 +51,9 @@ TARGET_P99_FRESHNESS_S = 5.0
 TARGET_RSS_MB = 500
 
 
-def _spans(count: int, start_unix_nano: int) -> list[dict]:
-    """``count`` realistic spans: one simulation, repeated with fresh ids and shifted in time."""
+def realistic_spans(count: int, start_unix_nano: int) -> tuple[list[dict], list]:
+    """``count`` realistic spans and the reloads of their first minute: one simulation, repeated with fresh ids and
+    shifted in time (the sink benchmark uses them too)."""
     from gateway.simulator import SimulationConfig, simulate
 
     base = simulate(
@@ -243,7 +244,7 @@ def _run_until_landed(kafka: KafkaSettings, directory: Path, group_id: str, feed
 
 
 def throughput(bootstrap: str, directory: Path) -> dict:
-    spans, reloads = _spans(SPANS, time.time_ns() - 600 * 10**9)
+    spans, reloads = realistic_spans(SPANS, time.time_ns() - 600 * 10**9)
     # Sustained: the worker consumes while a producer (pre-encoded messages) writes as fast as it can.
     kafka = _fresh_kafka(bootstrap)
     _produce(kafka, [], reloads)
@@ -273,7 +274,7 @@ def throughput(bootstrap: str, directory: Path) -> dict:
 
 def freshness(bootstrap: str, directory: Path) -> dict:
     kafka = _fresh_kafka(bootstrap)
-    template, reloads = _spans(FRESHNESS_RATE, time.time_ns())
+    template, reloads = realistic_spans(FRESHNESS_RATE, time.time_ns())
     group_id = f"bench-{uuid.uuid4().hex[:6]}"
     worker = _worker(kafka, directory, group_id)
     producer = Producer(kafka.confluent_config() | {"linger.ms": 5})

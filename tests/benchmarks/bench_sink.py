@@ -12,6 +12,10 @@ The limits, from the same run and the same rows, with no Kafka and no Python per
 containers inserted straight (one client, then two clients at once), the rows as Arrow tables into
 ``spans_enriched`` (same table, same views; one and two clients) and into a bare copy (no views).
 
+Realistic rows: the same sink run once more over spans of the gateway simulator (the end-to-end benchmark's),
+enriched by the real enrichment core against the simulation's reloads, as the enricher would produce them
+(LZ4-compressed batches): ~1.6 KB and ~20 attributes per row, every component's version in the three maps.
+
 Where the CPU goes: during the sink-ingest run the CPU of every thread of this process is read from
 ``/proc/self/task`` and grouped by what the thread does (the writers' inserts with the engine's query
 threads, the engine's background merges, the consumer's Python thread, librdkafka), and the broker's
@@ -49,6 +53,7 @@ from sinks.settings import SinkSettings
 from sinks.testing import FakeMessage, enriched_spans
 
 ROWS = int(os.environ.get("BENCH_SINK_ROWS", "400000"))
+REALISTIC_ROWS = int(os.environ.get("BENCH_SINK_REALISTIC_ROWS", "200000"))
 TARGET_ROWS_PER_S = 200_000
 PARTITIONS = 4
 DEFAULTS = SinkSettings()
@@ -169,11 +174,26 @@ class _TimedConsumer(SinkConsumer):
             self.last_commit = time.perf_counter()
 
 
-def fill_topic(bootstrap: str, messages: list[bytes]) -> KafkaSettings:
+def realistic_messages(count: int, codec: Any) -> list[bytes]:
+    """``count`` EnrichedSpan messages of the simulator's traffic, enriched by the real core (as the enricher would)."""
+    from streams.enrichment import enrich
+    from streams.timeline import VersionTimeline
+    from tests.benchmarks.bench_e2e import realistic_spans
+
+    spans, reloads = realistic_spans(count, time.time_ns() - 3_600 * 10**9)
+    timeline = VersionTimeline()
+    for reload in reloads:
+        timeline.add(reload)
+    return [codec.encode(enrich(span, timeline)) for span in spans]
+
+
+def fill_topic(bootstrap: str, messages: list[bytes], *, compression: str = "none") -> KafkaSettings:
     prefix = f"benchsink{uuid.uuid4().hex[:6]}."
     create_topics(bootstrap, TopicNames(prefix).with_configs(), partitions=PARTITIONS)
     kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=PARTITIONS)
-    producer = Producer(kafka.confluent_config() | {"linger.ms": 20, "batch.size": 1_000_000})
+    producer = Producer(
+        kafka.confluent_config() | {"linger.ms": 20, "batch.size": 1_000_000, "compression.type": compression}
+    )
     topic = kafka.topics.spans_enriched
     for index, value in enumerate(messages):
         while True:
@@ -200,11 +220,13 @@ class Consumed:
     """CPU seconds over the same window by role (see :func:`cpu_by_role`), the broker's included."""
 
 
-def consume_all(kafka: KafkaSettings, directory: str, *, writers: int) -> Consumed:
+def consume_all(
+    kafka: KafkaSettings, directory: str, *, writers: int, rows: int = ROWS, database: str = "bench_sink"
+) -> Consumed:
     """Run the sink consumer over the whole pre-filled topic, timed from its first message to its last commit."""
     settings = SinkSettings(
         url=f"chdb://{directory}",
-        database="bench_sink",
+        database=database,
         group_id=f"bench-sink-{uuid.uuid4().hex[:6]}",
         writers=writers,
         flush_rows=FLUSH_ROWS,
@@ -232,7 +254,7 @@ def consume_all(kafka: KafkaSettings, directory: str, *, writers: int) -> Consum
         if consumer.first_message is not None and not cpu_at_first:
             cpu_at_first.append(time.process_time())
             threads_at_first, broker_at_first = thread_cpu(), process_cpu(broker)
-        if consumer.stats.rows_flushed >= ROWS and consumer.last_commit is not None:
+        if consumer.stats.rows_flushed >= rows and consumer.last_commit is not None:
             break
         time.sleep(0.002)
     cpu_end = time.process_time()
@@ -245,7 +267,7 @@ def consume_all(kafka: KafkaSettings, directory: str, *, writers: int) -> Consum
     stop.set()
     thread.join(60)
     assert not errors, errors
-    assert consumer.stats.rows_flushed == ROWS and consumer.first_message and consumer.last_commit
+    assert consumer.stats.rows_flushed == rows and consumer.first_message and consumer.last_commit
     roles = cpu_by_role(threads_at_first, threads_at_end, python_roles)
     if broker is not None:
         roles[BROKER] = broker_at_end - broker_at_first
@@ -321,6 +343,16 @@ def main() -> str:
             # the consumer's work before the engine, alone: header check, batching, container bytes
             python_wall, python_cpu = timed(lambda: in_process_python(messages, codec))
             results["python"] = (python_wall, python_cpu)
+            realistic = realistic_messages(REALISTIC_ROWS, codec)
+            realistic_bytes = sum(map(len, realistic)) / len(realistic)
+            realistic_kafka = fill_topic(bootstrap, realistic, compression="lz4")
+            del realistic
+            wait_for_merges(client)
+            real = consume_all(
+                realistic_kafka, directory, writers=WRITERS, rows=REALISTIC_ROWS, database="bench_sink_realistic"
+            )
+            assert real.sink.count("spans_enriched") == REALISTIC_ROWS
+            real.sink.close()
         finally:
             sink.close()
 
@@ -353,6 +385,11 @@ def main() -> str:
         f"| limit: the rows as Arrow into `spans_enriched` (same 2 views), 1 client | {rate('arrow1')} |",
         f"| limit: the rows as Arrow into `spans_enriched` (same 2 views), 2 clients at once | {rate('arrow2')} |",
         f"| limit: the rows as Arrow into a bare copy (no views), 1 client | {rate('bare')} |",
+        (
+            f"| sink ingest of realistic rows (the simulator's enriched spans, {realistic_bytes:,.0f} B per message,"
+            f" LZ4 batches; {REALISTIC_ROWS:,} rows, {WRITERS} writers) | {REALISTIC_ROWS / real.wall:,.0f} |"
+            f" {REALISTIC_ROWS / real.cpu:,.0f} |"
+        ),
         f"| the consumer's Python per row alone (header check, batch, container bytes; no Kafka, no engine) | {rate('python')} |",
         "",
         (
@@ -377,7 +414,8 @@ def main() -> str:
         "",
         (
             "Command: `KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 .venv/bin/python -m tests.benchmarks.bench_sink`"
-            " (`BENCH_SINK_ROWS` sets the row count, `BENCH_SINK_FLUSH_ROWS` and `BENCH_SINK_WRITERS` the sink's)."
+            " (`BENCH_SINK_ROWS` and `BENCH_SINK_REALISTIC_ROWS` set the row counts, `BENCH_SINK_FLUSH_ROWS` and"
+            " `BENCH_SINK_WRITERS` the sink's)."
         ),
     ]
     return "\n".join(lines)
