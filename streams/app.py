@@ -236,7 +236,11 @@ def consumer_groups(kafka: KafkaSettings, settings: WorkerSettings) -> dict[str,
 
 
 def _detector_settings(settings: WorkerSettings) -> DetectorSettings:
-    return _derived(DetectorSettings(), settings.group_id, "-detector")
+    """The detector's group follows the worker's; its idle progress waits for this worker group's enricher."""
+    detector = _derived(DetectorSettings(), settings.group_id, "-detector")
+    if "upstream_group_id" in detector.model_fields_set:
+        return detector
+    return detector.model_copy(update={"upstream_group_id": settings.group_id})
 
 
 def _sink_settings(settings: WorkerSettings) -> Any:

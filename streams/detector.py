@@ -16,7 +16,11 @@ per enricher flush), so batching is for commit cost, not throughput.
 Event-time progress: the least advanced assigned partition's latest request start; a partition
 read to its end does not hold the others back; when every partition is read to its end and no
 message has come for ``idle_progress_ms``, progress follows the wall clock (quiet services are
-still judged). A look at ``T + L`` is taken once progress passes ``T + L + look_allowance_ms``.
+still judged) — but only once the enricher's group (``upstream_group_id``; the worker sets it) has
+committed every span of the spans topic. Silence from an enricher that is behind (restoring or
+catching up on a backlog) or stopped is not quiet traffic: the looks wait for its requests instead
+of being judged on a window it has not sent yet. A look at ``T + L`` is taken once progress
+passes ``T + L + look_allowance_ms``.
 
 Guarantees:
     * At least once: input offsets are committed only after every anomaly emitted from the
@@ -42,7 +46,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -96,6 +109,27 @@ class DetectorSettings(BaseSettings):
     session_timeout_ms: int = Field(
         default=_DEFAULT_SESSION_TIMEOUT_MS, ge=1_000, description="How long a crashed detector keeps its partitions"
     )
+    upstream_group_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Consumer group of the enricher that fills requests-by-service: idle progress follows the wall clock"
+            " only once it has committed every span (None: do not wait for it)"
+        ),
+    )
+
+
+def upstream_lag(committed: dict[int, int], bounds: dict[int, tuple[int, int]]) -> int:
+    """Spans the upstream group has not committed: per partition, high watermark minus its position.
+
+    ``committed`` maps partition -> committed offset (a partition missing, or negative, was never
+    committed: the group would start at the low watermark); ``bounds`` maps partition -> (low, high).
+    """
+    lag = 0
+    for partition, (low, high) in bounds.items():
+        position = committed.get(partition, -1)
+        lag += max(0, high - max(position, low))
+    return lag
 
 
 @dataclass
@@ -108,6 +142,8 @@ class DetectorStats:
     commits: int = 0
     restored_partitions: int = 0
     suppressed_on_restore: int = 0
+    upstream_lag: int = -1
+    """Spans the enricher had not committed at the last idle check (-1: not checked)."""
     assigned: list[int] = field(default_factory=list)
 
 
@@ -214,6 +250,10 @@ class StreamingDetector:
         self._last_message_monotonic = time.monotonic()
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
+        self._admin: AdminClient | None = None
+        self._upstream_checked = -float("inf")
+        self._upstream_done = False
+        self._upstream_wait_logged = False
         self.stats = DetectorStats()
         self.ready = threading.Event()
 
@@ -232,6 +272,8 @@ class StreamingDetector:
         base = self._kafka.confluent_config()
         self._producer = Producer(base | {"enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 120_000})
         self._consumer = Consumer(base | group_consumer_config(self._settings.group_id, self._settings.session_timeout_ms))
+        if self._settings.upstream_group_id is not None:
+            self._admin = AdminClient(base)
         try:
             self._consumer.subscribe(
                 [self._topics.requests_by_service], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -344,7 +386,7 @@ class StreamingDetector:
         progress = self._event_progress()
         all_read = all(p.caught_up for p in self._partitions.values())
         idle_for = time.monotonic() - self._last_message_monotonic
-        if idle and all_read and idle_for >= self._settings.idle_progress_ms / 1000:
+        if idle and all_read and idle_for >= self._settings.idle_progress_ms / 1000 and self._upstream_caught_up():
             progress = max(progress, self._clock())
         if progress <= self._progress:
             return
@@ -355,6 +397,47 @@ class StreamingDetector:
                     self._topics.reload_anomalies, anomaly["service_name"].encode(), self._anomaly_codec.encode(anomaly)
                 )
                 self.stats.anomalies += 1
+
+    def _upstream_caught_up(self) -> bool:
+        """Whether the enricher's group has committed every span (asked at most once per watermark interval).
+
+        No upstream group configured: True. A failed query counts as not caught up (waiting is safe).
+        """
+        if self._admin is None or self._settings.upstream_group_id is None:
+            return True
+        now = time.monotonic()
+        if now - self._upstream_checked < self._settings.watermark_interval_ms / 1000:
+            return self._upstream_done
+        self._upstream_checked = now
+        try:
+            lag = self._query_upstream_lag(self._admin, self._settings.upstream_group_id)
+        except Exception as error:  # noqa: BLE001 - any failure only delays idle progress
+            logger.warning("cannot read the lag of the enricher group %s: %s", self._settings.upstream_group_id, error)
+            lag = -1
+        if lag != 0 and not self._upstream_wait_logged:  # once per wait, not once per check
+            logger.info(
+                "idle: progress waits for the enricher group %s (%s spans not committed)",
+                self._settings.upstream_group_id, lag if lag >= 0 else "unknown",
+            )
+        self._upstream_wait_logged = lag != 0
+        self.stats.upstream_lag = lag
+        self._upstream_done = lag == 0
+        return self._upstream_done
+
+    def _query_upstream_lag(self, admin: AdminClient, group_id: str) -> int:
+        topic = self._topics.spans
+        metadata = admin.list_topics(topic, timeout=5).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise DetectorError(f"topic {topic} is not readable: {metadata.error if metadata else 'missing'}")
+        partitions = [TopicPartition(topic, number) for number in metadata.partitions]
+        if not partitions:
+            return 0
+        listed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id, partitions)], request_timeout=5)
+        committed = {tp.partition: tp.offset for tp in listed[group_id].result().topic_partitions if tp.error is None}
+        lows = admin.list_offsets({tp: OffsetSpec.earliest() for tp in partitions}, request_timeout=5)
+        highs = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=5)
+        bounds = {tp.partition: (lows[tp].result().offset, highs[tp].result().offset) for tp in partitions}
+        return upstream_lag(committed, bounds)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         produce_waiting(self._producer, topic, key, value, self._on_delivery)

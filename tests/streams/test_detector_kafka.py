@@ -9,11 +9,11 @@ from collections import Counter
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, detect_offline
-from streams.detector import DetectorSettings, StreamingDetector, parse_message
+from streams.detector import DetectorSettings, StreamingDetector, parse_message, upstream_lag
 from tests.streams.test_detect_traffic import EPOCH_NS, NANOS_PER_S, Traffic, generate
 from tests.threads import start_stoppable
 
@@ -253,3 +253,59 @@ def test_a_detector_killed_mid_stream_loses_nothing_and_repeats_only_same_ids(ka
     assert {key(r) for r in reader.records} == {key(r) for r in offline}
     by_key = {key(r): r for r in offline}
     assert all(record == by_key[key(record)] for record in reader.records)  # repeats are identical records
+
+
+@pytest.mark.parametrize(
+    ("committed", "bounds", "lag"),
+    [
+        ({0: 10, 1: 5}, {0: (0, 10), 1: (0, 5)}, 0),  # everything committed
+        ({0: 7}, {0: (0, 10), 1: (0, 5)}, 3 + 5),  # partition 1 never committed: the group starts at low
+        ({0: -1001}, {0: (4, 10)}, 6),  # OFFSET_INVALID: from the low watermark
+        ({0: 2}, {0: (4, 10)}, 6),  # committed below low (retention deleted it): from low
+        ({}, {0: (0, 0)}, 0),  # an empty partition holds nothing back
+    ],
+)
+def test_upstream_lag_counts_what_the_group_has_not_committed(
+    committed: dict[int, int], bounds: dict[int, tuple[int, int]], lag: int
+) -> None:
+    assert upstream_lag(committed, bounds) == lag
+
+
+def test_idle_progress_waits_for_the_enricher_group_to_commit_every_span(kafka_settings: KafkaSettings) -> None:
+    """A silent requests topic is quiet traffic only once the enricher has answered every span it was given."""
+    enricher_group = f"enr-{uuid.uuid4().hex}"
+    producer = Producer(kafka_settings.confluent_config())
+    for index in range(6):
+        producer.produce(kafka_settings.topics.spans, key=b"%d" % index, value=b"a span the enricher has not read")
+    assert producer.flush(30) == 0
+    settings = fast_settings(f"det-{uuid.uuid4().hex}", idle_progress_ms=300).model_copy(
+        update={"upstream_group_id": enricher_group}
+    )
+    detector = StreamingDetector(kafka_settings, DetectionSettings(), settings)
+    thread, stop, errors = start(detector)
+    try:
+        deadline = time.monotonic() + 20
+        while detector.stats.upstream_lag != 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert detector.stats.upstream_lag == 6
+        time.sleep(1.0)  # idle for more than idle_progress_ms, with every requests partition read
+        assert detector.progress_unix_nano < time.time_ns() - 3_600 * NANOS_PER_S  # still no wall-clock progress
+
+        enricher = Consumer(kafka_settings.confluent_config() | {"group.id": enricher_group, "enable.auto.commit": False})
+        low_high = [
+            (partition, enricher.get_watermark_offsets(TopicPartition(kafka_settings.topics.spans, partition), timeout=10))
+            for partition in range(kafka_settings.partitions)
+        ]
+        enricher.commit(
+            offsets=[TopicPartition(kafka_settings.topics.spans, p, high) for p, (_, high) in low_high], asynchronous=False
+        )
+        enricher.close()
+        deadline = time.monotonic() + 20
+        while detector.progress_unix_nano < time.time_ns() - 60 * NANOS_PER_S and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert detector.stats.upstream_lag == 0
+        assert detector.progress_unix_nano >= time.time_ns() - 60 * NANOS_PER_S  # now it follows the wall clock
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == []
