@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 def test_enricher_feed_and_detector_give_the_offline_anomalies(kafka_settings: KafkaSettings) -> None:
-    # Ten minutes ago, so that every look of the run is due by now (the idle detector follows the wall clock).
+    # Ten minutes ago, so that every look of the run is due by now (the idle detector follows the wall clock
+    # once the enricher has committed every span).
     config = dataclasses.replace(scenario(5), start_time_unix_nano=time.time_ns() - 600 * 1_000_000_000)
     simulation = simulate(config)
     offline = detect_offline(simulation.spans, simulation.reloads)
@@ -46,16 +47,23 @@ def test_enricher_feed_and_detector_give_the_offline_anomalies(kafka_settings: K
         producer.poll(0)
     assert producer.flush(30) == 0
 
+    enricher_group = f"enr-{uuid.uuid4().hex}"
     enricher = SpanEnricher(
         kafka_settings,
-        WorkerSettings(group_id=f"enr-{uuid.uuid4().hex}", grace_period_ms=400, sink_url=None),
+        WorkerSettings(group_id=enricher_group, grace_period_ms=400, sink_url=None),
         timeline_factory=VersionTimeline,
     )
     enricher_thread, enricher_stop, enricher_errors = start_stoppable(enricher.run)
     detector = StreamingDetector(
         kafka_settings,
         DetectionSettings(),
-        DetectorSettings(group_id=f"det-{uuid.uuid4().hex}", commit_interval_ms=200, watermark_interval_ms=100, idle_progress_ms=3_000),
+        DetectorSettings(  # wired as the worker wires it: idle progress waits for the enricher's commits
+            group_id=f"det-{uuid.uuid4().hex}",
+            commit_interval_ms=200,
+            watermark_interval_ms=100,
+            idle_progress_ms=3_000,
+            upstream_group_id=enricher_group,
+        ),
     )
     thread, stop, errors = start(detector)
     reader = AnomalyReader(kafka_settings)
