@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import orjson
 
-import streams.enricher as enricher_module
 from streams.enricher import REQUEST_ROWS_PER_MESSAGE, KafkaRequestFeed
 
 
@@ -36,18 +35,3 @@ def test_no_rows_no_message() -> None:
     producer = _Producer()
     KafkaRequestFeed(producer, "requests", on_delivery=lambda *args: None).requests("svc", [])  # type: ignore[arg-type]
     assert producer.sent == []
-
-
-def test_a_backlogs_rows_go_in_start_order_whatever_order_the_partitions_answered_in(monkeypatch) -> None:
-    monkeypatch.setattr(enricher_module, "REQUEST_ROWS_PER_MESSAGE", 100)
-    producer = _Producer()
-    feed = KafkaRequestFeed(producer, "requests", on_delivery=lambda *args: None)  # type: ignore[arg-type]
-    base = 1_796_000_000_000_000_000
-    one_partition = [("i-0", base + 2 * n * 10**6, base + 2 * n * 10**6 + 10**8, False, "SERVER") for n in range(300)]
-    other_partition = [("i-1", base + (2 * n + 1) * 10**6, base + (2 * n + 1) * 10**6 + 10**8, n % 5 == 0, "SERVER") for n in range(300)]
-    feed.requests("svc", one_partition + other_partition)  # answered one span partition after the other
-    sent = [tuple(row) for _, _, value in producer.sent for row in orjson.loads(value)["requests"]]
-    assert sorted(sent) == sorted(one_partition + other_partition)  # nothing lost, nothing added
-    starts = [row[1] for row in sent]
-    assert len(producer.sent) == 6
-    assert starts == sorted(starts)  # no chunk carries the detector's event time past rows still to come
