@@ -368,10 +368,17 @@ def wait_for_kafka(bootstrap_servers: str, timeout_s: float, check_alive: Callab
 
 
 def _kafka_uuid() -> str:
-    """A random Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    """A random Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never one that starts with "-" (1 in 64 would): the storage tool's argument parser takes it for an
+    option and refuses ``-t -…`` ("expected one argument"). Kafka's own ``Uuid.randomUuid`` skips them too.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def create_topics(

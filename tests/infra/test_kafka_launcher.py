@@ -60,3 +60,17 @@ def test_run_stops_the_broker_even_when_the_command_fails(tmp_path: Path) -> Non
     assert code == 1
     assert not port_is_open("127.0.0.1", port)
     assert not KafkaBroker(port=port, data_dir=tmp_path).is_running()
+
+
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage tool takes ``-t -abc`` for a missing argument: an id starting with "-" failed 1 broker start in 64."""
+    import uuid
+
+    import infra.kafka as kafka_module
+
+    # 0xf8 as first byte: URL-safe base64 starts with "-"; then an ordinary id
+    draws = iter([uuid.UUID(bytes=bytes([0xF8]) + bytes(15)), uuid.UUID(bytes=bytes([0x10]) + bytes(15))])
+    monkeypatch.setattr(kafka_module.uuid, "uuid4", lambda: next(draws))
+    cluster_id = kafka_module._kafka_uuid()
+    assert not cluster_id.startswith("-")
+    assert cluster_id == "EAAAAAAAAAAAAAAAAAAAAA"
