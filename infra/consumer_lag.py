@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 from confluent_kafka import Consumer, TopicPartition
 
+from streams.kafka_io import topic_lag
+
 
 def consumer_group_lag(bootstrap_servers: str, group_id: str, topics: Iterable[str], *, timeout_s: float = 10.0) -> int:
     """Messages in ``topics`` not yet committed by ``group_id`` (a partition never committed counts whole)."""
@@ -18,18 +20,7 @@ def consumer_group_lag(bootstrap_servers: str, group_id: str, topics: Iterable[s
         {"bootstrap.servers": bootstrap_servers, "group.id": group_id, "enable.auto.commit": False, "log_level": 3}
     )
     try:
-        lag = 0
-        for topic in topics:
-            metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-            if metadata is None or metadata.error is not None:
-                continue
-            partitions = [TopicPartition(topic, partition) for partition in sorted(metadata.partitions)]
-            committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=timeout_s)}
-            for tp in partitions:
-                low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
-                position = committed.get(tp.partition, -1)
-                lag += high - (position if position >= 0 else low)
-        return lag
+        return sum(topic_lag(consumer, topic, timeout_s=timeout_s) or 0 for topic in topics)  # a missing topic: 0
     finally:
         consumer.close()
 

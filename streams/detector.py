@@ -46,16 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import (
-    OFFSET_INVALID,
-    Consumer,
-    ConsumerGroupTopicPartitions,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, Producer, TopicPartition
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -63,7 +54,7 @@ from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
 from schemas.records import ReloadEvent, dead_letter
 from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, RegressionDetector
-from streams.kafka_io import commit_quietly, group_consumer_config, produce_waiting
+from streams.kafka_io import commit_quietly, group_consumer_config, produce_waiting, topic_lag
 
 logger = logging.getLogger(__name__)
 
@@ -118,18 +109,6 @@ class DetectorSettings(BaseSettings):
         ),
     )
 
-
-def upstream_lag(committed: dict[int, int], bounds: dict[int, tuple[int, int]]) -> int:
-    """Spans the upstream group has not committed: per partition, high watermark minus its position.
-
-    ``committed`` maps partition -> committed offset (a partition missing, or negative, was never
-    committed: the group would start at the low watermark); ``bounds`` maps partition -> (low, high).
-    """
-    lag = 0
-    for partition, (low, high) in bounds.items():
-        position = committed.get(partition, -1)
-        lag += max(0, high - max(position, low))
-    return lag
 
 
 @dataclass
@@ -250,9 +229,9 @@ class StreamingDetector:
         self._last_message_monotonic = time.monotonic()
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
-        self._admin: AdminClient | None = None
+        self._upstream: Consumer | None = None
+        """Asks for the lag of ``upstream_group_id`` (its group.id; it never joins the group)."""
         self._upstream_checked = -float("inf")
-        self._upstream_done = False
         self._upstream_wait_logged = False
         self.stats = DetectorStats()
         self.ready = threading.Event()
@@ -273,7 +252,7 @@ class StreamingDetector:
         self._producer = Producer(base | {"enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 120_000})
         self._consumer = Consumer(base | group_consumer_config(self._settings.group_id, self._settings.session_timeout_ms))
         if self._settings.upstream_group_id is not None:
-            self._admin = AdminClient(base)
+            self._upstream = Consumer(base | {"group.id": self._settings.upstream_group_id, "enable.auto.commit": False})
         try:
             self._consumer.subscribe(
                 [self._topics.requests_by_service], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -298,8 +277,10 @@ class StreamingDetector:
         finally:
             with contextlib.suppress(Exception):
                 self._producer.flush(_FLUSH_TIMEOUT_S)
-            with contextlib.suppress(Exception):
-                self._consumer.close()
+            for consumer in (self._consumer, self._upstream):
+                if consumer is not None:
+                    with contextlib.suppress(Exception):
+                        consumer.close()
 
     # --- input -------------------------------------------------------------------------------
 
@@ -403,17 +384,18 @@ class StreamingDetector:
 
         No upstream group configured: True. A failed query counts as not caught up (waiting is safe).
         """
-        if self._admin is None or self._settings.upstream_group_id is None:
+        if self._upstream is None:
             return True
         now = time.monotonic()
         if now - self._upstream_checked < self._settings.watermark_interval_ms / 1000:
-            return self._upstream_done
+            return self.stats.upstream_lag == 0
         self._upstream_checked = now
         try:
-            lag = self._query_upstream_lag(self._admin, self._settings.upstream_group_id)
+            lag = topic_lag(self._upstream, self._topics.spans, timeout_s=5)
         except Exception as error:  # noqa: BLE001 - any failure only delays idle progress
             logger.warning("cannot read the lag of the enricher group %s: %s", self._settings.upstream_group_id, error)
-            lag = -1
+            lag = None
+        lag = -1 if lag is None else lag  # unknown (the topic is unreadable, or the query failed)
         if lag != 0 and not self._upstream_wait_logged:  # once per wait, not once per check
             logger.info(
                 "idle: progress waits for the enricher group %s (%s spans not committed)",
@@ -421,23 +403,7 @@ class StreamingDetector:
             )
         self._upstream_wait_logged = lag != 0
         self.stats.upstream_lag = lag
-        self._upstream_done = lag == 0
-        return self._upstream_done
-
-    def _query_upstream_lag(self, admin: AdminClient, group_id: str) -> int:
-        topic = self._topics.spans
-        metadata = admin.list_topics(topic, timeout=5).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise DetectorError(f"topic {topic} is not readable: {metadata.error if metadata else 'missing'}")
-        partitions = [TopicPartition(topic, number) for number in metadata.partitions]
-        if not partitions:
-            return 0
-        listed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id, partitions)], request_timeout=5)
-        committed = {tp.partition: tp.offset for tp in listed[group_id].result().topic_partitions if tp.error is None}
-        lows = admin.list_offsets({tp: OffsetSpec.earliest() for tp in partitions}, request_timeout=5)
-        highs = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=5)
-        bounds = {tp.partition: (lows[tp].result().offset, highs[tp].result().offset) for tp in partitions}
-        return upstream_lag(committed, bounds)
+        return lag == 0
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         produce_waiting(self._producer, topic, key, value, self._on_delivery)

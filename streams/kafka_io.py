@@ -1,5 +1,5 @@
 """The Kafka client moves every stage (enricher, detector, sink, alerts) makes the same way: a manually
-committed group consumer, produce under backpressure, commit quietly."""
+committed group consumer, produce under backpressure, commit quietly, and a group's lag."""
 
 from __future__ import annotations
 
@@ -11,6 +11,32 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 logger = logging.getLogger(__name__)
 
 _BACKPRESSURE_POLL_S = 0.05
+
+
+def uncommitted(committed: dict[int, int], bounds: dict[int, tuple[int, int]]) -> int:
+    """Messages a group has not committed: per partition, the high watermark minus the group's position.
+
+    ``committed`` maps partition -> committed offset (a partition missing, or negative, was never
+    committed: the group starts at the low watermark, as it does when retention trimmed its offset);
+    ``bounds`` maps partition -> (low, high) watermarks.
+    """
+    lag = 0
+    for partition, (low, high) in bounds.items():
+        position = committed.get(partition, -1)
+        lag += max(0, high - max(position, low))
+    return lag
+
+
+def topic_lag(consumer: Consumer, topic: str, *, timeout_s: float) -> int | None:
+    """Messages of ``topic`` the consumer's group (its ``group.id``) has not committed; None when the topic
+    cannot be read. The consumer needs no subscription: it only asks the broker."""
+    metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return None
+    partitions = [TopicPartition(topic, partition) for partition in sorted(metadata.partitions)]
+    committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=timeout_s)}
+    bounds = {tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False) for tp in partitions}
+    return uncommitted(committed, bounds)
 
 
 def group_consumer_config(group_id: str, session_timeout_ms: int) -> dict[str, object]:

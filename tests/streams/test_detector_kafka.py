@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, detect_offline
-from streams.detector import DetectorSettings, StreamingDetector, parse_message, upstream_lag
+from streams.detector import DetectorSettings, StreamingDetector, parse_message
 from tests.streams.test_detect_traffic import EPOCH_NS, NANOS_PER_S, Traffic, generate
 from tests.threads import start_stoppable
 
@@ -253,22 +253,6 @@ def test_a_detector_killed_mid_stream_loses_nothing_and_repeats_only_same_ids(ka
     assert {key(r) for r in reader.records} == {key(r) for r in offline}
     by_key = {key(r): r for r in offline}
     assert all(record == by_key[key(record)] for record in reader.records)  # repeats are identical records
-
-
-@pytest.mark.parametrize(
-    ("committed", "bounds", "lag"),
-    [
-        ({0: 10, 1: 5}, {0: (0, 10), 1: (0, 5)}, 0),  # everything committed
-        ({0: 7}, {0: (0, 10), 1: (0, 5)}, 3 + 5),  # partition 1 never committed: the group starts at low
-        ({0: -1001}, {0: (4, 10)}, 6),  # OFFSET_INVALID: from the low watermark
-        ({0: 2}, {0: (4, 10)}, 6),  # committed below low (retention deleted it): from low
-        ({}, {0: (0, 0)}, 0),  # an empty partition holds nothing back
-    ],
-)
-def test_upstream_lag_counts_what_the_group_has_not_committed(
-    committed: dict[int, int], bounds: dict[int, tuple[int, int]], lag: int
-) -> None:
-    assert upstream_lag(committed, bounds) == lag
 
 
 def test_idle_progress_waits_for_the_enricher_group_to_commit_every_span(kafka_settings: KafkaSettings) -> None:

@@ -1,10 +1,11 @@
-"""produce_waiting never drops under backpressure; commit_quietly reports failures instead of raising."""
+"""produce_waiting never drops under backpressure; commit_quietly reports failures instead of raising; a group's lag."""
 
 from __future__ import annotations
 
+import pytest
 from confluent_kafka import KafkaException
 
-from streams.kafka_io import commit_quietly, produce_waiting
+from streams.kafka_io import commit_quietly, produce_waiting, uncommitted
 
 
 class _FullThenFreeProducer:
@@ -58,3 +59,19 @@ def test_group_consumers_commit_by_hand_and_heartbeat_well_inside_the_session() 
         assert config["auto.offset.reset"] == "earliest"
         assert 1 <= config["heartbeat.interval.ms"] <= max(1, session_ms // 3) and config["heartbeat.interval.ms"] <= 3_000
         assert config["session.timeout.ms"] == session_ms
+
+
+@pytest.mark.parametrize(
+    ("committed", "bounds", "lag"),
+    [
+        ({0: 10, 1: 5}, {0: (0, 10), 1: (0, 5)}, 0),  # everything committed
+        ({0: 7}, {0: (0, 10), 1: (0, 5)}, 3 + 5),  # partition 1 never committed: the group starts at low
+        ({0: -1001}, {0: (4, 10)}, 6),  # OFFSET_INVALID: from the low watermark
+        ({0: 2}, {0: (4, 10)}, 6),  # committed below low (retention deleted it): from low
+        ({}, {0: (0, 0)}, 0),  # an empty partition holds nothing back
+    ],
+)
+def test_uncommitted_counts_what_the_group_has_not_committed(
+    committed: dict[int, int], bounds: dict[int, tuple[int, int]], lag: int
+) -> None:
+    assert uncommitted(committed, bounds) == lag
