@@ -39,7 +39,7 @@ _SINGLE_OBJECT_HEADER_BYTES = 10
 _CONFLUENT_HEADER_BYTES = 5
 _FILE_NAME = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>[0-9]+)\.avsc$")
 
-RECORD_NAMES = ("Span", "ReloadEvent", "EnrichedSpan", "Anomaly", "DeadLetter")
+RECORD_NAMES = ("Span", "ReloadEvent", "EnrichedSpan", "Anomaly", "DeadLetter", "ReloadVerdict")
 
 
 def crc64_avro_fingerprint(schema: Any) -> bytes:

@@ -10,6 +10,7 @@ RELOADS = "reloads"
 SPANS_ENRICHED = "spans.enriched"
 RELOAD_ANOMALIES = "reload.anomalies"
 DEAD_LETTER = "dead-letter"
+RELOAD_VERDICTS = "reload.verdicts"
 REQUESTS_BY_SERVICE = "reloadtrace.requests-by-service"
 
 # The worker orders spans and reloads by broker arrival time, so both input topics must carry
@@ -20,6 +21,7 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     RELOADS: {**_ARRIVAL_ORDERED, "retention.ms": "-1", "retention.bytes": "-1"},
     SPANS_ENRICHED: {},
     RELOAD_ANOMALIES: {},
+    RELOAD_VERDICTS: {},
     DEAD_LETTER: {},
     REQUESTS_BY_SERVICE: {},
 }
@@ -29,7 +31,7 @@ _LEGAL = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 
 @dataclass(frozen=True)
 class TopicNames:
-    """The five topics, each ``prefix + name``. A prefix such as ``"staging."`` isolates deployments.
+    """The pipeline's topics, each ``prefix + name``. A prefix such as ``"staging."`` isolates deployments.
 
     Raises:
         ValueError: the prefix holds characters Kafka does not allow in topic names.
@@ -58,6 +60,11 @@ class TopicNames:
         return self.prefix + RELOAD_ANOMALIES
 
     @property
+    def reload_verdicts(self) -> str:
+        """Every look of the detector at every reload (ReloadVerdict), keyed by reload_id."""
+        return self.prefix + RELOAD_VERDICTS
+
+    @property
     def dead_letter(self) -> str:
         return self.prefix + DEAD_LETTER
 
@@ -67,7 +74,7 @@ class TopicNames:
         return self.prefix + REQUESTS_BY_SERVICE
 
     def all(self) -> Iterator[str]:
-        yield from (self.spans, self.reloads, self.spans_enriched, self.reload_anomalies, self.dead_letter)
+        yield from (self.spans, self.reloads, self.spans_enriched, self.reload_anomalies, self.reload_verdicts, self.dead_letter)
 
     def with_configs(self) -> dict[str, dict[str, str]]:
         """Every topic the pipeline uses (internal ones too) with the configs it relies on."""

@@ -1,33 +1,17 @@
-"""The Kafka edge of the ClickHouse sink: read the four output topics, land them, commit after the flush.
+"""The sink stage: the output topics in, ClickHouse rows out, offsets committed after the flush that holds them.
 
-Reads ``spans.enriched``, ``reloads``, ``reload.anomalies`` and ``dead-letter`` in one consumer
-group and hands each message's Avro body, undecoded, to :class:`~sinks.clickhouse.ClickHouseSink`
-(ClickHouse decodes it). Only the message header (magic + writer schema) is checked in Python,
-once per distinct header (a cache of headers known good).
+Each message's Avro body goes undecoded to :class:`~sinks.clickhouse.ClickHouseSink` (ClickHouse
+decodes it); Python checks only its header, once per distinct header. A due batch is sealed and
+written by one of ``SinkSettings.writers`` writer threads while consumption goes on (at most that
+many in flight); the stage runs on :class:`streams.stage.StageRuntime`, which polls and commits.
 
-Flushes overlap consumption: when a batch is due it is sealed and handed to one of
-``SinkSettings.writers`` writer threads, each with a sink (and client) of its own, and the
-consumer keeps reading into the next batch. At most ``writers`` flushes are in flight; a
-consumer that has that many waits for the oldest (backpressure).
-
-Guarantees:
-    * No loss: offsets are committed only after the flush holding their records returned, and in
-      the order the batches were sealed: a later flush that finishes first waits for the earlier
-      ones, so the committed position never passes a record not yet stored. A crash (even
-      between the insert and the commit) re-reads and re-inserts, never skips.
-    * Exact counts under FINAL: a re-inserted batch with the same rows is dropped by its
-      deduplication token; rows re-read into differently cut batches collapse by the tables'
-      replacing keys (see :mod:`sinks.clickhouse`).
-    * Nothing silently dropped: a message whose header does not decode, a tombstone, or a row
-      ClickHouse refuses becomes a ``dead_letters`` row with topic, partition, offset and bytes.
-    * On revoke and on stop every flush in flight is waited for, then committed.
-
-Non-guarantees: no ordering across partitions, nor across batches in flight at once (two
-corrections of one span in two such batches may land in either order: the tables' replacing
-keys still keep the highest revision); raw (non-FINAL) counts may exceed the truth after a
-crash until background merges run. On a flush that keeps failing (retries exhausted, fatal
-error) ``run`` raises :class:`SinkConsumerError`; neither it nor any batch sealed after it is
-committed.
+Guarantees: offsets become committable only after the flush holding their records returned, in
+seal order (a later flush that finishes first waits), so a crash re-inserts and never skips;
+re-inserted batches are dropped by their deduplication token and rows re-read into other batches
+collapse by the replacing keys (exact counts with FINAL); undecodable messages, tombstones and
+rows ClickHouse refuses become ``dead_letters`` rows; revoke and stop wait for every flush in
+flight. A flush that keeps failing raises :class:`SinkConsumerError`; nothing of it or after it
+is committed.
 """
 
 from __future__ import annotations
@@ -35,15 +19,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Message
 
 from schemas.errors import DecodeError
 from schemas.records import dead_letter
@@ -54,12 +37,13 @@ from sinks.base import DEAD_LETTERS_TABLE, KafkaRows, SinkRecord
 from sinks.clickhouse import ClickHouseSink
 from sinks.errors import SinkError
 from sinks.settings import SinkSettings
-from streams.kafka_io import commit_quietly, group_consumer_config
+from streams.stage import Committed, Outbox, Position, RuntimeSettings, Stage, StageRuntime
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_BATCH_SIZE = 10_000
 _DEFAULT_POLL_TIMEOUT_MS = 100
+_COMMIT_INTERVAL_MS = 200
 
 
 def source_tables(topics: TopicNames) -> dict[str, str]:
@@ -84,7 +68,6 @@ class SinkConsumerStats:
     flushes: int = 0
     rows_flushed: int = 0
     dead_letters: int = 0
-    commits: int = 0
     in_flight: int = 0
     assigned: list[tuple[str, int]] = field(default_factory=list)
 
@@ -135,12 +118,11 @@ class _Sealed:
     future: Future[int] | None = None
 
 
-class SinkConsumer:
-    """Blocking consume → batch → flush (in writer threads) → commit loop; run it in a thread (``run(stop)``).
+class SinkConsumer(Stage):
+    """Batches the output topics into ClickHouse (a stage on :class:`streams.stage.StageRuntime`).
 
-    chDB allows one process per data directory: run this inside the process that owns the
-    embedded engine (e.g. as a thread of the worker), not beside it. The writers' clients are
-    further clients of the same engine (or server).
+    chDB allows one process per data directory: run it inside the process that owns the embedded
+    engine. The writers' clients are further clients of the same engine (or server).
 
     Args:
         kafka: broker, topic names and framing.
@@ -148,14 +130,14 @@ class SinkConsumer:
         sink: an open sink to use (default: one opened from ``settings``); it is also the first
             writer's, the others open their own clients from ``settings`` (``writers``).
         on_flushed: called in the consumer's thread with the number of rows of each successful
-            flush, in seal order, BEFORE its offsets are committed (a seam for metrics and for
-            crash tests).
-        wall_clock_ns: time stamp of the dead letters this consumer makes.
+            flush, in seal order, before its offsets are committed (a seam for metrics and tests).
+        wall_clock_ns: time stamp of the dead letters this stage makes.
         clock: monotonic seconds, for the age of the open batch.
-        consumer_factory: makes the Kafka consumer from its config (a seam for tests).
         writer_factory: opens the sink of each writer after the first (default: a
             :class:`ClickHouseSink` from ``settings`` on a client of its own, DDL not re-applied).
     """
+
+    name = "sink"
 
     def __init__(
         self,
@@ -165,13 +147,9 @@ class SinkConsumer:
         sink: ClickHouseSink | None = None,
         on_flushed: Callable[[int], None] | None = None,
         wall_clock_ns: Callable[[], int] = time.time_ns,
-        batch_size: int = _DEFAULT_BATCH_SIZE,
-        poll_timeout_ms: int = _DEFAULT_POLL_TIMEOUT_MS,
         clock: Callable[[], float] = time.monotonic,
-        consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer,
         writer_factory: Callable[[], ClickHouseSink] | None = None,
     ) -> None:
-        self._consumer_factory = consumer_factory
         self._writer_factory = writer_factory or (lambda: ClickHouseSink(self._settings, apply_ddl=False))
         self._kafka = kafka
         self._settings = settings or SinkSettings()
@@ -179,8 +157,6 @@ class SinkConsumer:
         self._on_flushed = on_flushed
         self._clock = wall_clock_ns
         self._monotonic = clock
-        self._batch_size = batch_size
-        self._poll_timeout_s = poll_timeout_ms / 1000
         self._tables = {
             topic: (table, kafka.codec(TABLE_RECORDS[table])) for topic, table in source_tables(kafka.topics).items()
         }
@@ -189,59 +165,74 @@ class SinkConsumer:
         self._open: _OpenBatch | None = None
         self._in_flight: deque[_Sealed] = deque()
         self._to_commit: dict[tuple[str, int], int] = {}
+        self._flushed_since_commit = False
+        """A flush completed since the last snapshot: commit before completing the next (one flush, one commit)."""
         self._failure: SinkConsumerError | None = None
         self._writers: queue.SimpleQueue[ClickHouseSink] = queue.SimpleQueue()
         self._writer_sinks: list[ClickHouseSink] = []
         self._pool: ThreadPoolExecutor | None = None
-        self._consumer: Consumer | None = None
         self.stats = SinkConsumerStats()
-        self.ready = threading.Event()
 
     @property
     def sink(self) -> ClickHouseSink:
-        """The sink (opened from the settings on first use; it stays open after ``run`` returns)."""
+        """The sink (opened from the settings on first use; it stays open after the runtime stops)."""
         if self._sink is None:
             self._sink = ClickHouseSink(self._settings)
         return self._sink
 
     def close(self) -> None:
-        """Close the sink's client (releases a chDB data directory); pending rows are not flushed."""
+        """Wait for flushes in flight (uncommitted after a failure) and close every writer's client."""
+        self._close_writers()
+
+    def close_sink(self) -> None:
+        """Close the sink's own client (releases a chDB data directory); pending rows are not flushed."""
         if self._sink is not None:
             self._sink.close()
 
-    def run(self, stop: threading.Event) -> None:
-        """Consume and land records until ``stop`` is set; flush and commit on the way out.
+    def topics(self) -> Sequence[str]:
+        return list(self._tables)
 
-        Raises:
-            SinkConsumerError: a flush failed for good (nothing after the last commit is
-                acknowledged) or Kafka reported a fatal error.
-        """
-        sink = self.sink
-        config = self._kafka.confluent_config() | group_consumer_config(
-            self._settings.group_id, self._settings.session_timeout_ms
-        )
+    def start(self, runtime: StageRuntime) -> None:
         self._failure = None
-        try:
-            self._open_writers(sink)
-            self._consumer = self._consumer_factory(config)
-            self._consumer.subscribe(list(self._tables), on_assign=self._on_assign, on_revoke=self._on_revoke)
-            self.ready.set()
-            while not stop.is_set():
-                self._ingest_all(self._consumer.consume(self._batch_size, timeout=self._poll_timeout_s))
-                self._raise_failure()
-                if self._due():
-                    self._seal_and_submit()
-                self._complete_done()
+        self._open_writers(self.sink)
+
+    def ingest(self, messages: Sequence[Message], arrivals: Sequence[int] | None, outbox: Outbox) -> None:
+        self._ingest_all(messages)
+
+    def advance(self, outbox: Outbox) -> None:
+        self._raise_failure()
+        if self._flushed_since_commit:
+            return  # the runtime commits that flush first
+        if self._due():
+            self._seal_and_submit()
+        self._complete_done()
+
+    def prepare_commit(self, outbox: Outbox, *, draining: bool) -> None:
+        if draining:
             self._drain()
-        finally:
-            self._close_writers()  # waits for flushes still in flight (uncommitted after a failure)
-            if self._consumer is not None:
-                with contextlib.suppress(Exception):
-                    self._consumer.close()
+        else:
+            self._complete_done()
+
+    def commit_requested(self) -> bool:
+        return self._flushed_since_commit
+
+    def snapshot(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Position]:
+        self._flushed_since_commit = False
+        return {key: Position(self._to_commit[key]) for key in partitions if key in self._to_commit}
+
+    def assigned(self, partitions: Sequence[Committed]) -> dict[tuple[str, int], Any]:
+        self.stats.assigned = sorted({*self.stats.assigned, *((entry.topic, entry.partition) for entry in partitions)})
+        return {}
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        revoked = set(partitions)
+        self.stats.assigned = [key for key in self.stats.assigned if key not in revoked]
+        for key in revoked:
+            self._to_commit.pop(key, None)
 
     # --- messages -------------------------------------------------------------------------
 
-    def _ingest_all(self, messages: list[Message]) -> None:
+    def _ingest_all(self, messages: Sequence[Message]) -> None:
         """The hot path: per message one header look-up and an append; anything unusual goes slow."""
         if not messages:
             return
@@ -252,9 +243,6 @@ class SinkConsumer:
         header_len = self._header_len
         fast = 0
         for message in messages:
-            if message.error() is not None:
-                self._message_error(message)
-                continue
             topic = message.topic()
             value = message.value()
             rows = groups_by_topic[topic].get(value[: header_len[topic]]) if value is not None else None
@@ -271,14 +259,6 @@ class SinkConsumer:
             fast += 1
         batch.rows += fast
         self.stats.messages += fast
-
-    def _message_error(self, message: Message) -> None:
-        error = message.error()
-        if error.code() == KafkaError._PARTITION_EOF:
-            return
-        if error.fatal():
-            raise SinkConsumerError(f"fatal consumer error: {error}")
-        logger.warning("consumer error (retried by the client): %s", error)
 
     def _ingest_slow(self, batch: _OpenBatch, message: Message, topic: str, value: bytes | None) -> None:
         """A header not seen yet (checked by the codec, then known), a tombstone or an undecodable message."""
@@ -375,7 +355,10 @@ class SinkConsumer:
             self._writers.put(sink)
 
     def _complete_done(self) -> None:
-        while self._in_flight and self._in_flight[0].future is not None and self._in_flight[0].future.done():
+        """Complete the oldest flush if it is done (one per commit: its offsets are committed before the next's)."""
+        if self._flushed_since_commit:
+            return
+        if self._in_flight and self._in_flight[0].future is not None and self._in_flight[0].future.done():
             self._complete_oldest()
 
     def _complete_oldest(self) -> None:
@@ -389,13 +372,13 @@ class SinkConsumer:
         except Exception as error:  # noqa: BLE001 - a bug in a writer must stop the consumer, not vanish
             self._fail(SinkConsumerError(f"flush failed unexpectedly, offsets not committed: {error!r}"), error)
         self._in_flight.popleft()
+        self._flushed_since_commit = True
         self.stats.in_flight = len(self._in_flight)
         self.stats.flushes += 1
         self.stats.rows_flushed += rows
         if self._on_flushed is not None:
             self._on_flushed(rows)
         self._to_commit.update(sealed.positions)
-        self._commit()
 
     def _fail(self, failure: SinkConsumerError, cause: BaseException) -> None:
         """Nothing from the failed batch or any later one is committed: drop them, remember, raise."""
@@ -417,21 +400,6 @@ class SinkConsumer:
         self._seal_and_submit()
         while self._in_flight:
             self._complete_oldest()
-        if self._to_commit:
-            self._commit()
-
-    def _commit(self) -> None:
-        assert self._consumer is not None
-        offsets = dict(self._to_commit)
-        committed = commit_quietly(
-            self._consumer, [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
-        )
-        if not committed:  # the next commit carries these offsets too
-            return
-        for key, offset in offsets.items():
-            if self._to_commit.get(key) == offset:
-                del self._to_commit[key]
-        self.stats.commits += 1
 
     # --- writers --------------------------------------------------------------------------
 
@@ -455,21 +423,30 @@ class SinkConsumer:
                 extra.close()
         self._writer_sinks = []
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.stats.assigned = sorted({*self.stats.assigned, *((tp.topic, tp.partition) for tp in partitions)})
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Store and commit what we hold before the partitions move (the new owner starts after it).
-
-        A flush failing here is remembered and raised by ``run`` (the rebalance callback must
-        return): nothing of it or after it is committed, the new owner re-reads from the last commit.
-        """
-        if self._failure is None:
-            try:
-                self._drain()
-            except SinkConsumerError as error:
-                logger.warning("flush on revoke failed; the new owner re-reads from the last commit: %s", error)
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
-        self.stats.assigned = [key for key in self.stats.assigned if key not in revoked]
-        for key in revoked:
-            self._to_commit.pop(key, None)
+def sink_runtime(
+    kafka: KafkaSettings,
+    settings: SinkSettings | None = None,
+    *,
+    batch_size: int = _DEFAULT_BATCH_SIZE,
+    poll_timeout_ms: int = _DEFAULT_POLL_TIMEOUT_MS,
+    **options: Any,
+) -> StageRuntime:
+    """The sink on its runtime; ``options`` go to :class:`SinkConsumer` and, for the test seams
+    ``consumer_factory`` / ``producer_factory``, to :class:`StageRuntime`."""
+    settings = settings or SinkSettings()
+    runtime_options = {name: options.pop(name) for name in ("consumer_factory", "producer_factory", "message_limit") if name in options}
+    stage = SinkConsumer(kafka, settings, **options)
+    return StageRuntime(
+        kafka,
+        stage,
+        RuntimeSettings(
+            group_id=settings.group_id,
+            session_timeout_ms=settings.session_timeout_ms,
+            batch_size=batch_size,
+            poll_timeout_ms=poll_timeout_ms,
+            commit_interval_ms=_COMMIT_INTERVAL_MS,
+            create_topics=False,
+        ),
+        **runtime_options,
+    )

@@ -62,10 +62,17 @@ def enriched_spans(
 class FakeMessage:
     """Stands in for a confluent-kafka ``Message`` read without error (for tests and benchmarks of consumers)."""
 
-    __slots__ = ("_key", "_offset", "_partition", "_topic", "_value")
+    __slots__ = ("_key", "_offset", "_partition", "_timestamp_ms", "_topic", "_value")
 
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = None) -> None:
+    def __init__(
+        self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = None, timestamp_ms: int = 0
+    ) -> None:
         self._topic, self._partition, self._offset, self._value, self._key = topic, partition, offset, value, key
+        self._timestamp_ms = timestamp_ms
+
+    def timestamp(self) -> tuple[int, int]:
+        """(TIMESTAMP_LOG_APPEND_TIME, broker time in ms), as a topic of log-append time gives."""
+        return 2, self._timestamp_ms
 
     def error(self) -> None:
         return None

@@ -19,27 +19,25 @@ messages go to the dead-letter topic.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shlex
 import subprocess
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Message
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.errors import DecodeError, DecodeErrorKind, ReloadtraceError
-from schemas.records import SEVERITIES, dead_letter
+from schemas.records import SEVERITIES
 from schemas.settings import KafkaSettings
-from streams.kafka_io import commit_quietly
+from streams.stage import Outbox, Position, RuntimeSettings, Stage, StageInterrupted, StageRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +51,7 @@ _DEFAULT_MAX_ATTEMPTS = 0
 _DEFAULT_ROLLBACK_TIMEOUT_MS = 60_000
 _DEFAULT_BATCH_SIZE = 100
 _DEFAULT_POLL_TIMEOUT_MS = 200
+_COMMIT_INTERVAL_MS = 500
 _DEDUPE_CAPACITY = 100_000
 _ROLLBACK_METRICS = frozenset({"latency", "error_rate"})
 _RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
@@ -240,79 +239,42 @@ class AlertStats:
     rejected: int = 0
     dead_letters: int = 0
     rollbacks: int = 0
-    commits: int = 0
 
 
-class AlertConsumer:
-    """Consumes ``reload.anomalies`` and hands each anomaly to the webhooks and the rollback hook."""
+class AlertConsumer(Stage):
+    """Hands each anomaly of ``reload.anomalies`` to the webhooks and the rollback hook (a stage on the runtime)."""
 
-    def __init__(
-        self,
-        kafka: KafkaSettings,
-        settings: AlertSettings,
-        *,
-        sender: WebhookSender | None = None,
-        wall_clock_ns: Callable[[], int] = time.time_ns,
-    ) -> None:
+    name = "alerts"
+
+    def __init__(self, kafka: KafkaSettings, settings: AlertSettings, *, sender: WebhookSender | None = None) -> None:
         self._kafka = kafka
         self._settings = settings
         self._codec = kafka.codec("Anomaly")
-        self._dead_letter_codec = kafka.codec("DeadLetter")
         self._sender = sender or WebhookSender(settings.webhook_urls, settings)
         self._rollback = (
             RollbackHook(settings.rollback_command, min_severity=settings.rollback_min_severity, timeout_ms=settings.rollback_timeout_ms)
             if settings.rollback_command
             else None
         )
-        self._clock = wall_clock_ns
         self._posted_rank: OrderedDict[str, int] = OrderedDict()
         self._min_rank = _RANK[settings.min_severity]
+        self._positions: dict[tuple[str, int], int] = {}
         self.stats = AlertStats()
-        self.ready = threading.Event()
 
-    def run(self, stop: threading.Event) -> None:
-        """Deliver until ``stop`` is set; commits only what was delivered.
+    def topics(self) -> Sequence[str]:
+        return (self._kafka.topics.reload_anomalies,)
 
-        Raises:
-            AlertError: a webhook failed ``max_attempts`` times (nothing from there on is committed).
-        """
-        base = self._kafka.confluent_config()
-        consumer = Consumer(
-            base
-            | {
-                "group.id": self._settings.group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "max.poll.interval.ms": 3_600_000,
-            }
-        )
-        producer = Producer(base | {"enable.idempotence": True})
-        watcher = threading.Thread(target=lambda: (stop.wait(), self._sender.stop()), daemon=True)
-        watcher.start()
-        try:
-            consumer.subscribe([self._kafka.topics.reload_anomalies])
-            self.ready.set()
-            while not stop.is_set():
-                messages = consumer.consume(self._settings.batch_size, timeout=self._settings.poll_timeout_ms / 1000)
-                done: dict[int, int] = {}
-                try:
-                    for message in messages:
-                        if message.error() is not None:
-                            self._on_consume_error(message)
-                            continue
-                        if not self._handle(message, producer):
-                            break  # stopped mid-delivery: this message and the rest stay uncommitted
-                        done[message.partition()] = message.offset() + 1
-                finally:
-                    self._commit(consumer, producer, done)
-        finally:
-            self._sender.stop()
-            with contextlib.suppress(Exception):
-                producer.flush(30)
-            with contextlib.suppress(Exception):
-                consumer.close()
+    def start(self, runtime: StageRuntime) -> None:
+        # A retry loop in progress gives up at its next wait once the runtime stops.
+        threading.Thread(target=lambda: (runtime.stopping.wait(), self._sender.stop()), daemon=True).start()
 
-    def _handle(self, message: Message, producer: Producer) -> bool:
+    def ingest(self, messages: Sequence[Message], arrivals: Sequence[int] | None, outbox: Outbox) -> None:
+        for message in messages:
+            if not self._handle(message, outbox):
+                raise StageInterrupted("stopped mid-delivery: this anomaly and the rest stay uncommitted")
+            self._positions[(message.topic(), message.partition())] = message.offset() + 1
+
+    def _handle(self, message: Message, outbox: Outbox) -> bool:
         self.stats.consumed += 1
         value = message.value()
         try:
@@ -320,7 +282,9 @@ class AlertConsumer:
                 raise DecodeError(DecodeErrorKind.TRUNCATED, "empty message (tombstone)", "Anomaly")
             anomaly = self._codec.decode(value)
         except DecodeError as error:
-            self._dead_letter(message, error, producer)
+            logger.error("undecodable anomaly at %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), error)
+            outbox.reject(message, error, stage="alerts")
+            self.stats.dead_letters += 1
             return True
         identity, rank = anomaly["anomaly_id"], _RANK[anomaly["severity"]]
         if rank <= self._posted_rank.get(identity, -1):
@@ -346,36 +310,28 @@ class AlertConsumer:
         if len(self._posted_rank) > _DEDUPE_CAPACITY:
             self._posted_rank.popitem(last=False)
 
-    def _dead_letter(self, message: Message, error: DecodeError, producer: Producer) -> None:
-        logger.error("undecodable anomaly at %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), error)
-        record = dead_letter(
-            source_topic=message.topic(),
-            source_partition=message.partition(),
-            source_offset=message.offset(),
-            raw_key=message.key(),
-            raw_value=message.value(),
-            error_kind=error.kind.value,
-            error=str(error),
-            stage="alerts",
-            now_unix_nano=self._clock(),
-        )
-        producer.produce(self._kafka.topics.dead_letter, key=message.key(), value=self._dead_letter_codec.encode(record))
-        self.stats.dead_letters += 1
+    def snapshot(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Position]:
+        return {key: Position(self._positions[key]) for key in partitions if key in self._positions}
 
-    def _on_consume_error(self, message: Message) -> None:
-        error = message.error()
-        if error.code() == KafkaError._PARTITION_EOF:
-            return
-        if error.fatal():
-            raise AlertError(f"fatal consumer error: {error}")
-        logger.warning("consumer error (retried by the client): %s", error)
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        for key in partitions:
+            self._positions.pop(key, None)
 
-    def _commit(self, consumer: Consumer, producer: Producer, done: dict[int, int]) -> None:
-        if not done:
-            return
-        if producer.flush(30):
-            logger.warning("dead letters undelivered; not committing")
-            return
-        offsets = [TopicPartition(self._kafka.topics.reload_anomalies, partition, offset) for partition, offset in done.items()]
-        if commit_quietly(consumer, offsets):
-            self.stats.commits += 1
+    def close(self) -> None:
+        self._sender.close()
+
+
+def alerts_runtime(kafka: KafkaSettings, settings: AlertSettings, *, sender: WebhookSender | None = None) -> StageRuntime:
+    """The alerting hooks on their runtime (one anomaly at a time: a POST may be retried for long)."""
+    stage = AlertConsumer(kafka, settings, sender=sender)
+    return StageRuntime(
+        kafka,
+        stage,
+        RuntimeSettings(
+            group_id=settings.group_id,
+            batch_size=settings.batch_size,
+            poll_timeout_ms=settings.poll_timeout_ms,
+            commit_interval_ms=_COMMIT_INTERVAL_MS,
+            max_poll_interval_ms=3_600_000,
+        ),
+    )

@@ -1,12 +1,12 @@
-"""The Faust application of ``reloadtrace worker``: the services and agents of one worker process.
+"""The Faust application of ``reloadtrace worker``: the process shell and supervisor of a worker's stages.
 
-Faust owns the process: start-up after table recovery, graceful shutdown on SIGTERM/SIGINT,
-logging, and the agents and tables of the low-rate streams. The high-rate span path is a
-service running :class:`streams.enricher.SpanEnricher` in its own thread (batched
-confluent-kafka clients; see that module for why and for its guarantees). The sink and the
-detector run in child processes of the worker by default (:mod:`streams.components`), else as
-threads. A crash of any service or child crashes the worker, so a supervisor restarts it from the
-last commit.
+Faust owns the process: logging, the services' start and stop, graceful shutdown on SIGTERM and
+SIGINT. It runs no agents or tables: every stage (enricher, detector, sink) runs on
+:class:`streams.stage.StageRuntime`, which drives Kafka itself — the enricher in a thread of this
+process, the sink and the detector in child processes by default (:mod:`streams.components`).
+A stage that fails, or a child that exits non-zero, crashes the worker (exit 1) so a supervisor
+restarts it from the last commit; a child that stopped cleanly (its own SIGTERM or SIGINT, as when
+the whole process group is signalled) stops the worker cleanly (exit 0).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import faust
 import mode
 
 from schemas.settings import KafkaSettings
-from streams.detector import DetectorSettings, StreamingDetector
-from streams.enricher import SpanEnricher
+from streams.detector import DetectorSettings, detector_runtime
+from streams.enricher import enricher_runtime
 from streams.settings import WorkerSettings
+from streams.stage import StageRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class ThreadService(mode.Service):
         def run() -> None:
             try:
                 self._target(self._stop_event)
-            except BaseException as error:  # noqa: BLE001 - handed to the app, which crashes
+            except BaseException as error:
                 logger.exception("%s failed", self._thread_name)
                 _crash_from_thread(loop, self._app, error)
 
@@ -123,10 +124,16 @@ class ChildProcessService(mode.Service):
 
         def watch(process: subprocess.Popen[bytes]) -> None:
             code = process.wait()
-            if not self._stopping:
-                failure = RuntimeError(f"the {self._component} process exited with code {code} (its log is above)")
-                logger.error("%s", failure)
-                _crash_from_thread(loop, self._app, failure)
+            if self._stopping:
+                return
+            if code == 0:
+                # A clean stop: the child was signalled too (a process-group SIGTERM, Ctrl-C), so stop with it.
+                logger.info("the %s process stopped cleanly: stopping the worker", self._component)
+                os.kill(os.getpid(), signal.SIGTERM)  # the worker's own graceful path (a no-op when already stopping)
+                return
+            failure = RuntimeError(f"the {self._component} process exited with code {code} (its log is above)")
+            logger.error("%s", failure)
+            _crash_from_thread(loop, self._app, failure)
 
         threading.Thread(target=watch, args=(self.process,), name=f"{self._component}-watch", daemon=True).start()
 
@@ -149,12 +156,8 @@ def create_app(
     settings: WorkerSettings,
     *,
     timeline_factory: Callable[[], Any] | None = None,
-) -> tuple[faust.App, SpanEnricher]:
-    """Build the worker's Faust app and its enricher (not started)."""
-    if timeline_factory is None:
-        from streams.timeline import VersionTimeline
-
-        timeline_factory = VersionTimeline
+) -> tuple[faust.App, StageRuntime]:
+    """Build the worker's Faust app and its enricher's runtime (not started)."""
     app = faust.App(
         f"{settings.group_id}-app",
         broker=_faust_broker_url(kafka.bootstrap_servers),
@@ -166,9 +169,10 @@ def create_app(
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000),
     )
-    enricher = SpanEnricher(kafka, settings, timeline_factory=timeline_factory)
+    enricher = enricher_runtime(kafka, settings, timeline_factory=timeline_factory)
     _add_thread_service(app, "span-enricher", enricher.run)
-    parts = [("enricher", lambda: enricher.stats), ("engine", lambda: enricher.engine.stats)]
+    stage = enricher.stage
+    parts = [("enricher", lambda: stage.stats), ("engine", lambda: stage.engine.stats), ("runtime", lambda: enricher.stats)]  # type: ignore[attr-defined]
     if settings.detection_enabled:
         from streams.detection import DetectionSettings
 
@@ -176,19 +180,19 @@ def create_app(
         if settings.component_processes:
             _add_child_process(app, "detector", kafka, detector_settings, detection)
         else:
-            detector = StreamingDetector(kafka, detection, detector_settings)
+            detector = detector_runtime(kafka, detection, detector_settings)
             _add_thread_service(app, "regression-detector", detector.run)
-            parts.append(("detector", lambda: detector.stats))
+            parts.append(("detector", lambda: detector.stage.stats))  # type: ignore[attr-defined]
     if settings.sink_url:
         sink_settings = _sink_settings(settings)
         if settings.component_processes:
             _add_child_process(app, "sink", kafka, sink_settings)
         else:
-            from sinks.consumer import SinkConsumer
+            from sinks.consumer import sink_runtime
 
-            sink = SinkConsumer(kafka, sink_settings)
+            sink = sink_runtime(kafka, sink_settings)
             _add_thread_service(app, "clickhouse-sink", sink.run)
-            parts.append(("sink", lambda: sink.stats))
+            parts.append(("sink", lambda: sink.stage.stats))  # type: ignore[attr-defined]
 
     @app.timer(interval=30.0)
     async def report_stats() -> None:
@@ -236,11 +240,8 @@ def consumer_groups(kafka: KafkaSettings, settings: WorkerSettings) -> dict[str,
 
 
 def _detector_settings(settings: WorkerSettings) -> DetectorSettings:
-    """The detector's group follows the worker's; its idle progress waits for this worker group's enricher."""
-    detector = _derived(DetectorSettings(), settings.group_id, "-detector")
-    if "upstream_group_id" in detector.model_fields_set:
-        return detector
-    return detector.model_copy(update={"upstream_group_id": settings.group_id})
+    """The detector's group follows the worker's."""
+    return _derived(DetectorSettings(), settings.group_id, "-detector")
 
 
 def _sink_settings(settings: WorkerSettings) -> Any:

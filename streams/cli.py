@@ -63,7 +63,7 @@ def replay(
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar [default: on a terminal]"),
 ) -> None:
     """Enrich a span file offline with every reload known, and judge every reload."""
-    from streams.replay import ReplayError, RecordFileError, print_summary, run_replay
+    from streams.replay import RecordFileError, ReplayError, print_summary, run_replay
 
     try:
         summary = run_replay(spans, reloads, out, progress=progress)
@@ -233,7 +233,7 @@ def sink(
 
     from schemas.errors import ReloadtraceError
     from schemas.settings import KafkaSettings
-    from sinks.consumer import SinkConsumer
+    from sinks.consumer import sink_runtime
     from sinks.settings import SinkSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -256,7 +256,11 @@ def sink(
         signal.signal(signal_number, lambda *_: stop.set())
     typer.echo(f"reloadtrace sink: writing to {settings.target().describe()}", err=True)
     try:
-        SinkConsumer(kafka, settings).run(stop)
+        runtime = sink_runtime(kafka, settings)
+        try:
+            runtime.run(stop)
+        finally:
+            runtime.stage.close_sink()  # type: ignore[attr-defined]
     except ReloadtraceError as error:
         typer.echo(f"reloadtrace sink: {error}", err=True)
         raise typer.Exit(1) from None
@@ -286,8 +290,7 @@ def alerts(
 
     from schemas.errors import ReloadtraceError
     from schemas.settings import KafkaSettings
-    from streams.alerts import AlertConsumer, AlertSettings
-    from streams.enricher import ensure_topics
+    from streams.alerts import AlertSettings, alerts_runtime
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
@@ -312,8 +315,7 @@ def alerts(
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
     try:
-        ensure_topics(kafka)
-        AlertConsumer(kafka, settings).run(stop)
+        alerts_runtime(kafka, settings).run(stop)
     except ReloadtraceError as error:
         typer.echo(f"reloadtrace alerts: {error}", err=True)
         raise typer.Exit(1) from None
@@ -338,8 +340,7 @@ def detect(
     from schemas.errors import ReloadtraceError
     from schemas.settings import KafkaSettings
     from streams.detection import DetectionSettings
-    from streams.detector import DetectorSettings, StreamingDetector
-    from streams.enricher import ensure_topics
+    from streams.detector import DetectorSettings, detector_runtime
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
@@ -354,8 +355,7 @@ def detect(
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
     try:
-        ensure_topics(kafka)
-        StreamingDetector(kafka, detection, settings).run(stop)
+        detector_runtime(kafka, detection, settings).run(stop)
     except ReloadtraceError as error:
         typer.echo(f"reloadtrace detect: {error}", err=True)
         raise typer.Exit(1) from None

@@ -101,30 +101,30 @@ def _open_sink_waiting(open_sink: Callable[[], Any], stop: threading.Event, wait
 
 def _run_sink(document: dict[str, Any], stop: threading.Event) -> None:
     from schemas.settings import KafkaSettings
-    from sinks.consumer import SinkConsumer
+    from sinks.consumer import sink_runtime
     from sinks.settings import SinkSettings
 
     kafka = KafkaSettings(**document["kafka"])
-    settings = SinkSettings(**document["settings"])
-    consumer = SinkConsumer(kafka, settings)
-    _open_sink_waiting(lambda: consumer.sink, stop)
-    threading.Thread(target=_log_stats, args=(stop, "sink", lambda: consumer.stats), daemon=True).start()
+    runtime = sink_runtime(kafka, SinkSettings(**document["settings"]))
+    stage = runtime.stage
+    _open_sink_waiting(lambda: stage.sink, stop)  # type: ignore[attr-defined]
+    threading.Thread(target=_log_stats, args=(stop, "sink", lambda: stage.stats), daemon=True).start()
     try:
-        consumer.run(stop)
+        runtime.run(stop)
     finally:
-        consumer.close()
+        stage.close_sink()  # type: ignore[attr-defined]
 
 
 def _run_detector(document: dict[str, Any], stop: threading.Event) -> None:
     from schemas.settings import KafkaSettings
     from streams.detection import DetectionSettings
-    from streams.detector import DetectorSettings, StreamingDetector
+    from streams.detector import DetectorSettings, detector_runtime
 
     kafka = KafkaSettings(**document["kafka"])
     detection = DetectionSettings(**document["detection"]) if "detection" in document else DetectionSettings()
-    detector = StreamingDetector(kafka, detection, DetectorSettings(**document["settings"]))
-    threading.Thread(target=_log_stats, args=(stop, "detector", lambda: detector.stats), daemon=True).start()
-    detector.run(stop)
+    runtime = detector_runtime(kafka, detection, DetectorSettings(**document["settings"]))
+    threading.Thread(target=_log_stats, args=(stop, "detector", lambda: runtime.stage.stats), daemon=True).start()  # type: ignore[attr-defined]
+    runtime.run(stop)
 
 
 _RUNNERS = {"sink": _run_sink, "detector": _run_detector}

@@ -1,42 +1,16 @@
 """Post-reload regression detection: windows, one-sided tests, sequential looks, reload health (pure core).
 
-For each SUCCEEDED service-wide reload R of service S effective at T (DESIGN.md, "Post-reload
-anomaly detection"):
+For each SUCCEEDED service-wide reload of S at T (DESIGN.md): baseline = S's requests (SERVER
+spans; every span when there is none) started in ``[T - W, T)``, candidate = those started in
+``[T, T + W)`` cut at S's next SUCCEEDED reload; a canary compares its instance with its peers
+over the same period. Latency: one-sided Mann-Whitney U; error rate: one-sided Fisher exact; an
+anomaly needs significance, a material effect and minimum counts. Looks follow a fixed schedule;
+a look at ``T + L`` uses the requests started before it and is taken once the caller's event-time
+watermark reaches it; each look tests at ``alpha / K`` (Bonferroni), so the false-alarm rate per
+reload and metric is at most ``alpha``. Reload health (durations, FAILED streaks) is judged at T.
 
-* baseline = S's requests (SERVER spans; every span when the windows hold no SERVER span) that
-  started in ``[T - W, T)``;
-* candidate = S's requests that started in ``[T, T + W)``, cut at the next SUCCEEDED reload of S
-  (any component, any scope) so one change is never blamed for the next.
-
-A canary reload (``service_instance_id`` set) compares that instance's requests started in
-``[T, end)`` with the other instances' requests started over the same period.
-
-Latency is judged with a one-sided Mann-Whitney U test (candidate slower), error rate with a
-one-sided Fisher exact test (candidate more errors). An anomaly needs all three of: significance,
-a material effect (a median or p95 latency ratio and an absolute floor in ms; an error-rate delta
-in points) and minimum sample counts in both groups. Only regressions alert.
-
-Sequential decisions: every reload is looked at on a fixed schedule of event-time offsets after T
-(``look_schedule_ms``, ending at W; offsets past the cut collapse into one look at the cut). A
-look at ``T + L`` uses only requests started in ``[T, T + L)``, so its verdict is a pure function
-of the data, and it is taken once the caller's event-time progress passes ``T + L`` plus
-``look_allowance_ms``. The false-alarm rate over repeated looks is held by Bonferroni alpha
-spending: each of the K looks of the schedule tests at ``alpha / K``, so the family-wise false
-alarm rate per (reload, metric) is at most ``alpha`` whatever the data. The first look that
-suffices sets ``detected_time_unix_nano = T + L``; later looks only re-emit the same
-``anomaly_id`` when the severity rises (the record then carries that look's figures but keeps the
-first detection time).
-
-Reload health, judged once event-time progress passes ``T + look_allowance_ms``:
-``reload_duration`` (effective - requested) above an absolute ceiling (CRITICAL) or far above the
-median of the same service/component's earlier reloads (WARNING); ``reload_failed`` for every
-FAILED reload, INFO for one, WARNING/CRITICAL for a streak of failures in a row. INFO is a record,
-not an alarm (``reloadtrace alerts`` pages from WARNING up by default).
-
-Guarantee: replay and streaming see the same anomalies for the same data, since both call
-:class:`RegressionDetector` and looks depend only on data, not on when they are taken. Non-
-guarantee: in streaming, a request or reload arriving later than ``look_allowance_ms`` of event
-time after a look may be missing from that look (the look is never retaken).
+Guarantee: looks depend only on data, never on when they are taken, so replay and streaming emit
+the same anomalies whenever the watermark's promise holds.
 """
 
 from __future__ import annotations
@@ -60,7 +34,6 @@ _ANOMALY_NAMESPACE = uuid.UUID("6f1d2a34-5b1e-4c3a-9d0e-7a7c0de0a11e")
 
 _DEFAULT_WINDOW_MS = 300_000
 _DEFAULT_LOOK_SCHEDULE_MS = (2_000, 5_000, 10_000, 20_000, 40_000, 60_000, 120_000, 180_000, 240_000)
-_DEFAULT_LOOK_ALLOWANCE_MS = 10_000
 _DEFAULT_MAX_RELOAD_LATENESS_MS = 60_000
 _DEFAULT_ALPHA = 0.001
 _DEFAULT_CRITICAL_ALPHA = 0.00001
@@ -103,9 +76,6 @@ class DetectionSettings(BaseSettings):
         default=_DEFAULT_LOOK_SCHEDULE_MS,
         description="Event-time offsets (ms, comma-separated in the environment) after a reload at which it is judged;"
         " offsets beyond W are dropped and W is always the last look",
-    )
-    look_allowance_ms: int = Field(
-        default=_DEFAULT_LOOK_ALLOWANCE_MS, ge=0, description="Event time a look waits past T + L for late requests"
     )
     max_reload_lateness_ms: int = Field(
         default=_DEFAULT_MAX_RELOAD_LATENESS_MS, ge=0, description="How late a reload may arrive and still be judged fully"
@@ -192,8 +162,8 @@ class DetectionSettings(BaseSettings):
 
     @property
     def retention_ms(self) -> int:
-        """How much event time of requests a streaming detector keeps (W + allowance + lateness)."""
-        return self.window_ms + self.look_allowance_ms + self.max_reload_lateness_ms
+        """How much event time of requests a streaming detector keeps behind its watermark (W + reload lateness)."""
+        return self.window_ms + self.max_reload_lateness_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,59 +215,105 @@ class Verdict:
     observed_count: int
 
 
+@dataclass(frozen=True, slots=True)
+class Look:
+    """One look at a reload: every verdict it reached, and the highest severity emitted so far per metric.
+
+    ``looks_total`` counts the reload's looks as scheduled when it was taken (a later reload that
+    cuts the window can only merge the remaining ones into one look at the cut); the last look
+    (``look_index == looks_total - 1``) closes the judgment. A FAILED reload has one look, at its
+    effective time, with its health verdict only.
+    """
+
+    reload: ReloadEvent
+    look_time_unix_nano: int
+    look_index: int
+    looks_total: int
+    window_end_unix_nano: int
+    verdicts: tuple[Verdict, ...]
+    emitted: dict[str, int]
+    """metric -> rank in SEVERITIES of the highest severity emitted up to this look."""
+
+    @property
+    def final(self) -> bool:
+        return self.look_index == self.looks_total - 1
+
+
 class _ServiceRequests:
     """Requests of one service, appended in any order, viewed as arrays sorted by start time.
 
-    A request given twice (same instance, start, end, outcome and kind: an upstream at-least-once
-    redelivery) counts once, so streaming after a crash upstream still agrees with replay.
+    Kept as columns (about 22 bytes a request). A request given twice (same instance, start, end,
+    outcome and kind: an upstream at-least-once redelivery) counts once, so streaming after a crash
+    upstream still agrees with replay.
     """
 
-    __slots__ = ("_arrays", "_instance_codes", "_rows", "_seen")
+    __slots__ = ("_arrays", "_instance_codes", "_pending")
+
+    _COMPACT_ROWS = 65_536
 
     def __init__(self) -> None:
-        self._rows: list[tuple[int, float, bool, int, bool]] = []
-        self._seen: set[tuple[int, int, bool, int, bool]] = set()
-        self._arrays: tuple[np.ndarray, ...] | None = None
+        self._pending: list[tuple[int, float, bool, int, bool]] = []
+        self._arrays: tuple[np.ndarray, ...] = _empty_columns()
         self._instance_codes: dict[str, int] = {}
 
     def add(self, instance: str, start: int, end: int, is_error: bool, kind: str) -> None:
         code = self._instance_codes.setdefault(instance, len(self._instance_codes))
-        identity = (start, end, bool(is_error), code, kind == "SERVER")
-        if identity in self._seen:
-            return
-        self._seen.add(identity)
-        self._rows.append((start, (end - start) / _NANOS_PER_MS, bool(is_error), code, kind == "SERVER"))
-        self._arrays = None
+        self._pending.append((start, (end - start) / _NANOS_PER_MS, bool(is_error), code, kind == "SERVER"))
+        if len(self._pending) >= self._COMPACT_ROWS:
+            self._compact()
 
     def instance_code(self, instance: str) -> int:
         return self._instance_codes.get(instance, -1)
 
+    def _compact(self) -> None:
+        """Merge pending rows into the sorted, duplicate-free columns."""
+        if not self._pending:
+            return
+        starts, latencies, errors, instances, servers = zip(*self._pending, strict=True)
+        self._pending = []
+        added = (
+            np.asarray(starts, dtype=np.int64),
+            np.asarray(latencies, dtype=np.float64),
+            np.asarray(errors, dtype=bool),
+            np.asarray(instances, dtype=np.int32),
+            np.asarray(servers, dtype=bool),
+        )
+        columns = tuple(np.concatenate([old, new]) for old, new in zip(self._arrays, added, strict=True))
+        order = np.lexsort((columns[4], columns[3], columns[2], columns[1], columns[0]))
+        columns = tuple(column[order] for column in columns)
+        if len(order) > 1:
+            same = np.ones(len(order) - 1, dtype=bool)
+            for column in columns:
+                same &= column[1:] == column[:-1]
+            keep = np.concatenate([[True], ~same])
+            if not keep.all():
+                columns = tuple(column[keep] for column in columns)
+        self._arrays = columns
+
     def arrays(self) -> tuple[np.ndarray, ...]:
-        """(starts, latencies_ms, errors, instance_codes, is_server), sorted by start (stable)."""
-        if self._arrays is None:
-            self._rows.sort(key=lambda row: row[0])
-            if self._rows:
-                starts, latencies, errors, instances, servers = zip(*self._rows, strict=True)
-            else:
-                starts = latencies = errors = instances = servers = ()
-            self._arrays = (
-                np.asarray(starts, dtype=np.int64),
-                np.asarray(latencies, dtype=np.float64),
-                np.asarray(errors, dtype=bool),
-                np.asarray(instances, dtype=np.int64),
-                np.asarray(servers, dtype=bool),
-            )
+        """(starts, latencies_ms, errors, instance_codes, is_server), sorted by start."""
+        self._compact()
         return self._arrays
 
     def prune(self, before_unix_nano: int) -> None:
-        kept = [row for row in self._rows if row[0] >= before_unix_nano]
-        if len(kept) != len(self._rows):
-            self._rows = kept
-            self._seen = {identity for identity in self._seen if identity[0] >= before_unix_nano}
-            self._arrays = None
+        self._compact()
+        cut = int(np.searchsorted(self._arrays[0], before_unix_nano, side="left"))
+        if cut:
+            self._arrays = tuple(column[cut:] for column in self._arrays)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        self._compact()
+        return len(self._arrays[0])
+
+
+def _empty_columns() -> tuple[np.ndarray, ...]:
+    return (
+        np.empty(0, dtype=np.int64),
+        np.empty(0, dtype=np.float64),
+        np.empty(0, dtype=bool),
+        np.empty(0, dtype=np.int32),
+        np.empty(0, dtype=bool),
+    )
 
 
 @dataclass(slots=True)
@@ -307,6 +323,7 @@ class _Pending:
     reload: ReloadEvent
     last_look_unix_nano: int | None = None
     health_done: bool = False
+    health: tuple[Verdict, ...] = ()
     emitted: dict[str, int] = field(default_factory=dict)
     first_detected: dict[str, int] = field(default_factory=dict)
     finished: bool = False
@@ -325,13 +342,12 @@ class RegressionDetector:
         self.settings = settings or DetectionSettings()
         self._looks_ns = tuple(offset * _NANOS_PER_MS for offset in self.settings.looks_ms)
         self._window_ns = self.settings.window_ms * _NANOS_PER_MS
-        self._allowance_ns = self.settings.look_allowance_ms * _NANOS_PER_MS
         self._requests: dict[str, _ServiceRequests] = {}
         self._reloads: dict[str, ReloadEvent] = {}
         self._succeeded_by_service: dict[str, list[tuple[int, str]]] = {}
         self._by_service_component: dict[tuple[str, str], list[ReloadEvent]] = {}
         self._pending: dict[str, _Pending] = {}
-        self.max_start_unix_nano: int | None = None
+        self._looks: list[Look] = []
 
     # --- input ---------------------------------------------------------------------------------
 
@@ -346,12 +362,8 @@ class RegressionDetector:
         requests = self._requests.get(service_name)
         if requests is None:
             requests = self._requests[service_name] = _ServiceRequests()
-        latest = self.max_start_unix_nano
         for instance, start, end, is_error, kind in rows:
             requests.add(instance, int(start), int(end), is_error, kind)
-            if latest is None or start > latest:
-                latest = int(start)
-        self.max_start_unix_nano = latest
 
     def add_reload(self, reload: ReloadEvent) -> bool:
         """Add a reload; False when its reload_id is already known (the first arrival wins)."""
@@ -371,9 +383,13 @@ class RegressionDetector:
     # --- progress ------------------------------------------------------------------------------
 
     def advance(self, progress_unix_nano: int) -> list[dict[str, Any]]:
-        """Take every look due at ``progress_unix_nano``; return the anomalies they emitted."""
+        """Take every look due at ``progress_unix_nano``; return the anomalies they emitted.
+
+        ``progress_unix_nano`` is an event-time watermark: every request that started before it,
+        and every reload effective before it, has been added.
+        """
         out: list[dict[str, Any]] = []
-        horizon = progress_unix_nano - self._allowance_ns
+        horizon = progress_unix_nano
         for pending in sorted(self._pending.values(), key=lambda p: (p.reload.effective_time_unix_nano, p.reload.reload_id)):
             self._judge(pending, horizon, out)
         for reload_id in [rid for rid, pending in self._pending.items() if pending.finished]:
@@ -383,6 +399,11 @@ class RegressionDetector:
     def finish(self) -> list[dict[str, Any]]:
         """Take every remaining look (all data is known: replay)."""
         return self.advance(2**63 - 1)
+
+    def take_looks(self) -> list[Look]:
+        """The looks taken since the last call (every verdict of each, anomalous or not), in the order taken."""
+        looks, self._looks = self._looks, []
+        return looks
 
     def prune(self, progress_unix_nano: int) -> None:
         """Forget requests no look can need any more (streaming memory bound)."""
@@ -404,22 +425,42 @@ class RegressionDetector:
         effective = reload.effective_time_unix_nano
         if not pending.health_done and effective <= horizon:
             pending.health_done = True
-            for verdict in self._health(reload):
+            pending.health = tuple(self._health(reload))
+            for verdict in pending.health:
                 self._emit(pending, verdict, effective, out)
+            if not reload.succeeded:
+                self._record_look(pending, effective, 0, 1, (), effective)
         if not reload.succeeded:
             pending.finished = pending.health_done
             return
         end = self._candidate_end(reload)
         looks = sorted({min(effective + offset, end) for offset in self._looks_ns})
-        for look in looks:
+        for index, look in enumerate(looks):
             if pending.last_look_unix_nano is not None and look <= pending.last_look_unix_nano:
                 continue
             if look > horizon:
                 break
             pending.last_look_unix_nano = look
-            for verdict in self.judge_window(reload, look):
+            verdicts = self.judge_window(reload, look)
+            for verdict in verdicts:
                 self._emit(pending, verdict, look, out)
+            self._record_look(pending, look, index, len(looks), verdicts, end)
         pending.finished = pending.health_done and pending.last_look_unix_nano == looks[-1]
+
+    def _record_look(
+        self, pending: _Pending, look: int, index: int, total: int, verdicts: Iterable[Verdict], window_end: int
+    ) -> None:
+        self._looks.append(
+            Look(
+                reload=pending.reload,
+                look_time_unix_nano=look,
+                look_index=index,
+                looks_total=total,
+                window_end_unix_nano=window_end,
+                verdicts=(*pending.health, *verdicts),
+                emitted=dict(pending.emitted),
+            )
+        )
 
     def _candidate_end(self, reload: ReloadEvent) -> int:
         effective = reload.effective_time_unix_nano

@@ -140,6 +140,9 @@ class EnrichmentEngine:
         self._pending: list[tuple[ReloadKey, ReloadArrival]] = []
         self._pending_keys: set[ReloadKey] = set()
         self._held: dict[int, deque[SpanArrival]] = {}
+        self._held_starts: dict[int, deque[tuple[int, int]]] = {}
+        """Per partition, (offset, start) of held spans whose start no later-held span undercuts: a
+        monotonic queue whose head is the least start held (sliding-window minimum)."""
         self._index: dict[str, deque[_Indexed]] = {}
         self._applied_key: ReloadKey | None = None
         self._evicted_end_seconds: dict[str, dict[int, int]] = {}
@@ -157,6 +160,11 @@ class EnrichmentEngine:
                 f"{span.arrival_ms} after {held[-1].arrival_ms}"
             )
         held.append(span)
+        starts = self._held_starts.setdefault(span.partition, deque())
+        start = span.start_time_unix_nano
+        while starts and starts[-1][1] >= start:
+            starts.pop()
+        starts.append((span.offset, start))
         self.stats.spans_added += 1
 
     def add_reload(self, reload: ReloadArrival) -> bool:
@@ -180,6 +188,11 @@ class EnrichmentEngine:
 
     def indexed_count(self) -> int:
         return sum(len(entries) for entries in self._index.values())
+
+    def least_held_start(self, partition: int) -> int | None:
+        """The least start time of the spans of ``partition`` still held (None when none is held)."""
+        starts = self._held_starts.get(partition)
+        return starts[0][1] if starts else None
 
     def oldest_held_offsets(self) -> dict[int, int]:
         """partition -> offset of its oldest span still held (nothing below it is pending)."""
@@ -233,9 +246,12 @@ class EnrichmentEngine:
 
     def _emit_held(self, *, before_ms: int, out: list[Emission]) -> None:
         deadline_offset = self.grace_ms
-        for held in self._held.values():
+        for partition, held in self._held.items():
+            starts = self._held_starts[partition]
             while held and held[0].arrival_ms + deadline_offset < before_ms:
                 span = held.popleft()
+                if starts and starts[0][0] == span.offset:
+                    starts.popleft()
                 answer = self._answer(span)
                 self._index.setdefault(span.service_name, deque()).append(_Indexed(span, answer, 0))
                 out.append(Emission(span, answer, 0))
@@ -328,16 +344,17 @@ class EnrichmentEngine:
         """Index a span answered elsewhere (by a previous owner of its partition) as correctable."""
         self._index.setdefault(span.service_name, deque()).append(_Indexed(span, answer, revision))
 
-
-def forget_partitions(engine: EnrichmentEngine, partitions: Iterable[int]) -> None:
-    """Drop the held and answered spans of partitions this worker no longer owns."""
-    gone = set(partitions)
-    for partition in gone:
-        engine._held.pop(partition, None)
-    for entries in engine._index.values():
-        kept = [entry for entry in entries if entry.span.partition not in gone]
-        entries.clear()
-        entries.extend(kept)
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop the held and answered spans of partitions this worker no longer owns."""
+        gone = set(partitions)
+        for partition in gone:
+            self._held.pop(partition, None)
+            self._held_starts.pop(partition, None)
+        for entries in self._index.values():
+            if any(entry.span.partition in gone for entry in entries):
+                kept = [entry for entry in entries if entry.span.partition not in gone]
+                entries.clear()
+                entries.extend(kept)
 
 
 @dataclass(frozen=True)

@@ -1,92 +1,77 @@
-"""The Kafka edge of enrichment: consume spans and reloads, run the engine, publish, commit.
+"""The enricher stage: spans and reloads in, enriched spans and the detector's request feed out.
 
-Guarantees:
-    * At least once: a span's offset is committed only after its answer (and every correction
-      made so far) has been delivered to ``spans.enriched``; a crash replays from the commit and
-      republishes identical records (same answer, same revision).
-    * Deterministic answers: the engine orders spans and reloads by broker arrival time, so any
-      worker — restarted, or taking over partitions in a rebalance — publishes the same answers
-      a worker that never stopped would have (see :mod:`streams.engine`). The commit of each
-      partition carries, as metadata, the last reload applied when it was made; that and the
-      committed offset are all a new owner needs to rebuild the partition's state.
-    * Nothing is lost: undecodable or invalid messages go to the dead-letter topic with their
-      topic, partition, offset and raw bytes, and their offsets are committed like the others.
+Guarantees (on :class:`streams.stage.StageRuntime`):
+    * At least once and deterministic: the engine orders spans and reloads by broker arrival time
+      (:mod:`streams.engine`), so a restarted or rebalanced worker publishes exactly what one that
+      never stopped would have. A commit carries the last reload applied; a new owner rebuilds a
+      partition from the correction-horizon window before its committed offset, never from the
+      backlog ahead of it, which the normal loop then consumes (memory bounded by grace and horizon).
+    * The request feed carries, per span partition, an event-time watermark: every request of that
+      partition that started before it, and every reload effective before it, was sent before it —
+      provided a span (or reload) reaches the broker before any span of its partition that started
+      more than ``max_lateness_ms`` after it (see :class:`streams.settings.WorkerSettings`).
+    * Undecodable or invalid messages are dead-lettered; their offsets are committed like the others.
 
-Non-guarantees: records are not published in offset order (a held span waits for its grace
-period while later ones may pass it), and a worker's restart republishes what was answered
-since the last commit (consumers keep the highest revision per span; the ClickHouse table does).
-
-The reloads topic is read in full by every worker (the version history, a global table whose
-changelog is the topic itself). Spans are consumed with confluent-kafka in batches, because the
-per-event path of Faust caps at ~13k messages/s on a 2-core machine (see BENCHMARKS.md).
+Non-guarantee: enriched records are not published in offset order (a held span waits its grace).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_INVALID,
-    TIMESTAMP_NOT_AVAILABLE,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
-
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Message
 
 from schemas.codec import ProjectedDecoder
 from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
-from schemas.records import ReloadEvent, check_time_plausible, dead_letter, validate_span
+from schemas.records import ReloadEvent, check_time_plausible, validate_span
 from schemas.settings import KafkaSettings
 from streams.engine import (
+    NEVER,
     Emission,
     EnrichmentEngine,
     ReloadArrival,
     ReloadKey,
     SpanArrival,
     Timeline,
-    forget_partitions,
     restore_partition,
 )
 from streams.enriched_wire import EnrichedEncoder
 from streams.enrichment import SegmentAnswers
-from streams.kafka_io import commit_quietly, group_consumer_config, produce_waiting
-from streams.progress import PartitionProgress, overall_progress
+from streams.progress import overall_progress
+from streams.request_feed import RequestRow, encode_reload, encode_requests, encode_watermarks
 from streams.settings import WorkerSettings
+from streams.stage import (
+    Committed,
+    MessageTooLarge,
+    Outbox,
+    Position,
+    RestorePlan,
+    RuntimeSettings,
+    Stage,
+    StageRuntime,
+)
 
 logger = logging.getLogger(__name__)
 
 _NANOS_PER_MS = 1_000_000
-_FLUSH_TIMEOUT_S = 60.0
-_METADATA_VERSION = 1
 SPAN_FIELDS_ENRICHMENT_READS = (
     "trace_id", "span_id", "parent_span_id", "name", "kind", "service_name", "service_instance_id",
     "start_time_unix_nano", "end_time_unix_nano", "status_code", "status_message",
 )
 """Every span field but the attribute maps: what validation, enrichment and detection look at."""
 _PREFETCH_KBYTES = 16_384
-"""librdkafka's read-ahead of the spans topic (default 64 MB). Measured on a backlog: peak RSS of the
-enricher process 539 -> 450 MB at the same spans/s (the consumer asks for 5,000 messages at a time)."""
+"""librdkafka's read-ahead of the spans topic (default 64 MB): the enricher asks for 5,000 messages at a time."""
 _PRODUCER_QUEUE_KBYTES = 65_536
-"""Bound of the enriched-span producer's queue (default 1 GB); a full queue makes the enricher wait."""
-REQUEST_ROWS_PER_MESSAGE = 5_000
-"""Request rows per message of the requests-by-service topic (keeps messages ~400 kB)."""
+"""Bound of the producer's queue (default 1 GB); a full queue makes the enricher wait."""
 
 
 class EnricherError(ReloadtraceError):
-    """The enricher cannot go on safely (deliveries failing, broker unreachable for too long)."""
+    """The enricher cannot go on safely."""
 
 
 @dataclass(slots=True)
@@ -109,103 +94,59 @@ class EnricherStats:
     reloads_consumed: int = 0
     dead_letters: int = 0
     published: int = 0
-    commits: int = 0
+    too_large: int = 0
+    """Spans whose enriched record would not fit the enriched topic (dead-lettered instead)."""
     restored_partitions: int = 0
-    delivery_failures: int = 0
     refetches: int = 0
     """Reads of the spans topic for corrections of spans whose bytes were dropped."""
     unfetchable: int = 0
     """Corrections not published because the span's message is gone from the topic (retention)."""
-    assigned: list[int] = field(default_factory=list)
+    late_requests: int = 0
+    """Requests sent to the detector after a watermark that should have covered them (``max_lateness_ms`` broken)."""
 
 
-def encode_frontier(key: ReloadKey | None) -> str:
-    """Commit metadata: the last reload applied when the commit was made."""
-    return orjson.dumps({"v": _METADATA_VERSION, "w": list(key) if key is not None else None}).decode()
+@dataclass
+class _Restore:
+    committed: Committed
+    frontier: ReloadKey | None
+    emitted: list[SpanArrival] = field(default_factory=list)
+    unemitted: list[SpanArrival] = field(default_factory=list)
 
 
-def decode_frontier(metadata: str | None) -> tuple[bool, ReloadKey | None]:
-    """(found, frontier) from commit metadata; (False, None) when there is none or it is unreadable."""
-    if not metadata:
-        return False, None
-    try:
-        parsed = orjson.loads(metadata)
-        frontier = parsed["w"]
-        return True, (tuple(int(part) for part in frontier) if frontier is not None else None)  # type: ignore[return-value]
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        logger.warning("ignoring unreadable commit metadata %r", metadata)
-        return False, None
+@dataclass(slots=True)
+class _Watermark:
+    max_emitted_start: int = NEVER
+    """The latest start of a span of the partition whose first answer was sent."""
+    published: int = NEVER
 
 
-def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
-    """Create the pipeline's topics that do not exist yet (``kafka.partitions`` each, broker-default
-    replication, the configs the worker relies on: log-append time, reloads kept forever).
-
-    Raises:
-        EnricherError: a topic could not be created.
-    """
-    admin = AdminClient(kafka.confluent_config())
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = [
-        NewTopic(name, num_partitions=kafka.partitions, replication_factor=-1, config=dict(config))
-        for name, config in kafka.topics.with_configs().items()
-        if name not in existing
-    ]
-    if not missing:
-        return
-    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
-        try:
-            future.result(timeout=timeout_s)
-        except Exception as error:  # noqa: BLE001 - KafkaException; an existing topic is fine
-            if "TOPIC_ALREADY_EXISTS" not in str(error):
-                raise EnricherError(f"creating topic {name} failed: {error}") from error
-    logger.info("created topics %s", ", ".join(topic.topic for topic in missing))
+def runtime_settings(settings: WorkerSettings) -> RuntimeSettings:
+    """How the enricher's runtime drives Kafka."""
+    return RuntimeSettings(
+        group_id=settings.group_id,
+        session_timeout_ms=settings.session_timeout_ms,
+        batch_size=settings.batch_size,
+        poll_timeout_ms=settings.poll_timeout_ms,
+        commit_interval_ms=settings.commit_interval_ms,
+        high_watermark_interval_ms=settings.watermark_interval_ms,
+        consumer_config={"queued.max.messages.kbytes": _PREFETCH_KBYTES},
+        producer_config={"queue.buffering.max.messages": 500_000, "queue.buffering.max.kbytes": _PRODUCER_QUEUE_KBYTES},
+    )
 
 
-class RequestFeed:
-    """Where first answers and applied reloads go for regression detection (default: nowhere)."""
-
-    def requests(self, service_name: str, rows: list[tuple[str, int, int, bool, str]]) -> None:
-        """Rows of (instance, start ns, end ns, is_error, kind) of a service."""
-
-    def reload(self, arrival: ReloadArrival) -> None:
-        """A reload applied to the timeline."""
-
-
-class KafkaRequestFeed(RequestFeed):
-    """Re-keys requests and reloads by service onto the internal ``requests-by-service`` topic."""
-
-    def __init__(self, producer: Producer, topic: str, on_delivery: Callable[..., None]) -> None:
-        self._producer = producer
-        self._topic = topic
-        self._on_delivery = on_delivery
-
-    def requests(self, service_name: str, rows: list[tuple[str, int, int, bool, str]]) -> None:
-        # A backlog can answer a service's requests by the hundred thousand at once: chunk them so
-        # no message nears the broker's 1 MB limit (a row is ~80 bytes of JSON).
-        for first in range(0, len(rows), REQUEST_ROWS_PER_MESSAGE):
-            chunk = rows[first : first + REQUEST_ROWS_PER_MESSAGE]
-            value = orjson.dumps({"service_name": service_name, "requests": chunk})
-            produce_waiting(self._producer, self._topic, service_name.encode(), value, self._on_delivery)
-
-    def reload(self, arrival: ReloadArrival) -> None:
-        value = orjson.dumps({"service_name": arrival.reload.service_name, "reload": arrival.reload.to_dict()})
-        produce_waiting(self._producer, self._topic, arrival.reload.service_name.encode(), value, self._on_delivery)
-
-
-class SpanEnricher:
-    """Runs enrichment for the span partitions this worker is assigned.
+class SpanEnricher(Stage):
+    """Enrichment for the span partitions this worker is assigned.
 
     Args:
         kafka: broker, topics and framing.
-        settings: grace period, horizon, batching, limits.
+        settings: grace period, horizon, lateness bound, limits.
         timeline_factory: builds an empty version timeline.
-        answer_fn: computes an answer from a timeline (default: :func:`enrichment_of` memoised per
-            segment pair, :class:`streams.enrichment.SegmentAnswers`).
-        wall_clock_ns: the clock used for watermark queries and dead-letter times.
-        feed_factory: builds the detection feed from the producer (default: the Kafka feed when
-            detection is enabled, else none).
+        answer_fn: computes an answer from a timeline (default: memoised per segment pair).
+        wall_clock_ns: the clock of restore windows.
     """
+
+    name = "enricher"
+    tracks_arrival = True
 
     def __init__(
         self,
@@ -215,7 +156,6 @@ class SpanEnricher:
         timeline_factory: Callable[[], Timeline],
         answer_fn: Callable[..., Any] | None = None,
         wall_clock_ns: Callable[[], int] = time.time_ns,
-        feed_factory: Callable[[Producer, Callable[..., None]], RequestFeed] | None = None,
     ) -> None:
         self._kafka = kafka
         self._settings = settings
@@ -227,162 +167,60 @@ class SpanEnricher:
         # The enricher never reads attributes: skip building them (most of a span's decoding cost).
         self._span_decoder = ProjectedDecoder(self._span_codec, SPAN_FIELDS_ENRICHMENT_READS)
         self._reload_codec = kafka.codec("ReloadEvent")
-        self._dead_letter_codec = kafka.codec("DeadLetter")
         self._encoder = EnrichedEncoder(self._span_codec, kafka.codec("EnrichedSpan"))
-        self._feed_factory = feed_factory
         self.engine = EnrichmentEngine(
-            timeline_factory(),
-            self._answer_fn,
-            grace_ms=settings.grace_period_ms,
-            horizon_ms=settings.correction_horizon_ms,
+            timeline_factory(), self._answer_fn, grace_ms=settings.grace_period_ms, horizon_ms=settings.correction_horizon_ms
         )
         self.stats = EnricherStats()
         self._reloads: dict[ReloadKey, ReloadArrival] = {}
-        self._span_progress: dict[int, PartitionProgress] = {}
-        self._reload_progress: dict[int, PartitionProgress] = {}
-        self._delivery_error: str | None = None
+        self._runtime: StageRuntime | None = None
         self._assigned_once = False
-        self._producer: Producer | None = None
-        self._consumer: Consumer | None = None
-        self._fetcher: Consumer | None = None
-        self._watermarks: Consumer | None = None
-        self._reload_consumer: Consumer | None = None
-        self._feed: RequestFeed = RequestFeed()
-        self._pending_requests: dict[str, list[tuple[str, int, int, bool, str]]] = {}
-        self.ready = threading.Event()
+        self._restores: dict[int, _Restore] = {}
+        self._watermarks: dict[int, _Watermark] = {}
+        self._pending_requests: dict[str, list[RequestRow]] = {}
+        self._last_watermark_publish = -float("inf")
+        self._lateness_ns = settings.max_lateness_ms * _NANOS_PER_MS
 
-    # --- lifecycle ---------------------------------------------------------------------------
+    # --- what is read ------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
-        """Consume, enrich and publish until ``stop`` is set; commit what is safe on the way out.
+    def topics(self) -> Sequence[str]:
+        return (self._topics.spans,)
 
-        Raises:
-            EnricherError: deliveries failed; nothing after the last commit is acknowledged.
-        """
-        base = self._kafka.confluent_config()
-        ensure_topics(self._kafka)
-        self._producer = Producer(
-            base
-            | {
-                "enable.idempotence": True,
-                "linger.ms": 5,
-                "compression.type": "lz4",
-                "message.timeout.ms": 120_000,
-                "queue.buffering.max.messages": 500_000,
-                "queue.buffering.max.kbytes": _PRODUCER_QUEUE_KBYTES,
-            }
-        )
-        if self._feed_factory is not None:
-            self._feed = self._feed_factory(self._producer, self._on_delivery)
-        elif self._settings.detection_enabled:
-            self._feed = KafkaRequestFeed(self._producer, self._topics.requests_by_service, self._on_delivery)
-        self._watermarks = Consumer(base | {"group.id": f"{self._settings.group_id}-watermarks", "enable.auto.commit": False})
-        self._reload_consumer = Consumer(
-            base
-            | {
-                "group.id": f"{self._settings.group_id}-reload-reader",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": False,
-            }
-        )
-        self._consumer = Consumer(
-            base
-            | group_consumer_config(self._settings.group_id, self._settings.session_timeout_ms)
-            | {"queued.max.messages.kbytes": _PREFETCH_KBYTES}
-        )
-        try:
-            self._load_reloads(stop)
-            self._consumer.subscribe(
-                [self._topics.spans], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-            )
-            last_commit = last_watermarks = 0.0
-            self.ready.set()
-            while not stop.is_set():
-                self._consume_once()
-                now = time.monotonic()
-                if now - last_watermarks >= self._settings.watermark_interval_ms / 1000:
-                    self._observe_watermarks()
-                    last_watermarks = now
-                self._advance()
-                if now - last_commit >= self._settings.commit_interval_ms / 1000:
-                    self._commit()
-                    last_commit = now
-            self._commit()
-        finally:
-            self._close()
+    def table_topics(self) -> Sequence[str]:
+        return (self._topics.reloads,)
 
-    def _close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._producer is not None:
-                self._producer.flush(_FLUSH_TIMEOUT_S)
-        for consumer in (self._consumer, self._reload_consumer, self._fetcher, self._watermarks):
-            if consumer is not None:
-                with contextlib.suppress(Exception):
-                    consumer.close()
-
-    # --- reloads -----------------------------------------------------------------------------
-
-    def _reload_partitions(self) -> list[TopicPartition]:
-        metadata = self._reload_consumer.list_topics(self._topics.reloads, timeout=30)
-        topic = metadata.topics.get(self._topics.reloads)
-        if topic is None or topic.error is not None:
-            raise EnricherError(f"reload topic {self._topics.reloads} is missing: {topic.error if topic else ''}")
-        return [TopicPartition(self._topics.reloads, partition, OFFSET_BEGINNING) for partition in sorted(topic.partitions)]
-
-    def _load_reloads(self, stop: threading.Event) -> None:
-        """Read the whole reload history before any span is answered."""
-        partitions = self._reload_partitions()
-        self._reload_consumer.assign(partitions)
-        for tp in partitions:
-            progress = self._reload_progress.setdefault(tp.partition, PartitionProgress())
-            progress.next_offset = 0
-        targets = {}
-        for tp in partitions:
-            low, high = self._reload_consumer.get_watermark_offsets(tp, timeout=30, cached=False)
-            targets[tp.partition] = high
-            self._reload_progress[tp.partition].next_offset = low
-        while not stop.is_set() and any(
-            self._reload_progress[partition].next_offset < high for partition, high in targets.items()
-        ):
-            for message in self._reload_consumer.consume(1_000, timeout=0.5):
-                self._ingest_reload(message)
+    def start(self, runtime: StageRuntime) -> None:
+        self._runtime = runtime
         logger.info("loaded %d reloads", len(self._reloads))
 
-    def _ingest_reload(self, message: Message) -> None:
-        if message.error() is not None:
-            self._on_consume_error(message)
-            return
-        self.stats.reloads_consumed += 1
-        partition, offset = message.partition(), message.offset()
-        progress = self._reload_progress.setdefault(partition, PartitionProgress())
-        arrival = self._arrival_ms(message, progress)
-        progress.consumed(offset, arrival)
-        value = message.value()
-        try:
-            if value is None:
-                raise InvalidRecordError("empty message (tombstone)")
-            reload = ReloadEvent.from_dict(self._reload_codec.decode(value))
-            self._check_plausible(reload.effective_time_unix_nano, arrival, "effective_time_unix_nano")
-        except (DecodeError, InvalidRecordError) as error:
-            self._dead_letter(message, error, stage="decode" if isinstance(error, DecodeError) else "validate")
-            return
-        arrival_record = ReloadArrival(reload, arrival, partition, offset)
-        self._reloads[arrival_record.key] = arrival_record
-        self.engine.add_reload(arrival_record)
-
-    # --- spans -------------------------------------------------------------------------------
-
-    def _consume_once(self) -> None:
-        messages = self._consumer.consume(self._settings.batch_size, timeout=self._settings.poll_timeout_ms / 1000)
-        for message in messages:
-            if message.error() is not None:
-                self._on_consume_error(message)
+    def ingest_table(self, messages: Sequence[Message], arrivals: Sequence[int] | None, outbox: Outbox) -> None:
+        assert arrivals is not None
+        for message, arrival in zip(messages, arrivals, strict=True):
+            self.stats.reloads_consumed += 1
+            try:
+                value = message.value()
+                if value is None:
+                    raise InvalidRecordError("empty message (tombstone)")
+                reload = ReloadEvent.from_dict(self._reload_codec.decode(value))
+                self._check_plausible(reload.effective_time_unix_nano, arrival, "effective_time_unix_nano")
+            except (DecodeError, InvalidRecordError) as error:
+                self._reject(outbox, message, error)
                 continue
-            self._ingest_span(message)
-        for message in self._reload_consumer.consume(1_000, timeout=0):
-            self._ingest_reload(message)
-        self._producer.poll(0)
+            record = ReloadArrival(reload, arrival, message.partition(), message.offset())
+            self._reloads[record.key] = record
+            self.engine.add_reload(record)
+
+    def ingest(self, messages: Sequence[Message], arrivals: Sequence[int] | None, outbox: Outbox) -> None:
+        assert arrivals is not None
+        engine = self.engine
+        for message, arrival in zip(messages, arrivals, strict=True):
+            try:
+                span = self._decode_span(message, arrival)
+            except (DecodeError, InvalidRecordError) as error:
+                self._reject(outbox, message, error)
+            else:
+                engine.add_span(span)
+        self.stats.spans_consumed += len(messages)
 
     def _decode_span(self, message: Message, arrival: int) -> SpanArrival:
         value = message.value()
@@ -403,343 +241,329 @@ class SpanEnricher:
             SpanMessage(message.key(), value, span["kind"], span["status_code"] == "ERROR"),
         )
 
-    def _ingest_span(self, message: Message) -> None:
-        self.stats.spans_consumed += 1
-        partition = message.partition()
-        progress = self._span_progress.setdefault(partition, PartitionProgress())
-        arrival = self._arrival_ms(message, progress)
-        try:
-            span = self._decode_span(message, arrival)
-        except (DecodeError, InvalidRecordError) as error:
-            self._dead_letter(message, error, stage="decode" if isinstance(error, DecodeError) else "validate")
-        else:
-            self.engine.add_span(span)
-        progress.consumed(message.offset(), arrival)
-
-    def _arrival_ms(self, message: Message, progress: PartitionProgress) -> int:
-        """Broker arrival time; never earlier than the partition's previous message (CreateTime topics)."""
-        timestamp_type, timestamp = message.timestamp()
-        if timestamp_type == TIMESTAMP_NOT_AVAILABLE:
-            timestamp = self._clock() // _NANOS_PER_MS
-        return max(timestamp, progress.last_arrival_ms)
-
     def _check_plausible(self, value: int, arrival_ms: int, field_name: str) -> None:
-        arrival_ns = arrival_ms * _NANOS_PER_MS
         check_time_plausible(
             value,
-            now_unix_nano=arrival_ns,
+            now_unix_nano=arrival_ms * _NANOS_PER_MS,
             max_past_nanos=self._settings.max_span_age_ms * _NANOS_PER_MS,
             max_future_nanos=self._settings.max_future_ms * _NANOS_PER_MS,
             field_name=field_name,
         )
 
-    def _on_consume_error(self, message: Message) -> None:
-        error = message.error()
-        if error.code() == KafkaError._PARTITION_EOF:
-            return
-        if error.fatal():
-            raise EnricherError(f"fatal consumer error: {error}")
-        logger.warning("consumer error (retried by the client): %s", error)
-
-    def _dead_letter(self, message: Message, error: Exception, *, stage: str) -> None:
-        kind = error.kind.value if isinstance(error, DecodeError) else "invalid_record"
-        record = dead_letter(
-            source_topic=message.topic(),
-            source_partition=message.partition(),
-            source_offset=message.offset(),
-            raw_key=message.key(),
-            raw_value=message.value(),
-            error_kind=kind,
-            error=str(error),
-            stage=stage,
-            now_unix_nano=self._clock(),
-        )
-        produce_waiting(self._producer, self._topics.dead_letter, message.key(), self._dead_letter_codec.encode(record), self._on_delivery)
+    def _reject(self, outbox: Outbox, message: Message, error: Exception) -> None:
+        outbox.reject(message, error, stage="decode" if isinstance(error, DecodeError) else "validate")
         self.stats.dead_letters += 1
 
-    # --- progress, answers, publication ------------------------------------------------------
+    # --- answers -----------------------------------------------------------------------------
 
-    def _observe_watermarks(self) -> None:
-        """Query the high watermark of every partition read to its last known end.
+    def _span_partitions(self) -> list[int]:
+        assert self._runtime is not None
+        return [partition for topic, partition in self._runtime.active_partitions() if topic == self._topics.spans]
 
-        Queries go through a client of their own (``self._watermarks``), which fetches nothing:
-        on a consuming client each query waits behind the long-poll fetches of its connection
-        (measured: a fifth of the enricher's time under load). A partition known to be behind
-        (its cached high watermark, from the last fetch response, is past our position) needs no
-        query: its progress is its last arrival anyway.
-        """
-        skew_free_now = self._clock() // _NANOS_PER_MS
-        for consumer, topic, progress_by_partition in (
-            (self._consumer, self._topics.spans, self._span_progress),
-            (self._reload_consumer, self._topics.reloads, self._reload_progress),
-        ):
-            for partition in self._owned(progress_by_partition, topic):
-                progress = progress_by_partition[partition]
-                tp = TopicPartition(topic, partition)
-                with contextlib.suppress(Exception):
-                    _, cached_high = consumer.get_watermark_offsets(tp, cached=True)
-                    if cached_high is not None and cached_high > progress.next_offset >= 0:
-                        continue
-                try:
-                    _, high = self._watermarks.get_watermark_offsets(tp, timeout=5, cached=False)
-                except Exception:  # noqa: BLE001 - retried once with fresh metadata, below
-                    try:
-                        # A client that consumes nothing keeps stale metadata (e.g. across a broker
-                        # restart: "Unknown partition" for ever): refresh it and ask again.
-                        self._watermarks.list_topics(topic, timeout=5)
-                        _, high = self._watermarks.get_watermark_offsets(tp, timeout=5, cached=False)
-                    except Exception as error:  # noqa: BLE001 - a failed query only delays progress
-                        logger.warning("high-watermark query for %s[%d] failed: %s", topic, partition, error)
-                        continue
-                progress.observed_high_watermark(high, skew_free_now)
-
-    def _owned(self, progress_by_partition: dict[int, PartitionProgress], topic: str) -> list[int]:
-        if topic == self._topics.spans:
-            return [partition for partition in self.stats.assigned if partition in progress_by_partition]
-        return list(progress_by_partition)
-
-    def _advance(self) -> None:
-        skew = self._settings.clock_skew_ms
-        span_progress = overall_progress(
-            (self._span_progress[p] for p in self.stats.assigned if p in self._span_progress), skew
-        )
-        if not self.stats.assigned:
+    def advance(self, outbox: Outbox) -> None:
+        runtime = self._runtime
+        assert runtime is not None
+        partitions = self._span_partitions()
+        if not partitions:
             return
-        reload_progress = overall_progress(self._reload_progress.values(), skew)
-        self._publish(self.engine.advance(span_progress, reload_progress), first_appearance=None)
-        for arrival in self.engine.take_applied():
-            self._feed.reload(arrival)
-        self._flush_requests()
+        skew = self._settings.clock_skew_ms
+        spans = self._topics.spans
+        span_progress = (
+            NEVER
+            if self._restores  # a partition being rebuilt holds every reload back (its answers depend on them)
+            else overall_progress((runtime.progress(spans, p) for p in partitions), skew)
+        )
+        reload_progress = overall_progress(
+            (runtime.progress(self._topics.reloads, p) for p in range(runtime.partition_count(self._topics.reloads))), skew
+        )
+        self._publish(self.engine.advance(span_progress, reload_progress), outbox, first_appearance=None)
+        self._send_applied(outbox)
+        self._flush_requests(outbox)
+        now = time.monotonic()
+        if self._settings.detection_enabled and now - self._last_watermark_publish >= self._settings.feed_watermark_interval_ms / 1000:
+            self._publish_watermarks(outbox, partitions, min(span_progress, reload_progress))
+            self._last_watermark_publish = now
 
-    def _publish(self, emissions: list[Emission], *, first_appearance: set[tuple[int, int]] | None) -> None:
+    def _send_applied(self, outbox: Outbox) -> None:
+        for arrival in self.engine.take_applied():
+            if self._settings.detection_enabled:
+                reload = arrival.reload
+                outbox.publish(self._topics.requests_by_service, reload.service_name.encode(), encode_reload(reload))
+
+    def _publish(self, emissions: list[Emission], outbox: Outbox, *, first_appearance: set[tuple[int, int]] | None) -> None:
         missing: dict[int, set[int]] = {}
         for emission in emissions:
             if emission.span.payload.value is None:
                 missing.setdefault(emission.span.partition, set()).add(emission.span.offset)
         fetched = self._refetch(missing) if missing else {}
+        feed = self._settings.detection_enabled
         for emission in emissions:
-            message: SpanMessage = emission.span.payload
-            key, raw = (
-                (message.key, message.value)
-                if message.value is not None
-                else fetched.get((emission.span.partition, emission.span.offset), (None, None))
-            )
+            span = emission.span
+            message: SpanMessage = span.payload
+            if message.value is not None:
+                key, raw = message.key, message.value
+            else:
+                found = fetched.get((span.partition, span.offset))
+                key, raw = (found.key(), found.value()) if found is not None else (None, None)
             if raw is None:
                 self.stats.unfetchable += 1
                 logger.error(
                     "cannot publish revision %d of the span at %s[%d]@%d: the message is gone from the topic",
-                    emission.revision, self._topics.spans, emission.span.partition, emission.span.offset,
+                    emission.revision, self._topics.spans, span.partition, span.offset,
                 )
                 continue
-            value = self._encoder.encode(raw, emission.answer, emission.revision)
-            produce_waiting(self._producer, self._topics.spans_enriched, key, value, self._on_delivery)
-            self.stats.published += 1
-            span = emission.span
+            try:
+                outbox.publish(self._topics.spans_enriched, key, self._encoder.encode(raw, emission.answer, emission.revision))
+                self.stats.published += 1
+            except MessageTooLarge as error:
+                self.stats.too_large += 1
+                outbox.reject(_SpanMessageView(self._topics.spans, span, key, raw), error, stage="enrich")
             is_first = (
                 emission.revision == 0 and emission.caused_by_reload_id is None
                 if first_appearance is None
                 else (span.partition, span.offset) in first_appearance
             )
-            if is_first:
+            if is_first and feed:
                 self._pending_requests.setdefault(span.service_name, []).append(
-                    (
-                        span.service_instance_id,
-                        span.start_time_unix_nano,
-                        span.end_time_unix_nano,
-                        message.is_error,
-                        message.kind,
-                    )
+                    RequestRow(span.service_instance_id, span.start_time_unix_nano, span.end_time_unix_nano, message.is_error, message.kind)
                 )
+                watermark = self._watermarks.setdefault(span.partition, _Watermark())
+                if span.start_time_unix_nano < watermark.published:
+                    self.stats.late_requests += 1
+                watermark.max_emitted_start = max(watermark.max_emitted_start, span.start_time_unix_nano)
         if self._settings.refetch_corrections:
             for emission in emissions:  # answered: only a correction needs the bytes again
                 emission.span.payload.key = emission.span.payload.value = None
 
-    def _refetch(self, wanted: dict[int, set[int]]) -> dict[tuple[int, int], tuple[bytes | None, bytes]]:
-        """(key, value) of the span messages at the wanted offsets, read back from the spans topic.
-
-        Reads each partition once, from the least to the greatest wanted offset. Offsets no longer
-        in the topic (deleted by retention) are absent from the result.
-        """
-        if self._fetcher is None:
-            self._fetcher = Consumer(
-                self._kafka.confluent_config()
-                | {"group.id": f"{self._settings.group_id}-refetch", "enable.auto.commit": False,
-                   "enable.partition.eof": True, "auto.offset.reset": "earliest"}
-            )
-        found: dict[tuple[int, int], tuple[bytes | None, bytes]] = {}
+    def _refetch(self, wanted: dict[int, set[int]]) -> dict[tuple[int, int], Message]:
+        """The span messages at the wanted offsets, read back from the spans topic (gone by retention: absent)."""
+        assert self._runtime is not None
+        found: dict[tuple[int, int], Message] = {}
         for partition, offsets in wanted.items():
             self.stats.refetches += 1
-            last = max(offsets)
-            self._fetcher.assign([TopicPartition(self._topics.spans, partition, min(offsets))])
-            deadline = time.monotonic() + _FLUSH_TIMEOUT_S
-            done = False
-            while not done and time.monotonic() < deadline:
-                for message in self._fetcher.consume(self._settings.batch_size, timeout=1.0):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            done = True
-                            break
-                        self._on_consume_error(message)
-                        continue
-                    offset = message.offset()
-                    if offset in offsets and message.value() is not None:
-                        found[(partition, offset)] = (message.key(), message.value())
-                    if offset >= last:
-                        done = True
-                        break
-            self._fetcher.unassign()
+            for offset, message in self._runtime.read(self._topics.spans, partition, offsets).items():
+                if message.value() is not None:
+                    found[(partition, offset)] = message
             logger.info("re-read %d span messages of partition %d for corrections", len(offsets), partition)
         return found
 
-    def _flush_requests(self) -> None:
+    def _flush_requests(self, outbox: Outbox) -> None:
+        topic = self._topics.requests_by_service
         for service_name, rows in self._pending_requests.items():
-            self._feed.requests(service_name, rows)
+            key = service_name.encode()
+            for value in encode_requests(service_name, rows):
+                outbox.publish(topic, key, value)
         self._pending_requests.clear()
 
-    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            self.stats.delivery_failures += 1
-            self._delivery_error = f"delivery to {message.topic()} failed: {error}"
+    # --- watermarks --------------------------------------------------------------------------
+
+    def _watermark(self, partition: int, idle_floor_ms: int) -> int:
+        """Event time below which partition ``partition`` has sent every request and every reload (see module doc)."""
+        assert self._runtime is not None
+        state = self._watermarks.setdefault(partition, _Watermark())
+        value = state.max_emitted_start - self._lateness_ns if state.max_emitted_start != NEVER else NEVER
+        least_held = self.engine.least_held_start(partition)
+        if least_held is not None:
+            return min(value, least_held)
+        progress = self._runtime.progress(self._topics.spans, partition)
+        now_ms = self._clock() // _NANOS_PER_MS
+        if (
+            progress is not None
+            and idle_floor_ms != NEVER
+            and progress.caught_up_at_ms - self._settings.clock_skew_ms >= progress.last_arrival_ms
+            and progress.last_arrival_ms < now_ms - self._settings.idle_partition_ms
+        ):
+            # Read to its end and quiet: a later span arrives after the floor, so started after it less the bound.
+            value = max(value, idle_floor_ms * _NANOS_PER_MS - self._lateness_ns)
+        return value
+
+    def _publish_watermarks(self, outbox: Outbox, partitions: list[int], idle_floor_ms: int) -> None:
+        assert self._runtime is not None
+        if self._restores:
+            return
+        times = {}
+        for partition in partitions:
+            value = self._watermark(partition, idle_floor_ms)
+            state = self._watermarks[partition]
+            if value > state.published:
+                state.published = value
+                times[partition] = value
+        if not times:
+            return
+        topic = self._topics.requests_by_service
+        value = encode_watermarks(self._runtime.partition_count(self._topics.spans), times)
+        for feed_partition in range(outbox.partitions(topic)):
+            outbox.publish(topic, None, value, partition=feed_partition)
 
     # --- commits and partition ownership ------------------------------------------------------
 
-    def _flush_producer(self) -> None:
-        remaining = self._producer.flush(_FLUSH_TIMEOUT_S)
-        if remaining:
-            raise EnricherError(f"{remaining} records still undelivered after {_FLUSH_TIMEOUT_S:.0f}s; not committing")
-        if self._delivery_error is not None:
-            raise EnricherError(f"{self._delivery_error}; not committing")
+    def prepare_commit(self, outbox: Outbox, *, draining: bool) -> None:
+        self._flush_requests(outbox)
 
-    def _commit_offsets(self, partitions: list[int]) -> list[TopicPartition]:
+    def snapshot(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Position]:
+        assert self._runtime is not None
         held = self.engine.oldest_held_offsets()
-        metadata = encode_frontier(self.engine.applied_key)
-        offsets = []
-        for partition in partitions:
-            progress = self._span_progress.get(partition)
-            offset = held.get(partition, progress.next_offset if progress else -1)
-            if offset >= 0:
-                offsets.append(TopicPartition(self._topics.spans, partition, offset, metadata=metadata))
-        return offsets
+        frontier = self.engine.applied_key
+        positions = {}
+        for topic, partition in partitions:
+            progress = self._runtime.progress(topic, partition)
+            offset = held.get(partition, progress.next_offset if progress is not None else -1)
+            watermark = self._watermarks.get(partition)
+            positions[(topic, partition)] = Position(
+                offset,
+                {
+                    "frontier": list(frontier) if frontier is not None else None,
+                    "max_emitted_start": watermark.max_emitted_start if watermark and watermark.max_emitted_start != NEVER else None,
+                },
+            )
+        return positions
 
-    def _commit(self, partitions: list[int] | None = None) -> None:
-        if self._consumer is None:
-            return
-        self._flush_requests()
-        self._flush_producer()
-        offsets = self._commit_offsets(self.stats.assigned if partitions is None else partitions)
-        if not offsets:
-            return
-        if commit_quietly(self._consumer, offsets):
-            self.stats.commits += 1
+    def upgrade_state(self, metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Version 1 metadata: ``{"v": 1, "w": frontier}``."""
+        if metadata.get("v") == 1 and "w" in metadata:
+            return {"frontier": metadata["w"], "max_emitted_start": None}
+        return None
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        revoked = [tp.partition for tp in partitions]
-        with contextlib.suppress(EnricherError):
-            self._commit(revoked)
-        self._forget(revoked)
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        numbers = [partition for topic, partition in partitions if topic == self._topics.spans]
+        self.engine.forget_partitions(numbers)
+        for number in numbers:
+            self._watermarks.pop(number, None)
+            self._restores.pop(number, None)
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._forget([tp.partition for tp in partitions])
-
-    def _forget(self, partitions: list[int]) -> None:
-        forget_partitions(self.engine, partitions)
-        for partition in partitions:
-            self._span_progress.pop(partition, None)
-        self.stats.assigned = [p for p in self.stats.assigned if p not in set(partitions)]
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        committed = consumer.committed(partitions, timeout=60)
-        previous: dict[int, tuple[int, ReloadKey | None, bool]] = {}
-        for tp in committed:
-            found, frontier = decode_frontier(tp.metadata)
-            previous[tp.partition] = (tp.offset, frontier, found)
+    def assigned(self, partitions: Sequence[Committed]) -> dict[tuple[str, int], RestorePlan]:
+        previous = {entry.partition: _frontier(entry.state) for entry in partitions}
         if not self._assigned_once:
             # Start at the least advanced frontier any partition was committed with: no partition
             # then needs answers this worker could not give (see restore_partition).
-            frontiers = [frontier for _, frontier, found in previous.values() if found]
-            start = None
-            if frontiers and all(frontier is not None for frontier in frontiers):
-                start = min(frontiers)  # type: ignore[type-var]
-            self.engine.apply_through(start)
-            for arrival in self.engine.take_applied():
-                self._feed.reload(arrival)
+            frontiers = [frontier for found, frontier in previous.values() if found]
+            start = min(frontiers) if frontiers and all(frontier is not None for frontier in frontiers) else None
+            self.engine.apply_through(start)  # type: ignore[arg-type]
             self._assigned_once = True
-        positions = []
-        for tp in partitions:
-            committed_offset, previous_frontier, _ = previous[tp.partition]
-            position = self._restore(tp.partition, committed_offset, previous_frontier)
-            positions.append(TopicPartition(self._topics.spans, tp.partition, position))
-            self.stats.assigned.append(tp.partition)
-        self.stats.assigned.sort()
-        consumer.assign(positions)
-
-    def _restore(self, partition: int, committed_offset: int, previous_frontier: ReloadKey | None) -> int:
-        """Rebuild a partition's state from its log; return the offset to consume from next."""
-        reader = Consumer(
-            self._kafka.confluent_config()
-            | {"group.id": f"{self._settings.group_id}-restore", "enable.auto.commit": False, "enable.partition.eof": False}
-        )
-        try:
-            tp = TopicPartition(self._topics.spans, partition)
-            low, high = reader.get_watermark_offsets(tp, timeout=30, cached=False)
-            if committed_offset in (OFFSET_INVALID, -1) or committed_offset < low:
-                committed_offset = low
-            frontier = self.engine.applied_key
-            now_ms = self._clock() // _NANOS_PER_MS
+        frontier = self.engine.applied_key
+        frontier_ms = frontier[0] if frontier is not None else NEVER
+        grace = self._settings.grace_period_ms
+        now_ms = self._clock() // _NANOS_PER_MS
+        plans = {}
+        for entry in partitions:
+            _, previous_frontier = previous[entry.partition]
             anchors = [now_ms] + [key[0] for key in (frontier, previous_frontier) if key is not None]
-            since_ms = min(anchors) - self._settings.correction_horizon_ms - 2 * self._settings.grace_period_ms
-            since_ms -= self._settings.clock_skew_ms
-            start = reader.offsets_for_times([TopicPartition(self._topics.spans, partition, max(since_ms, 0))], timeout=30)[0].offset
-            if start < 0:
-                start = high
-            start = max(low, min(start, committed_offset))
-            emitted: list[SpanArrival] = []
-            unemitted: list[SpanArrival] = []
-            progress = PartitionProgress(next_offset=start)
-            if start < high:
-                reader.assign([TopicPartition(self._topics.spans, partition, start)])
-                while progress.next_offset < high:
-                    # Ask for no more than is left: consume() waits its whole timeout for a batch it cannot fill.
-                    wanted = max(1, min(self._settings.batch_size, high - progress.next_offset))
-                    for message in reader.consume(wanted, timeout=1.0):
-                        if message.error() is not None:
-                            self._on_consume_error(message)
-                            continue
-                        arrival = self._arrival_ms(message, progress)
-                        progress.consumed(message.offset(), arrival)
-                        try:
-                            span = self._decode_span(message, arrival)
-                        except (DecodeError, InvalidRecordError) as error:
-                            if message.offset() >= committed_offset:
-                                self._dead_letter(message, error, stage="decode" if isinstance(error, DecodeError) else "validate")
-                            continue
-                        (emitted if message.offset() < committed_offset else unemitted).append(span)
-            restored = restore_partition(
-                timeline_factory=self._timeline_factory,
-                answer_fn=self._answer_fn,
-                grace_ms=self._settings.grace_period_ms,
-                horizon_ms=self._settings.correction_horizon_ms,
-                reloads=self._reloads.values(),
-                emitted=emitted,
-                previous_frontier=previous_frontier,
-                unemitted=unemitted,
-                frontier=frontier,
+            since_ms = min(anchors) - self._settings.correction_horizon_ms - 2 * grace - self._settings.clock_skew_ms
+            self._restores[entry.partition] = _Restore(entry, previous_frontier)
+            state = entry.state or {}
+            emitted_start = state.get("max_emitted_start")
+            if isinstance(emitted_start, int):
+                self._watermarks[entry.partition] = _Watermark(max_emitted_start=emitted_start)
+            plans[(entry.topic, entry.partition)] = RestorePlan(
+                until_offset=entry.offset,
+                since_time_ms=since_ms,
+                # A span after the commit whose grace ended before the frontier was due before it: rebuilt
+                # with the reloads it would have seen; later ones are held like new ones.
+                more=lambda message, arrival: arrival + grace < frontier_ms,
             )
-            for span, answer, revision in restored.adopt:
-                self.engine.adopt(span, answer, revision)
-            for span in restored.hold:
-                self.engine.add_span(span)
-            self._publish(restored.emissions, first_appearance={(s.partition, s.offset) for s in unemitted})
-            if self._settings.refetch_corrections:
-                for span, _, _ in restored.adopt:
+        return plans
+
+    def restore_messages(
+        self, partition: tuple[str, int], messages: Sequence[Message], arrivals: Sequence[int], outbox: Outbox
+    ) -> None:
+        restore = self._restores.get(partition[1])
+        if restore is None:
+            return
+        committed = restore.committed.offset
+        drop_bytes = self._settings.refetch_corrections
+        for message, arrival in zip(messages, arrivals, strict=True):
+            try:
+                span = self._decode_span(message, arrival)
+            except (DecodeError, InvalidRecordError) as error:
+                if message.offset() >= committed:  # the previous owner dead-lettered the ones before
+                    self._reject(outbox, message, error)
+                continue
+            if message.offset() < committed:
+                if drop_bytes:  # answered already: only a correction needs the bytes, and re-reads them
                     span.payload.key = span.payload.value = None
-            self._span_progress[partition] = progress
-            self.stats.restored_partitions += 1
-            logger.info(
-                "partition %d: committed %d, rebuilt %d answered + %d pending spans, republished %d",
-                partition, committed_offset, len(emitted), len(unemitted), len(restored.emissions),
-            )
-            return max(progress.next_offset, start)
-        finally:
-            reader.close()
+                restore.emitted.append(span)
+            else:
+                restore.unemitted.append(span)
+
+    def restored(self, partition: tuple[str, int], committed: Committed, position: int, outbox: Outbox) -> None:
+        restore = self._restores.pop(partition[1], None)
+        if restore is None:
+            return
+        result = restore_partition(
+            timeline_factory=self._timeline_factory,
+            answer_fn=self._answer_fn,
+            grace_ms=self._settings.grace_period_ms,
+            horizon_ms=self._settings.correction_horizon_ms,
+            reloads=self._reloads.values(),
+            emitted=restore.emitted,
+            previous_frontier=restore.frontier,
+            unemitted=restore.unemitted,
+            frontier=self.engine.applied_key,
+        )
+        for span, answer, revision in result.adopt:
+            self.engine.adopt(span, answer, revision)
+        for span in result.hold:
+            self.engine.add_span(span)
+        self._publish(result.emissions, outbox, first_appearance={(s.partition, s.offset) for s in restore.unemitted})
+        if self._settings.refetch_corrections:
+            for span, _, _ in result.adopt:
+                span.payload.key = span.payload.value = None
+        self.stats.restored_partitions += 1
+        logger.info(
+            "partition %d: committed %d, rebuilt %d answered + %d pending spans, republished %d, consuming from %d",
+            partition[1], committed.offset, len(restore.emitted), len(restore.unemitted), len(result.emissions), position,
+        )
+
+
+def _frontier(state: Mapping[str, Any] | None) -> tuple[bool, ReloadKey | None]:
+    """(found, frontier) of a commit's state."""
+    if not state or "frontier" not in state:
+        return False, None
+    frontier = state["frontier"]
+    if frontier is None:
+        return True, None
+    try:
+        return True, tuple(int(part) for part in frontier)  # type: ignore[return-value]
+    except (TypeError, ValueError):
+        logger.warning("ignoring an unreadable frontier in commit metadata: %r", frontier)
+        return False, None
+
+
+class _SpanMessageView:
+    """A span message rebuilt from what the enricher kept (for a dead letter of its enriched record)."""
+
+    __slots__ = ("_key", "_offset", "_partition", "_topic", "_value")
+
+    def __init__(self, topic: str, span: SpanArrival, key: bytes | None, value: bytes | None) -> None:
+        self._topic, self._partition, self._offset, self._key, self._value = topic, span.partition, span.offset, key, value
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
+def enricher_runtime(
+    kafka: KafkaSettings,
+    settings: WorkerSettings,
+    *,
+    timeline_factory: Callable[[], Timeline] | None = None,
+    **stage_options: Any,
+) -> StageRuntime:
+    """The enricher on its runtime."""
+    if timeline_factory is None:
+        from streams.timeline import VersionTimeline
+
+        timeline_factory = VersionTimeline
+    stage = SpanEnricher(kafka, settings, timeline_factory=timeline_factory, **stage_options)
+    return StageRuntime(kafka, stage, runtime_settings(settings))

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+
+from schemas.errors import ReloadtraceError
+
+if TYPE_CHECKING:
+    from schemas.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +63,19 @@ def group_consumer_config(group_id: str, session_timeout_ms: int) -> dict[str, o
 
 
 def produce_waiting(
-    producer: Producer, topic: str, key: bytes | None, value: bytes, on_delivery: Callable[..., None]
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes,
+    on_delivery: Callable[..., None],
+    *,
+    partition: int | None = None,
 ) -> None:
     """Produce, waiting (serving delivery callbacks) while the client's local queue is full; never drops."""
+    extra = {} if partition is None else {"partition": partition}
     while True:
         try:
-            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            producer.produce(topic, key=key, value=value, on_delivery=on_delivery, **extra)
             return
         except BufferError:
             producer.poll(_BACKPRESSURE_POLL_S)  # the local queue is full: let deliveries drain
@@ -80,3 +93,64 @@ def commit_quietly(consumer: Consumer, offsets: Sequence[TopicPartition]) -> boo
     except Exception as error:  # noqa: BLE001 - retried at the next commit; at-least-once holds
         logger.warning("offset commit failed (will retry): %s", error)
         return False
+
+
+class TopicCreationError(ReloadtraceError):
+    """A topic the pipeline needs could not be created."""
+
+
+def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
+    """Create the pipeline's topics that do not exist yet (``kafka.partitions`` each, broker-default
+    replication, the configs the stages rely on: log-append time, reloads kept forever).
+
+    Raises:
+        TopicCreationError: a topic could not be created.
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(kafka.confluent_config())
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [
+        NewTopic(name, num_partitions=kafka.partitions, replication_factor=-1, config=dict(config))
+        for name, config in kafka.topics.with_configs().items()
+        if name not in existing
+    ]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except Exception as error:
+            if "TOPIC_ALREADY_EXISTS" not in str(error):
+                raise TopicCreationError(f"creating topic {name} failed: {error}") from error
+    logger.info("created topics %s", ", ".join(topic.topic for topic in missing))
+
+
+_DEFAULT_MESSAGE_LIMIT_BYTES = 1_048_588  # the broker's default message.max.bytes
+
+
+def topic_message_limits(kafka: KafkaSettings, topics: Sequence[str], *, timeout_s: float = 30.0) -> dict[str, int]:
+    """Largest record (key + value bytes, less a margin for the batch framing) each topic accepts.
+
+    Read from the topics' ``max.message.bytes``; the broker default when a topic cannot be described.
+    """
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient(kafka.confluent_config())
+    limits = {}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics]
+    futures = admin.describe_configs(resources, request_timeout=timeout_s)
+    for resource, future in futures.items():
+        limit = _DEFAULT_MESSAGE_LIMIT_BYTES
+        try:
+            entry = future.result(timeout=timeout_s).get("max.message.bytes")
+            if entry is not None and entry.value is not None:
+                limit = int(entry.value)
+        except Exception as error:  # noqa: BLE001 - the broker default is a safe assumption
+            logger.warning("cannot read max.message.bytes of %s (assuming %d): %s", resource.name, limit, error)
+        limits[resource.name] = limit - _RECORD_FRAMING_MARGIN_BYTES
+    return limits
+
+
+_RECORD_FRAMING_MARGIN_BYTES = 1_024
+"""Room for the record batch's headers, the record's framing and its headers."""

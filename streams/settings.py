@@ -15,6 +15,9 @@ _DEFAULT_CLOCK_SKEW_MS = 200
 _DEFAULT_MAX_SPAN_AGE_MS = 30 * 24 * 3_600 * 1_000
 _DEFAULT_MAX_FUTURE_MS = 3_600 * 1_000
 _DEFAULT_SESSION_TIMEOUT_MS = 45_000
+_DEFAULT_MAX_LATENESS_MS = 30_000
+_DEFAULT_FEED_WATERMARK_INTERVAL_MS = 250
+_DEFAULT_IDLE_PARTITION_MS = 5_000
 
 
 class WorkerSettings(BaseSettings):
@@ -41,6 +44,22 @@ class WorkerSettings(BaseSettings):
     )
     clock_skew_ms: int = Field(
         default=_DEFAULT_CLOCK_SKEW_MS, ge=0, description="Allowance between this host's clock and the broker's"
+    )
+    max_lateness_ms: int = Field(
+        default=_DEFAULT_MAX_LATENESS_MS,
+        ge=0,
+        description="Bound the detector's watermarks rely on: a span (or reload) reaches the broker before any span of its"
+        " partition that started more than this after it, and at most this long after it started (request duration,"
+        " export delay and clock skew). Every look waits this long in event time",
+    )
+    feed_watermark_interval_ms: int = Field(
+        default=_DEFAULT_FEED_WATERMARK_INTERVAL_MS, ge=10, description="How often watermarks go to the detector's feed"
+    )
+    idle_partition_ms: int = Field(
+        default=_DEFAULT_IDLE_PARTITION_MS,
+        ge=0,
+        description="A span partition read to its end with nothing new for this long is idle: its watermark follows"
+        " broker time (less max_lateness_ms)",
     )
     max_span_age_ms: int = Field(
         default=_DEFAULT_MAX_SPAN_AGE_MS, ge=1, description="Spans older than this at arrival are dead-lettered"

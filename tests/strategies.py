@@ -116,10 +116,48 @@ def dead_letters(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+@st.composite
+def reload_verdicts(draw: st.DrawFn) -> dict[str, Any]:
+    finite = st.floats(allow_nan=False, allow_infinity=False)
+    severities = st.none() | st.sampled_from(["INFO", "WARNING", "CRITICAL"])
+    metric = st.fixed_dictionaries(
+        {
+            "metric": st.sampled_from(["latency", "error_rate", "reload_duration", "reload_failed"]),
+            "severity": severities,
+            "emitted_severity": severities,
+            "baseline_value": finite,
+            "observed_value": finite,
+            "p_value": st.floats(min_value=0, max_value=1),
+            "baseline_count": st.integers(min_value=0, max_value=10**9),
+            "observed_count": st.integers(min_value=0, max_value=10**9),
+        }
+    )
+    total = draw(st.integers(min_value=1, max_value=12))
+    index = draw(st.integers(min_value=0, max_value=total - 1))
+    return {
+        "reload_id": draw(names),
+        "service_name": draw(names),
+        "service_instance_id": draw(st.none() | names),
+        "component": draw(names),
+        "old_version": draw(st.none() | names),
+        "new_version": draw(names),
+        "status": draw(st.sampled_from(RELOAD_STATUSES)),
+        "requested_time_unix_nano": draw(timestamps),
+        "effective_time_unix_nano": draw(timestamps),
+        "look_time_unix_nano": draw(timestamps),
+        "look_index": index,
+        "looks_total": total,
+        "final": index == total - 1,
+        "window_end_unix_nano": draw(timestamps),
+        "metrics": draw(st.lists(metric, max_size=4)),
+    }
+
+
 RECORDS = {
     "Span": spans,
     "ReloadEvent": reload_events,
     "EnrichedSpan": enriched_spans,
     "Anomaly": anomalies,
     "DeadLetter": dead_letters,
+    "ReloadVerdict": reload_verdicts,
 }

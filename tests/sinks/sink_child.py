@@ -12,7 +12,7 @@ import sys
 import threading
 
 from schemas.settings import KafkaSettings
-from sinks.consumer import SinkConsumer
+from sinks.consumer import sink_runtime
 from sinks.settings import SinkSettings
 
 
@@ -29,7 +29,7 @@ def main() -> None:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    SinkConsumer(KafkaSettings(), SinkSettings(), on_flushed=on_flushed, batch_size=500).run(stop)
+    sink_runtime(KafkaSettings(), SinkSettings(), on_flushed=on_flushed, batch_size=500).run(stop)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.settings import KafkaSettings
 from sinks.clickhouse import ClickHouseSink
-from sinks.consumer import SinkConsumer
+from sinks.consumer import sink_runtime
 from sinks.settings import SinkSettings
 from sinks.testing import BASE_TIME_UNIX_NANO, enriched_spans
 from tests.threads import start_stoppable
@@ -105,8 +105,9 @@ def test_duplicate_deliveries_and_poison_messages_land_exactly_once(kafka_settin
 
     group = f"sink-{uuid.uuid4().hex[:8]}"
     settings = SinkSettings(url=f"chdb://{tmp_path / 'chdb'}", flush_rows=700, flush_interval_ms=200, group_id=group)
-    consumer = SinkConsumer(kafka_settings, settings, batch_size=400)
-    thread, stop, errors = start_stoppable(consumer.run, name="sink")
+    runtime = sink_runtime(kafka_settings, settings, batch_size=400)
+    consumer = runtime.stage
+    thread, stop, errors = start_stoppable(runtime.run, name="sink")
     try:
         wait_for(lambda: consumer.stats.messages >= total or bool(errors), 90, "every message to be consumed")
     finally:
@@ -137,7 +138,7 @@ def test_duplicate_deliveries_and_poison_messages_land_exactly_once(kafka_settin
         ends = {key: end for key, end in ends.items() if end > 0}  # empty partitions have nothing to commit
         assert committed(kafka_settings, group, list(ends)) == ends
     finally:
-        consumer.close()
+        consumer.close_sink()
 
 
 def run_child(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

@@ -17,10 +17,11 @@ from confluent_kafka import TopicPartition
 from schemas.codec import codec_for
 from schemas.settings import KafkaSettings
 from sinks.base import DEAD_LETTERS_TABLE, KafkaRows, SinkBatch, dedup_token
-from sinks.consumer import SinkConsumer, SinkConsumerError
+from sinks.consumer import SinkConsumer, SinkConsumerError, sink_runtime
 from sinks.errors import SinkFatalError
 from sinks.settings import SinkSettings
 from sinks.testing import FakeMessage, ListSink, enriched_spans
+from streams.testing import FakeConsumer, FakeProducer
 from tests.threads import start_stoppable
 
 KAFKA = KafkaSettings(topic_prefix="")
@@ -33,33 +34,27 @@ def span(partition: int, offset: int) -> FakeMessage:
     return FakeMessage(TOPIC, partition, offset, VALUES[offset % len(VALUES)], f"k{offset}".encode())
 
 
-class FakeKafka:
-    """Hands out scripted batches (a callable runs in the consume call, as librdkafka's callbacks do)."""
+class FakeKafka(FakeConsumer):
+    """The scripted consumer, also noting what had been written when each commit was made."""
 
-    def __init__(self, script: list[list[FakeMessage] | Callable[[FakeKafka], None]]) -> None:
-        self.script = list(script)
-        self.commits: list[dict[tuple[str, int], int]] = []
-        self.on_revoke: Callable[[Any, list[TopicPartition]], None] | None = None
-        self.closed = False
+    def __init__(self, script: list[Any], log: list[str]) -> None:
+        super().__init__(script, partitions=[(TOPIC, 0), (TOPIC, 1)])
+        self.log = log
+        self.written_at_commit: list[list[str]] = []
 
-    def subscribe(self, topics: list[str], on_assign: Any = None, on_revoke: Any = None) -> None:
-        self.on_revoke = on_revoke
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = False) -> None:
+        self.written_at_commit.append(list(self.log))
+        super().commit(offsets, asynchronous)
 
-    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
-        if not self.script:
-            time.sleep(0.005)
-            return []
-        step = self.script.pop(0)
-        if callable(step):
-            step(self)
-            return []
-        return step
 
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
-        self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
-
-    def close(self) -> None:
-        self.closed = True
+def stored_offsets(log: list[str], batches: dict[int, dict[tuple[str, int], int]]) -> dict[tuple[str, int], int]:
+    """The greatest committable position per partition given what the log says was written."""
+    stored: dict[tuple[str, int], int] = {}
+    for first, positions in batches.items():
+        if f"wrote {first}" in log:
+            for key, offset in positions.items():
+                stored[key] = max(stored.get(key, 0), offset)
+    return stored
 
 
 class GatedSink(ListSink):
@@ -89,14 +84,19 @@ def start(
 ) -> tuple[SinkConsumer, FakeKafka, list[str], threading.Event, threading.Thread, list[BaseException]]:
     log: list[str] = []
     gates = gates or {}
-    kafka = FakeKafka(script)
+    kafka = FakeKafka(script, log)
     sinks = iter([GatedSink(log, gates, fail_offset) for _ in range(writers)])
     settings = SinkSettings(url="chdb:///unused", flush_rows=2, flush_interval_ms=3_600_000, writers=writers)
-    consumer = SinkConsumer(
-        KAFKA, settings, sink=next(sinks), consumer_factory=lambda config: kafka, writer_factory=lambda: next(sinks)  # type: ignore[arg-type,return-value]
+    runtime = sink_runtime(
+        KAFKA,
+        settings,
+        sink=next(sinks),
+        writer_factory=lambda: next(sinks),
+        consumer_factory=lambda config: kafka,
+        producer_factory=FakeProducer,
     )
-    thread, stop, errors = start_stoppable(consumer.run)
-    return consumer, kafka, log, stop, thread, errors
+    thread, stop, errors = start_stoppable(runtime.run)
+    return runtime.stage, kafka, log, stop, thread, errors  # type: ignore[return-value]
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -113,18 +113,21 @@ def test_a_later_flush_finishing_first_is_committed_only_after_the_earlier_one()
     )
     try:
         wait_until(lambda: "wrote 2" in log, "the second flush to be written")
-        time.sleep(0.1)  # give the consumer every chance to commit it (it must not)
+        time.sleep(0.5)  # give the runtime every chance to commit it (it must not): commits come every 200 ms
         assert kafka.commits == [], "the second flush was committed before the first was stored"
         assert consumer.stats.in_flight == 2
         first.set()
-        wait_until(lambda: len(kafka.commits) == 2, "both commits")
+        wait_until(lambda: bool(kafka.commits) and kafka.commits[-1] == {(TOPIC, 0): 3, (TOPIC, 1): 1}, "both committed")
     finally:
         first.set()
         stop.set()
         thread.join(10)
     assert not errors, errors
     assert log.index("wrote 2") < log.index("wrote 0")
-    assert kafka.commits == [{(TOPIC, 0): 2}, {(TOPIC, 0): 3, (TOPIC, 1): 1}]
+    batches = {0: {(TOPIC, 0): 2}, 2: {(TOPIC, 0): 3, (TOPIC, 1): 1}}
+    for offsets, written in zip(kafka.commits, kafka.written_at_commit, strict=True):
+        stored = stored_offsets(written, batches) if "wrote 0" in written else {}  # seal order: nothing before flush 0
+        assert all(offset <= stored.get(key, 0) for key, offset in offsets.items()), (offsets, written)
     assert consumer.stats.flushes == 2 and consumer.stats.rows_flushed == 4
 
 
@@ -145,7 +148,7 @@ def test_a_flush_that_fails_for_good_commits_nothing_of_it_or_after_it() -> None
         stop.set()
         thread.join(10)
     assert len(errors) == 1 and isinstance(errors[0], SinkConsumerError), errors
-    assert kafka.commits == [{(TOPIC, 0): 2}]  # not the failed batch, not the one stored after it
+    assert kafka.commits and all(commit == {(TOPIC, 0): 2} for commit in kafka.commits)  # not the failed batch, not the one after
     assert kafka.closed
 
 
@@ -153,7 +156,7 @@ def test_revoke_waits_for_every_flush_in_flight_then_commits() -> None:
     gate = threading.Event()
     returned: list[list[dict[tuple[str, int], int]]] = []
 
-    def revoke(kafka: FakeKafka) -> None:
+    def revoke(kafka: FakeConsumer) -> None:
         threading.Timer(0.2, gate.set).start()
         assert kafka.on_revoke is not None
         kafka.on_revoke(kafka, [TopicPartition(TOPIC, 0)])
@@ -170,7 +173,7 @@ def test_revoke_waits_for_every_flush_in_flight_then_commits() -> None:
         thread.join(10)
     assert not errors, errors
     # the in-flight flush and the open (not yet due) batch were both stored and committed before it returned
-    assert returned[0] == [{(TOPIC, 0): 2}, {(TOPIC, 0): 3}]
+    assert returned[0] == [{(TOPIC, 0): 3}]
     assert kafka.commits == returned[0]
 
 
@@ -182,7 +185,7 @@ def test_a_stop_drains_the_open_batch_and_every_flush_in_flight() -> None:
     threading.Timer(0.1, gate.set).start()
     thread.join(10)
     assert not errors, errors
-    assert kafka.commits == [{(TOPIC, 0): 2}, {(TOPIC, 0): 3}]
+    assert kafka.commits == [{(TOPIC, 0): 3}]  # the stop waited for both, then committed once
 
 
 def test_undecodable_messages_become_dead_letters_and_their_offsets_are_committed() -> None:

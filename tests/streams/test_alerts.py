@@ -15,8 +15,9 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.settings import KafkaSettings
-from streams.alerts import AlertConsumer, AlertError, AlertSettings, RollbackHook, WebhookSender
+from streams.alerts import AlertError, AlertSettings, RollbackHook, WebhookSender, alerts_runtime
 from streams.detection import anomaly_id
+from streams.stage import StageRuntime
 from tests.threads import start_stoppable
 
 
@@ -192,7 +193,7 @@ def produce_anomalies(kafka: KafkaSettings, records: list[dict]) -> None:
     assert producer.flush(30) == 0
 
 
-def run_consumer(consumer: AlertConsumer) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+def run_consumer(consumer: StageRuntime) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
     return start_stoppable(consumer.run)
 
 
@@ -221,20 +222,20 @@ def test_every_anomaly_reaches_the_webhook_across_failures_and_a_restart(kafka_s
     port = free_port()
 
     # First run: the webhook is down (connection refused); the consumer retries and is stopped.
-    first = AlertConsumer(kafka_settings, AlertSettings(webhook_urls=[f"http://127.0.0.1:{port}/hook"], group_id=group, **FAST))
+    first = alerts_runtime(kafka_settings, AlertSettings(webhook_urls=[f"http://127.0.0.1:{port}/hook"], group_id=group, **FAST))
     thread, stop, errors = run_consumer(first)
-    assert wait_for(lambda: first.stats.consumed >= 1)
+    assert wait_for(lambda: first.stage.stats.consumed >= 1)
     time.sleep(0.5)
     stop.set()
     thread.join(30)
-    assert errors == [] and first.stats.posted == 0
+    assert errors == [] and first.stage.stats.posted == 0
 
     # Second run: the server is up but fails its first attempts; nothing was lost.
     hook = Hook(port, failures=2)
-    second = AlertConsumer(kafka_settings, AlertSettings(webhook_urls=[hook.url], group_id=group, **FAST))
+    second = alerts_runtime(kafka_settings, AlertSettings(webhook_urls=[hook.url], group_id=group, **FAST))
     thread, stop, errors = run_consumer(second)
     try:
-        assert wait_for(lambda: len(hook.bodies) >= len(expected) and second.stats.dead_letters == 1)
+        assert wait_for(lambda: len(hook.bodies) >= len(expected) and second.stage.stats.dead_letters == 1)
         time.sleep(0.5)
     finally:
         stop.set()
@@ -242,12 +243,12 @@ def test_every_anomaly_reaches_the_webhook_across_failures_and_a_restart(kafka_s
         hook.close()
     assert errors == []
     assert sorted((b["anomaly_id"], b["severity"]) for b in hook.bodies) == sorted(expected)
-    assert second.stats.duplicates == 2 and second.stats.below_severity == 1
+    assert second.stage.stats.duplicates == 2 and second.stage.stats.below_severity == 1
     assert hook.bodies[0] == records[0]
 
     # Third run: everything was committed, so nothing is posted again.
     again = Hook(port)
-    third = AlertConsumer(kafka_settings, AlertSettings(webhook_urls=[again.url], group_id=group, **FAST))
+    third = alerts_runtime(kafka_settings, AlertSettings(webhook_urls=[again.url], group_id=group, **FAST))
     thread, stop, errors = run_consumer(third)
     try:
         time.sleep(3)
@@ -255,7 +256,7 @@ def test_every_anomaly_reaches_the_webhook_across_failures_and_a_restart(kafka_s
         stop.set()
         thread.join(30)
         again.close()
-    assert errors == [] and again.bodies == [] and third.stats.consumed == 0
+    assert errors == [] and again.bodies == [] and third.stage.stats.consumed == 0
 
 
 # --- the command ---------------------------------------------------------------------------------

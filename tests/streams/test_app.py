@@ -70,10 +70,8 @@ def test_a_full_disk_is_retryable_not_fatal(code: int) -> None:
     assert isinstance(classify(error), SinkRetryableError)
 
 
-def test_the_workers_detector_waits_for_its_own_enricher_group(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_workers_detector_group_follows_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RELOADTRACE_DETECTOR_GROUP_ID", raising=False)
-    monkeypatch.delenv("RELOADTRACE_DETECTOR_UPSTREAM_GROUP_ID", raising=False)
-    derived = _detector_settings(WorkerSettings(group_id="team-a", sink_url=None))
-    assert (derived.group_id, derived.upstream_group_id) == ("team-a-detector", "team-a")
-    monkeypatch.setenv("RELOADTRACE_DETECTOR_UPSTREAM_GROUP_ID", "elsewhere")  # set explicitly: kept
-    assert _detector_settings(WorkerSettings(group_id="team-a", sink_url=None)).upstream_group_id == "elsewhere"
+    assert _detector_settings(WorkerSettings(group_id="team-a", sink_url=None)).group_id == "team-a-detector"
+    monkeypatch.setenv("RELOADTRACE_DETECTOR_GROUP_ID", "elsewhere")  # set explicitly: kept
+    assert _detector_settings(WorkerSettings(group_id="team-a", sink_url=None)).group_id == "elsewhere"

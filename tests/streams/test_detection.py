@@ -227,12 +227,11 @@ def test_canary_unchanged_while_the_whole_service_slows_is_not_blamed() -> None:
 # --- sequential looks --------------------------------------------------------------------------
 
 
-def test_look_waits_for_progress_and_uses_only_requests_started_before_it() -> None:
-    settings = DetectionSettings(look_allowance_ms=3_000)
-    detector = detector_with(traffic(T - 300 * S, T), traffic(T, T + 300 * S, median_ms=200.0, seed=1), settings=settings)
+def test_look_waits_for_the_watermark_and_uses_only_requests_started_before_it() -> None:
+    detector = detector_with(traffic(T - 300 * S, T), traffic(T, T + 300 * S, median_ms=200.0, seed=1))
     detector.add_reload(reload())
-    assert detector.advance(T + 2 * S + 3 * S - 1) == []  # the 2 s look is not due yet
-    anomalies = detector.advance(T + 2 * S + 3 * S)
+    assert detector.advance(T + 2 * S - 1) == []  # the 2 s look is not due yet
+    anomalies = detector.advance(T + 2 * S)
     assert [(a["metric"], a["observed_count"], a["detected_time_unix_nano"]) for a in anomalies] == [
         (LATENCY, 20, T + 2 * S)
     ]
@@ -283,8 +282,11 @@ def test_streaming_in_chunks_equals_offline() -> None:
             detector.add_request(request)
         while reloads and reloads[0].effective_time_unix_nano <= chunk[-1].start_time_unix_nano:
             detector.add_reload(reloads.pop(0))
-        streamed += detector.advance(detector.max_start_unix_nano)
-        detector.prune(detector.max_start_unix_nano)
+        # Every request started before the next one, and every reload effective before the next, is in.
+        rest = requests[chunk_start + 777 : chunk_start + 778]
+        watermark = min([r.start_time_unix_nano for r in rest] + [r.effective_time_unix_nano for r in reloads[:1]] + [2**62])
+        streamed += detector.advance(watermark)
+        detector.prune(watermark)
     for remaining in reloads:
         detector.add_reload(remaining)
     streamed += detector.finish()
@@ -350,28 +352,28 @@ def test_strongest_keeps_the_highest_severity_per_anomaly() -> None:
     assert {k: v["n"] for k, v in strongest(records).items()} == {"a": 2, "b": 3}
 
 
-@given(seed=st.integers(0, 10_000), delay_fraction=st.floats(0.0, 0.95), chunk=st.integers(1, 500))
+@given(seed=st.integers(0, 10_000), max_delay_s=st.floats(0.0, 90.0), chunk=st.integers(1, 500))
 @settings(max_examples=6)
-def test_any_arrival_order_within_the_allowance_gives_the_offline_answer(seed: int, delay_fraction: float, chunk: int) -> None:
-    """Requests and reloads arriving up to (almost) look_allowance_ms late, in any batching, change nothing."""
+def test_any_arrival_order_within_the_watermark_bound_gives_the_offline_answer(seed: int, max_delay_s: float, chunk: int) -> None:
+    """Requests and reloads arriving up to D late, in any batching, with a watermark of arrival time - D, change nothing."""
     data = generate(seed, rate_per_s=6.0)
     settings = DetectionSettings()
     offline = detect_offline(data.spans(), data.reloads, settings)
     rng = np.random.default_rng(seed)
-    max_delay = int(delay_fraction * settings.look_allowance_ms * 1_000_000)
+    max_delay = int(max_delay_s * 1_000_000_000)
     arrivals = [(r.start_time_unix_nano + int(rng.integers(0, max_delay + 1)), 0, i) for i, r in enumerate(data.requests)]
     arrivals += [(r.effective_time_unix_nano + int(rng.integers(0, max_delay + 1)), 1, i) for i, r in enumerate(data.reloads)]
     arrivals.sort()
     detector = RegressionDetector(settings)
     streamed: list[dict] = []
     for position in range(0, len(arrivals), chunk):
-        for _, what, index in arrivals[position : position + chunk]:
+        batch = arrivals[position : position + chunk]
+        for _, what, index in batch:
             if what == 0:
                 detector.add_request(data.requests[index])
             else:
                 detector.add_reload(data.reloads[index])
-        if detector.max_start_unix_nano is not None:
-            streamed += detector.advance(detector.max_start_unix_nano)
+        streamed += detector.advance(batch[-1][0] - max_delay)  # what arrives later started after this
     streamed += detector.finish()
     key = lambda a: (a["anomaly_id"], a["severity"])
     assert sorted(streamed, key=key) == sorted(offline, key=key)

@@ -17,10 +17,9 @@ from confluent_kafka import Producer
 from gateway.simulator import simulate
 from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, detect_offline
-from streams.detector import DetectorSettings, StreamingDetector
-from streams.enricher import SpanEnricher
+from streams.detector import DetectorSettings, detector_runtime
+from streams.enricher import enricher_runtime
 from streams.settings import WorkerSettings
-from streams.timeline import VersionTimeline
 from tests.streams.test_detection_simulated import scenario
 from tests.streams.test_detector_kafka import AnomalyReader, key, start
 from tests.threads import start_stoppable
@@ -29,8 +28,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 def test_enricher_feed_and_detector_give_the_offline_anomalies(kafka_settings: KafkaSettings) -> None:
-    # Ten minutes ago, so that every look of the run is due by now (the idle detector follows the wall clock
-    # once the enricher has committed every span).
+    # Ten minutes ago, so that every look of the run is due by now (an idle span partition's watermark
+    # follows broker time once it is read to its end).
     config = dataclasses.replace(scenario(5), start_time_unix_nano=time.time_ns() - 600 * 1_000_000_000)
     simulation = simulate(config)
     offline = detect_offline(simulation.spans, simulation.reloads)
@@ -48,22 +47,12 @@ def test_enricher_feed_and_detector_give_the_offline_anomalies(kafka_settings: K
     assert producer.flush(30) == 0
 
     enricher_group = f"enr-{uuid.uuid4().hex}"
-    enricher = SpanEnricher(
-        kafka_settings,
-        WorkerSettings(group_id=enricher_group, grace_period_ms=400, sink_url=None),
-        timeline_factory=VersionTimeline,
+    enricher = enricher_runtime(
+        kafka_settings, WorkerSettings(group_id=enricher_group, grace_period_ms=400, idle_partition_ms=1_000, sink_url=None)
     )
     enricher_thread, enricher_stop, enricher_errors = start_stoppable(enricher.run)
-    detector = StreamingDetector(
-        kafka_settings,
-        DetectionSettings(),
-        DetectorSettings(  # wired as the worker wires it: idle progress waits for the enricher's commits
-            group_id=f"det-{uuid.uuid4().hex}",
-            commit_interval_ms=200,
-            watermark_interval_ms=100,
-            idle_progress_ms=3_000,
-            upstream_group_id=enricher_group,
-        ),
+    detector = detector_runtime(
+        kafka_settings, DetectionSettings(), DetectorSettings(group_id=f"det-{uuid.uuid4().hex}", commit_interval_ms=200)
     )
     thread, stop, errors = start(detector)
     reader = AnomalyReader(kafka_settings)
@@ -78,5 +67,5 @@ def test_enricher_feed_and_detector_give_the_offline_anomalies(kafka_settings: K
         enricher_thread.join(60)
         reader.close()
     assert errors == [] and enricher_errors == []
-    assert detector.stats.requests == len(simulation.spans)  # every first answer reached the detector, once
+    assert detector.stage.stats.requests == len(simulation.spans)  # every first answer reached the detector, once
     assert sorted(streamed, key=key) == sorted(offline, key=key)

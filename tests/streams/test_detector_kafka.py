@@ -7,46 +7,26 @@ import time
 import uuid
 from collections import Counter
 
-import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer
 
 from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, detect_offline
-from streams.detector import DetectorSettings, StreamingDetector, parse_message
-from tests.streams.test_detect_traffic import EPOCH_NS, NANOS_PER_S, Traffic, generate
+from streams.detector import DetectorSettings, detector_runtime
+from streams.stage import StageRuntime
+from tests.streams.feed import FeedItem, feed, produce_feed
+from tests.streams.test_detect_traffic import Traffic, generate
 from tests.threads import start_stoppable
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-_RELOAD_DELAY_NS = 3 * NANOS_PER_S  # reloads reach the topic 3 s of event time after they take effect
+
+def feed_of(data: Traffic, **options) -> list[FeedItem]:
+    return feed(data.requests, data.reloads, **options)
 
 
-def feed_messages(data: Traffic) -> list[tuple[int, str, bytes]]:
-    """(event time, service, JSON value) as the enricher would send them: one message per service per second."""
-    buckets: dict[tuple[str, int], list] = {}
-    for r in data.requests:
-        second = (r.end_time_unix_nano - EPOCH_NS) // NANOS_PER_S + 2  # answered after a 2 s grace
-        buckets.setdefault((r.service_name, second), []).append(
-            [r.service_instance_id, r.start_time_unix_nano, r.end_time_unix_nano, r.is_error, r.kind]
-        )
-    messages = [
-        (EPOCH_NS + second * NANOS_PER_S, service, orjson.dumps({"service_name": service, "requests": rows}))
-        for (service, second), rows in buckets.items()
-    ]
-    for reload in data.reloads:
-        value = orjson.dumps({"service_name": reload.service_name, "reload": reload.to_dict()})
-        messages.append((reload.effective_time_unix_nano + _RELOAD_DELAY_NS, reload.service_name, value))
-    messages.sort(key=lambda m: m[0])
-    return messages
-
-
-def produce(kafka: KafkaSettings, messages: list[tuple[int, str, bytes]]) -> None:
-    producer = Producer(kafka.confluent_config() | {"linger.ms": 20})
-    for _, service, value in messages:
-        producer.produce(kafka.topics.requests_by_service, key=service.encode(), value=value)
-        producer.poll(0)
-    assert producer.flush(30) == 0
+def produce(kafka: KafkaSettings, items: list[FeedItem]) -> None:
+    produce_feed(kafka, items, feed_partitions=kafka.partitions)
 
 
 class AnomalyReader:
@@ -72,7 +52,7 @@ class AnomalyReader:
         self._consumer.close()
 
 
-def start(detector: StreamingDetector) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+def start(detector: StageRuntime) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
     return start_stoppable(detector.run)
 
 
@@ -80,24 +60,17 @@ def key(record: dict) -> tuple[str, str]:
     return record["anomaly_id"], record["severity"]
 
 
-def fast_settings(group: str, *, idle_progress_ms: int = 500) -> DetectorSettings:
-    return DetectorSettings(
-        group_id=group,
-        commit_interval_ms=200,
-        watermark_interval_ms=100,
-        idle_progress_ms=idle_progress_ms,
-        poll_timeout_ms=50,
-        session_timeout_ms=6_000,
-    )
+def fast_settings(group: str) -> DetectorSettings:
+    return DetectorSettings(group_id=group, commit_interval_ms=200, poll_timeout_ms=50, session_timeout_ms=6_000)
 
 
 def test_streaming_anomalies_equal_offline_and_bad_messages_are_dead_lettered(kafka_settings: KafkaSettings) -> None:
     data = generate(11)
     offline = detect_offline(data.spans(), data.reloads)
-    messages = feed_messages(data)
-    bad = (messages[100][0], "latency", b"{not json")
+    messages = feed_of(data)
+    bad = FeedItem(b"latency", b"{not json")
     produce(kafka_settings, messages[:100] + [bad] + messages[100:])
-    detector = StreamingDetector(kafka_settings, DetectionSettings(), fast_settings(f"det-{uuid.uuid4().hex}"))
+    detector = detector_runtime(kafka_settings, DetectionSettings(), fast_settings(f"det-{uuid.uuid4().hex}"))
     thread, stop, errors = start(detector)
     reader = AnomalyReader(kafka_settings)
     try:
@@ -111,7 +84,7 @@ def test_streaming_anomalies_equal_offline_and_bad_messages_are_dead_lettered(ka
     assert errors == []
     assert sorted(streamed, key=key) == sorted(offline, key=key)
     assert all(k == r["service_name"].encode() for k, r in zip(reader.keys, streamed, strict=True))
-    assert detector.stats.dead_letters == 1
+    assert detector.stage.stats.dead_letters == 1
     dead = Consumer(kafka_settings.confluent_config() | {"group.id": f"dl-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
     dead.subscribe([kafka_settings.topics.dead_letter])
     letters = []
@@ -126,23 +99,23 @@ def test_streaming_anomalies_equal_offline_and_bad_messages_are_dead_lettered(ka
 def test_restart_rebuilds_windows_and_neither_loses_nor_repeats_anomalies(kafka_settings: KafkaSettings) -> None:
     data = generate(12)
     offline = detect_offline(data.spans(), data.reloads)
-    messages = feed_messages(data)
-    split = EPOCH_NS + 420 * NANOS_PER_S  # mid-way: after the regressions at 300 s, before the reverts at 500 s
-    first, second = [m for m in messages if m[0] < split], [m for m in messages if m[0] >= split]
+    messages = feed_of(data)
+    first, second = messages[: len(messages) * 7 // 10], messages[len(messages) * 7 // 10 :]
     group = f"det-{uuid.uuid4().hex}"
     produce(kafka_settings, first)
-    before = StreamingDetector(kafka_settings, DetectionSettings(), fast_settings(group, idle_progress_ms=10**9))
+    before = detector_runtime(kafka_settings, DetectionSettings(), fast_settings(group))
     thread, stop, errors = start(before)
+    expected_messages = sum(kafka_settings.partitions if item.broadcast else 1 for item in first)
     deadline = time.monotonic() + 60
-    while before.stats.messages < len(first) and time.monotonic() < deadline:
+    while before.stage.stats.messages < expected_messages and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)
     stop.set()
     thread.join(30)
-    assert errors == [] and before.stats.messages == len(first) and before.stats.anomalies > 0
+    assert errors == [] and before.stage.stats.messages == expected_messages and before.stage.stats.anomalies > 0
 
     produce(kafka_settings, second)
-    after = StreamingDetector(kafka_settings, DetectionSettings(), fast_settings(group))
+    after = detector_runtime(kafka_settings, DetectionSettings(), fast_settings(group))
     thread, stop, errors = start(after)
     reader = AnomalyReader(kafka_settings)
     try:
@@ -154,26 +127,9 @@ def test_restart_rebuilds_windows_and_neither_loses_nor_repeats_anomalies(kafka_
         thread.join(30)
         reader.close()
     assert errors == []
-    assert after.stats.restored_partitions >= 1 and after.stats.suppressed_on_restore == before.stats.anomalies
+    assert after.stage.stats.restored_partitions >= 1 and after.stage.stats.suppressed_on_restore == before.stage.stats.anomalies
     assert Counter(key(r) for r in streamed).most_common(1)[0][1] == 1  # nothing emitted twice
     assert sorted(streamed, key=key) == sorted(offline, key=key)
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        b'{"service_name": "s", "requests": [["i", 5, 1, false, "SERVER"]]}',
-        b'{"service_name": "s", "requests": [["i", 1, 5, 0, "SERVER"]]}',
-        b'{"service_name": "s"}',
-        b'{"requests": []}',
-        b'{"service_name": "s", "reload": {"reload_id": "x"}}',
-    ],
-)
-def test_malformed_messages_are_refused(value: bytes) -> None:
-    from schemas.errors import InvalidRecordError
-
-    with pytest.raises(InvalidRecordError):
-        parse_message(value)
 
 
 def test_detect_command_publishes_the_offline_anomalies_and_stops_on_sigterm(kafka_settings: KafkaSettings) -> None:
@@ -185,8 +141,8 @@ def test_detect_command_publishes_the_offline_anomalies_and_stops_on_sigterm(kaf
 
     data = generate(13)
     offline = detect_offline(data.spans(), data.reloads)
-    produce(kafka_settings, feed_messages(data))
-    env = os.environ | {"RELOADTRACE_DETECTOR_IDLE_PROGRESS_MS": "500", "RELOADTRACE_DETECTOR_COMMIT_INTERVAL_MS": "200"}
+    produce(kafka_settings, feed_of(data))
+    env = os.environ | {"RELOADTRACE_DETECTOR_COMMIT_INTERVAL_MS": "200"}
     command = [
         str(Path(sys.executable).with_name("reloadtrace")), "detect",
         "--bootstrap-servers", kafka_settings.bootstrap_servers,
@@ -214,12 +170,11 @@ def test_a_detector_killed_mid_stream_loses_nothing_and_repeats_only_same_ids(ka
 
     data = generate(14)
     offline = detect_offline(data.spans(), data.reloads)
-    messages = feed_messages(data)
-    split = EPOCH_NS + 420 * NANOS_PER_S
-    produce(kafka_settings, [m for m in messages if m[0] < split])
+    messages = feed_of(data)
+    split = len(messages) * 7 // 10
+    produce(kafka_settings, messages[:split])
     group = f"det-{uuid.uuid4().hex}"
     env = os.environ | {
-        "RELOADTRACE_DETECTOR_IDLE_PROGRESS_MS": "1000000000",
         "RELOADTRACE_DETECTOR_COMMIT_INTERVAL_MS": "200",
         "RELOADTRACE_DETECTOR_SESSION_TIMEOUT_MS": "6000",  # the dead member's partitions come free quickly
     }
@@ -237,8 +192,8 @@ def test_a_detector_killed_mid_stream_loses_nothing_and_repeats_only_same_ids(ka
     finally:
         process.send_signal(signal.SIGKILL)  # a crash: no final commit, no flush
         process.wait(30)
-    produce(kafka_settings, [m for m in messages if m[0] >= split])
-    after = StreamingDetector(kafka_settings, DetectionSettings(), fast_settings(group))
+    produce(kafka_settings, messages[split:])
+    after = detector_runtime(kafka_settings, DetectionSettings(), fast_settings(group))
     thread, stop, errors = start(after)
     try:
         expected = {key(r) for r in offline}
@@ -255,41 +210,32 @@ def test_a_detector_killed_mid_stream_loses_nothing_and_repeats_only_same_ids(ka
     assert all(record == by_key[key(record)] for record in reader.records)  # repeats are identical records
 
 
-def test_idle_progress_waits_for_the_enricher_group_to_commit_every_span(kafka_settings: KafkaSettings) -> None:
-    """A silent requests topic is quiet traffic only once the enricher has answered every span it was given."""
-    enricher_group = f"enr-{uuid.uuid4().hex}"
-    producer = Producer(kafka_settings.confluent_config())
-    for index in range(6):
-        producer.produce(kafka_settings.topics.spans, key=b"%d" % index, value=b"a span the enricher has not read")
-    assert producer.flush(30) == 0
-    settings = fast_settings(f"det-{uuid.uuid4().hex}", idle_progress_ms=300).model_copy(
-        update={"upstream_group_id": enricher_group}
-    )
-    detector = StreamingDetector(kafka_settings, DetectionSettings(), settings)
+def test_no_look_is_taken_until_every_span_partition_has_a_watermark(kafka_settings: KafkaSettings) -> None:
+    """A span partition that has not reported holds every look back: its requests may still come."""
+    data = generate(15)
+    offline = detect_offline(data.spans(), data.reloads)
+    assert offline
+    items = feed_of(data, source_partitions=2)
+    silent = [
+        FeedItem(item.key, item.value.replace(b'"times":{"0":', b'"times":{"1":'), item.broadcast) if item.broadcast else item
+        for item in items
+    ]  # every watermark is partition 1's: partition 0 never reports
+    produce(kafka_settings, silent)
+    detector = detector_runtime(kafka_settings, DetectionSettings(), fast_settings(f"det-{uuid.uuid4().hex}"))
     thread, stop, errors = start(detector)
+    reader = AnomalyReader(kafka_settings)
     try:
-        deadline = time.monotonic() + 20
-        while detector.stats.upstream_lag != 6 and time.monotonic() < deadline:
+        expected_messages = sum(kafka_settings.partitions if item.broadcast else 1 for item in silent)
+        deadline = time.monotonic() + 60
+        while detector.stage.stats.messages < expected_messages and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert detector.stats.upstream_lag == 6
-        time.sleep(1.0)  # idle for more than idle_progress_ms, with every requests partition read
-        assert detector.progress_unix_nano < time.time_ns() - 3_600 * NANOS_PER_S  # still no wall-clock progress
-
-        enricher = Consumer(kafka_settings.confluent_config() | {"group.id": enricher_group, "enable.auto.commit": False})
-        low_high = [
-            (partition, enricher.get_watermark_offsets(TopicPartition(kafka_settings.topics.spans, partition), timeout=10))
-            for partition in range(kafka_settings.partitions)
-        ]
-        enricher.commit(
-            offsets=[TopicPartition(kafka_settings.topics.spans, p, high) for p, (_, high) in low_high], asynchronous=False
-        )
-        enricher.close()
-        deadline = time.monotonic() + 20
-        while detector.progress_unix_nano < time.time_ns() - 60 * NANOS_PER_S and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert detector.stats.upstream_lag == 0
-        assert detector.progress_unix_nano >= time.time_ns() - 60 * NANOS_PER_S  # now it follows the wall clock
+        assert detector.stage.stats.messages == expected_messages
+        assert reader.read_until(1, timeout_s=2) == [] and detector.stage.stats.looks == 0
+        produce(kafka_settings, items[-1:])  # the last watermark of both partitions
+        streamed = reader.read_until(len(offline), timeout_s=60)
     finally:
         stop.set()
         thread.join(30)
+        reader.close()
     assert errors == []
+    assert sorted(streamed, key=key) == sorted(offline, key=key)

@@ -16,7 +16,6 @@ from streams.engine import (
     EnrichmentEngine,
     ReloadArrival,
     SpanArrival,
-    forget_partitions,
     restore_partition,
 )
 
@@ -175,7 +174,7 @@ def test_forget_partitions_drops_held_and_indexed_spans() -> None:
     engine.add_span(span_at(0, arrival=10, start=1, end=2, partition=1))
     engine.advance(200, 200)
     engine.add_span(span_at(1, arrival=150, start=1, end=2, partition=1))
-    forget_partitions(engine, [1])
+    engine.forget_partitions([1])
     assert engine.held_count() == 0
     assert [span.partition for span, _, _ in engine.indexed()] == [0]
 
