@@ -882,7 +882,7 @@ class StageRuntime:
         assert self._consumer is not None
         self._consumer.resume([TopicPartition(*key)])
         self._refresh_assignment_stats()
-        logger.info(
+        logger.debug(
             "%s: %s[%d] restored (committed %d, read up to %d, consuming from %d)",
             self.stage.name, key[0], key[1], job.committed.offset, job.next_offset, position,
         )
