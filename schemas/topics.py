@@ -21,7 +21,7 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     RELOADS: {**_ARRIVAL_ORDERED, "retention.ms": "-1", "retention.bytes": "-1"},
     SPANS_ENRICHED: {},
     RELOAD_ANOMALIES: {},
-    RELOAD_VERDICTS: {},
+    RELOAD_VERDICTS: {"cleanup.policy": "compact"},  # the latest look of each reload (keyed by reload_id) is its state
     DEAD_LETTER: {},
     REQUESTS_BY_SERVICE: {},
 }

@@ -143,7 +143,7 @@ class Stage(ABC):
 
     @abstractmethod
     def topics(self) -> Sequence[str]:
-        """The topics read by the consumer group (partitions are shared among members)."""
+        """The topics read by the consumer group (partitions are shared among members; none: no group)."""
 
     def table_topics(self) -> Sequence[str]:
         """Topics every member reads whole (loaded before the first assignment, then followed)."""
@@ -406,9 +406,10 @@ class StageRuntime:
                 ensure_topics(self.kafka)
             self._load_tables(stop)
             self.stage.start(self)
-            self._consumer.subscribe(
-                list(self.stage.topics()), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-            )
+            if self.stage.topics():
+                self._consumer.subscribe(
+                    list(self.stage.topics()), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+                )
             self.ready.set()
             last_commit = last_high = time.monotonic()
             while not stop.is_set():
@@ -478,11 +479,14 @@ class StageRuntime:
     def _poll_once(self) -> None:
         assert self._consumer is not None
         self._rebalanced = False
-        messages = self._consumer.consume(self.settings.batch_size, timeout=self.settings.poll_timeout_ms / 1000)
+        timeout_s = self.settings.poll_timeout_ms / 1000
         if self._table_consumer is not None:
-            table = self._table_consumer.consume(_TABLE_BATCH, timeout=0)
+            table = self._table_consumer.consume(_TABLE_BATCH, timeout=0 if self._active else timeout_s)
             if table:
                 self._ingest_table(table)
+        if not self._active and not self._jobs and not self.stage.topics():
+            return
+        messages = self._consumer.consume(self.settings.batch_size, timeout=timeout_s)
         if not messages:
             return
         if self._rebalanced or self._skip_below or self._jobs or any(m.error() is not None for m in messages):
