@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from schemas.dead_letters import DeadLetterBuilder
+from schemas.text import safe_text
 from sinks.errors import (
     SinkBackpressureError,
     SinkError,
@@ -245,6 +247,7 @@ class BatchingSink:
         self._clock = clock
         self._sleep = sleep
         self._now_unix_nano = now_unix_nano
+        self._dead_letters = DeadLetterBuilder()
         self._pending: dict[str, _Pending] = {}
         self._pending_rows = 0
         self.rows_written = 0
@@ -373,23 +376,23 @@ class BatchingSink:
         return dead
 
     def _dead_letter(self, item: SinkRecord, kind: str, reason: str) -> SinkRecord:
-        if item.table == DEAD_LETTERS_TABLE:
-            return item  # a dead letter that cannot be stored; flush raises for it
+        if item.table == DEAD_LETTERS_TABLE and item.value is not None:
+            return item  # a dead letter this sink built that cannot be stored; flush raises for it
         raw_value = item.raw_value
         if raw_value is None:
             raw_value = bytes(item.avro_body or b"") if item.value is None else repr(dict(item.value)).encode()
-        record = {
-            "source_topic": item.topic or item.table,
-            "source_partition": item.partition,
-            "source_offset": item.offset,
-            "raw_key": item.raw_key,
-            "raw_value": raw_value,
-            "error_kind": kind,
-            "error": f"{item.table}: {reason}",
-            "stage": "sink",
-            "dead_lettered_time_unix_nano": self._now_unix_nano(),
-        }
-        logger.warning("dead-lettering a %s row (%s): %s", item.table, kind, reason)
+        record = self._dead_letters.record(
+            source_topic=item.topic or item.table,
+            source_partition=item.partition,
+            source_offset=item.offset,
+            raw_key=item.raw_key,
+            raw_value=raw_value,
+            error_kind=kind,
+            error=f"{item.table}: {reason}",
+            stage="sink",
+            now_unix_nano=self._now_unix_nano(),
+        )
+        logger.warning("dead-lettering a %s row (%s): %s", item.table, kind, safe_text(reason, 300))
         return SinkRecord(DEAD_LETTERS_TABLE, record, item.topic, item.partition, item.offset, item.raw_key, raw_value)
 
     def _write_with_retries(self, batch: SinkBatch) -> None:

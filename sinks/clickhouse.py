@@ -71,11 +71,14 @@ _UNREADABLE_INPUT_CODES = frozenset({33, 117, 27, 32, 3, 131, 173, 1001, 1002})
 def _insert_settings(token: str) -> dict[str, Any]:
     """Settings of every insert: the batch's deduplication token, honoured by the views' targets too,
     and no collapsing inside the inserted block (``optimize_on_insert = 0``: measured 3-4x cheaper
-    for spans_enriched; replacing still happens in merges and under FINAL)."""
+    for spans_enriched; replacing still happens in merges and under FINAL), and fields an older writer
+    schema lacks take the column's default (Avro's resolution of a field added with a default: a
+    DeadLetter.v1 message lands in the v2 columns as NULL / false)."""
     return {
         "insert_deduplication_token": token,
         "deduplicate_blocks_in_dependent_materialized_views": 1,
         "optimize_on_insert": 0,
+        "input_format_avro_allow_missing_fields": 1,
     }
 
 

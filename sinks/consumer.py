@@ -46,7 +46,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from schemas.errors import DecodeError
-from schemas.records import dead_letter
+from schemas.dead_letters import DeadLetterBuilder
 from schemas.settings import KafkaSettings
 from schemas.topics import TopicNames
 from sinks.avro_blocks import TABLE_RECORDS
@@ -186,6 +186,7 @@ class SinkConsumer:
         }
         self._header_len: dict[str, int] = {topic: 0 for topic in self._tables}  # learnt from the first split
         self._known_headers: dict[str, dict[bytes, Any]] = {topic: {} for topic in self._tables}
+        self._dead_letters = DeadLetterBuilder()
         self._open: _OpenBatch | None = None
         self._in_flight: deque[_Sealed] = deque()
         self._to_commit: dict[tuple[str, int], int] = {}
@@ -311,7 +312,7 @@ class SinkConsumer:
             rows.new_run(partition, offset)
 
     def _add_dead_letter(self, batch: _OpenBatch, message: Message, kind: str, reason: str) -> None:
-        record = dead_letter(
+        record = self._dead_letters.record(
             source_topic=message.topic(),
             source_partition=message.partition(),
             source_offset=message.offset(),

@@ -46,15 +46,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
-from schemas.records import ReloadEvent, dead_letter
+from schemas.dead_letters import DeadLetterBuilder
+from schemas.records import ReloadEvent
 from schemas.settings import KafkaSettings
+from schemas.text import bounded_repr
 from streams.detection import DetectionSettings, RegressionDetector
-from streams.kafka_io import commit_quietly, group_consumer_config, produce_waiting, topic_lag
+from streams.kafka_io import (
+    commit_quietly,
+    dead_letter_builder,
+    group_consumer_config,
+    is_too_large,
+    produce_dead_letter,
+    produce_waiting,
+    topic_lag,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +128,8 @@ class DetectorStats:
     reloads: int = 0
     anomalies: int = 0
     dead_letters: int = 0
+    unpublishable: int = 0
+    """Anomalies too large for the anomalies topic (logged, not published)."""
     commits: int = 0
     restored_partitions: int = 0
     suppressed_on_restore: int = 0
@@ -185,7 +197,7 @@ def parse_message(value: bytes | None) -> tuple[str, list[tuple[str, int, int, b
                 or not isinstance(row[4], str)
                 or row[2] < row[1]
             ):
-                raise InvalidRecordError(f"request row must be [instance, start_ns, end_ns >= start, is_error, kind]: {row!r}", "requests")
+                raise InvalidRecordError(f"request row must be [instance, start_ns, end_ns >= start, is_error, kind]: {bounded_repr(row)}", "requests")
             parsed.append((row[0], row[1], row[2], row[3], row[4]))
         return service, parsed, None
     if "reload" in message:
@@ -222,7 +234,7 @@ class StreamingDetector:
         self._topics = kafka.topics
         self._clock = wall_clock_ns
         self._anomaly_codec = kafka.codec("Anomaly")
-        self._dead_letter_codec = kafka.codec("DeadLetter")
+        self._dead_letters = DeadLetterBuilder(kafka.codec("DeadLetter"))
         self._partitions: dict[int, _Partition] = {}
         self._progress = _NEVER
         self._delivery_error: str | None = None
@@ -249,6 +261,7 @@ class StreamingDetector:
             DetectorError: anomaly deliveries failed; nothing after the last commit is acknowledged.
         """
         base = self._kafka.confluent_config()
+        self._dead_letters = dead_letter_builder(self._kafka)
         self._producer = Producer(base | {"enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 120_000})
         self._consumer = Consumer(base | group_consumer_config(self._settings.group_id, self._settings.session_timeout_ms))
         if self._settings.upstream_group_id is not None:
@@ -325,18 +338,13 @@ class StreamingDetector:
         logger.warning("consumer error (retried by the client): %s", error)
 
     def _dead_letter(self, message: Message, error: Exception) -> None:
-        record = dead_letter(
-            source_topic=message.topic(),
-            source_partition=message.partition(),
-            source_offset=message.offset(),
-            raw_key=message.key(),
-            raw_value=message.value(),
+        produce_dead_letter(
+            self._producer, self._topics.dead_letter, self._dead_letters, self._on_delivery,
+            source_topic=message.topic(), source_partition=message.partition(), source_offset=message.offset(),
+            raw_key=message.key(), raw_value=message.value(),
             error_kind=error.kind.value if isinstance(error, DecodeError) else "invalid_record",
-            error=str(error),
-            stage="detect",
-            now_unix_nano=self._clock(),
+            error=str(error), stage="detect", now_unix_nano=self._clock(),
         )
-        self._produce(self._topics.dead_letter, message.key(), self._dead_letter_codec.encode(record))
         self.stats.dead_letters += 1
 
     # --- progress and output -----------------------------------------------------------------
@@ -374,9 +382,16 @@ class StreamingDetector:
         self._progress = progress
         for partition in self._partitions.values():
             for anomaly in partition.core.advance(progress):
-                self._produce(
-                    self._topics.reload_anomalies, anomaly["service_name"].encode(), self._anomaly_codec.encode(anomaly)
-                )
+                try:
+                    self._produce(
+                        self._topics.reload_anomalies, anomaly["service_name"].encode(), self._anomaly_codec.encode(anomaly)
+                    )
+                except KafkaException as error:  # names of hundreds of kB: the anomaly cannot be published
+                    if not is_too_large(error):
+                        raise
+                    self.stats.unpublishable += 1
+                    logger.error("anomaly %s is too large to publish: %s", bounded_repr(anomaly["anomaly_id"], 80), error)
+                    continue
                 self.stats.anomalies += 1
 
     def _upstream_caught_up(self) -> bool:

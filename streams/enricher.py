@@ -39,6 +39,7 @@ from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -47,9 +48,11 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.codec import ProjectedDecoder
+from schemas.dead_letters import KAFKA_MESSAGE_LIMIT_BYTES, RECORD_OVERHEAD_BYTES, DeadLetterBuilder
 from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
-from schemas.records import ReloadEvent, check_time_plausible, dead_letter, validate_span
+from schemas.records import ReloadEvent, check_time_plausible, validate_span
 from schemas.settings import KafkaSettings
+from schemas.text import bounded_repr
 from streams.engine import (
     Emission,
     EnrichmentEngine,
@@ -62,7 +65,14 @@ from streams.engine import (
 )
 from streams.enriched_wire import EnrichedEncoder
 from streams.enrichment import SegmentAnswers
-from streams.kafka_io import commit_quietly, group_consumer_config, produce_waiting
+from streams.kafka_io import (
+    commit_quietly,
+    dead_letter_builder,
+    group_consumer_config,
+    is_too_large,
+    produce_dead_letter,
+    produce_waiting,
+)
 from streams.progress import PartitionProgress, overall_progress
 from streams.settings import WorkerSettings
 
@@ -173,24 +183,64 @@ class RequestFeed:
 
 
 class KafkaRequestFeed(RequestFeed):
-    """Re-keys requests and reloads by service onto the internal ``requests-by-service`` topic."""
+    """Re-keys requests and reloads by service onto the internal ``requests-by-service`` topic.
 
-    def __init__(self, producer: Producer, topic: str, on_delivery: Callable[..., None]) -> None:
+    Messages stay within ``max_message_bytes``: rows are chunked by count and by encoded size. A row or
+    a reload that alone cannot fit (names of hundreds of kB) is not sent: logged and counted in
+    ``unsent``, the detector never sees it (its span is still enriched and stored).
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        on_delivery: Callable[..., None],
+        *,
+        max_message_bytes: int = KAFKA_MESSAGE_LIMIT_BYTES,
+    ) -> None:
         self._producer = producer
         self._topic = topic
         self._on_delivery = on_delivery
+        self._budget = max_message_bytes - RECORD_OVERHEAD_BYTES
+        self.unsent = 0
 
     def requests(self, service_name: str, rows: list[tuple[str, int, int, bool, str]]) -> None:
         # A backlog can answer a service's requests by the hundred thousand at once: chunk them so
         # no message nears the broker's 1 MB limit (a row is ~80 bytes of JSON).
-        for first in range(0, len(rows), REQUEST_ROWS_PER_MESSAGE):
-            chunk = rows[first : first + REQUEST_ROWS_PER_MESSAGE]
-            value = orjson.dumps({"service_name": service_name, "requests": chunk})
-            produce_waiting(self._producer, self._topic, service_name.encode(), value, self._on_delivery)
+        key = service_name.encode()
+        room = self._budget - len(key) - len(orjson.dumps({"service_name": service_name, "requests": []}))
+        chunk: list[tuple[str, int, int, bool, str]] = []
+        size = 0
+        for row in rows:
+            row_bytes = len(orjson.dumps(row)) + 1
+            if row_bytes > room:
+                self._unsent("a request row", service_name, row_bytes)
+                continue
+            if chunk and (len(chunk) >= REQUEST_ROWS_PER_MESSAGE or size + row_bytes > room):
+                self._send(key, orjson.dumps({"service_name": service_name, "requests": chunk}))
+                chunk, size = [], 0
+            chunk.append(row)
+            size += row_bytes
+        if chunk:
+            self._send(key, orjson.dumps({"service_name": service_name, "requests": chunk}))
 
     def reload(self, arrival: ReloadArrival) -> None:
+        key = arrival.reload.service_name.encode()
         value = orjson.dumps({"service_name": arrival.reload.service_name, "reload": arrival.reload.to_dict()})
-        produce_waiting(self._producer, self._topic, arrival.reload.service_name.encode(), value, self._on_delivery)
+        if len(key) + len(value) > self._budget:
+            self._unsent("a reload", arrival.reload.service_name, len(value))
+            return
+        self._send(key, value)
+
+    def _send(self, key: bytes, value: bytes) -> None:
+        produce_waiting(self._producer, self._topic, key, value, self._on_delivery)
+
+    def _unsent(self, what: str, service_name: str, size: int) -> None:
+        self.unsent += 1
+        logger.warning(
+            "%s of service %s is %d bytes: too large for %s, not sent to the detector",
+            what, bounded_repr(service_name, 80), size, self._topic,
+        )
 
 
 class SpanEnricher:
@@ -227,7 +277,7 @@ class SpanEnricher:
         # The enricher never reads attributes: skip building them (most of a span's decoding cost).
         self._span_decoder = ProjectedDecoder(self._span_codec, SPAN_FIELDS_ENRICHMENT_READS)
         self._reload_codec = kafka.codec("ReloadEvent")
-        self._dead_letter_codec = kafka.codec("DeadLetter")
+        self._dead_letters: DeadLetterBuilder = DeadLetterBuilder(kafka.codec("DeadLetter"))
         self._encoder = EnrichedEncoder(self._span_codec, kafka.codec("EnrichedSpan"))
         self._feed_factory = feed_factory
         self.engine = EnrichmentEngine(
@@ -261,6 +311,7 @@ class SpanEnricher:
         """
         base = self._kafka.confluent_config()
         ensure_topics(self._kafka)
+        self._dead_letters = dead_letter_builder(self._kafka)
         self._producer = Producer(
             base
             | {
@@ -443,18 +494,16 @@ class SpanEnricher:
 
     def _dead_letter(self, message: Message, error: Exception, *, stage: str) -> None:
         kind = error.kind.value if isinstance(error, DecodeError) else "invalid_record"
-        record = dead_letter(
-            source_topic=message.topic(),
-            source_partition=message.partition(),
-            source_offset=message.offset(),
-            raw_key=message.key(),
-            raw_value=message.value(),
-            error_kind=kind,
-            error=str(error),
-            stage=stage,
-            now_unix_nano=self._clock(),
+        self._dead_letter_bytes(message.topic(), message.partition(), message.offset(), message.key(), message.value(), kind, str(error), stage)
+
+    def _dead_letter_bytes(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, kind: str, error: str, stage: str
+    ) -> None:
+        produce_dead_letter(
+            self._producer, self._topics.dead_letter, self._dead_letters, self._on_delivery,
+            source_topic=topic, source_partition=partition, source_offset=offset, raw_key=key, raw_value=value,
+            error_kind=kind, error=error, stage=stage, now_unix_nano=self._clock(),
         )
-        produce_waiting(self._producer, self._topics.dead_letter, message.key(), self._dead_letter_codec.encode(record), self._on_delivery)
         self.stats.dead_letters += 1
 
     # --- progress, answers, publication ------------------------------------------------------
@@ -532,7 +581,17 @@ class SpanEnricher:
                 )
                 continue
             value = self._encoder.encode(raw, emission.answer, emission.revision)
-            produce_waiting(self._producer, self._topics.spans_enriched, key, value, self._on_delivery)
+            try:
+                produce_waiting(self._producer, self._topics.spans_enriched, key, value, self._on_delivery)
+            except KafkaException as error:
+                if not is_too_large(error):
+                    raise
+                # The span fits its topic, its answer does not fit spans.enriched: dead-letter the span.
+                self._dead_letter_bytes(
+                    self._topics.spans, emission.span.partition, emission.span.offset, key, raw, "too_large",
+                    f"enriched span of {len(value)} bytes (revision {emission.revision}) exceeds the message limit", "enrich",
+                )
+                continue
             self.stats.published += 1
             span = emission.span
             is_first = (
