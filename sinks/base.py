@@ -337,20 +337,22 @@ class BatchingSink:
             flushed += self.flush()
         return flushed
 
-    def _dead_letter_rejected(self, table: str, rejected: list[tuple[SinkRecord, str]]) -> None:
+    def _dead_letter_rejected(self, table: str, rejected: list[tuple[SinkRecord | None, str]]) -> None:
+        """Add the dead letters of rows a write refused; a refused dead letter this sink made (None) fails the flush."""
         if not rejected:
             return
         self.rows_dead_lettered += len(rejected)
-        if table == DEAD_LETTERS_TABLE:
-            raise SinkRejectedError(f"dead_letters refused {len(rejected)} rows: {rejected[0][1]}")
-        for item in rejected:
-            self.add(item[0])
+        unstorable = [reason for letter, reason in rejected if letter is None]
+        if unstorable:
+            raise SinkRejectedError(f"dead_letters refused {len(unstorable)} rows: {unstorable[0]}")
+        for letter, _reason in rejected:
+            self.add(letter)
 
     # ---- rejects and retries -------------------------------------------------------------
 
-    def _write_isolating(self, batch: SinkBatch) -> list[tuple[SinkRecord, str]]:
+    def _write_isolating(self, batch: SinkBatch) -> list[tuple[SinkRecord | None, str]]:
         """Write ``batch``; rows refused or unconvertible come back as dead-letter records."""
-        dead: list[tuple[SinkRecord, str]] = []
+        dead: list[tuple[SinkRecord | None, str]] = []
         work = [batch]
         while work:
             current = work.pop()
@@ -375,9 +377,11 @@ class BatchingSink:
                     work.append(SinkBatch(current.table, half, dedup_token(current.table, half)))
         return dead
 
-    def _dead_letter(self, item: SinkRecord, kind: str, reason: str) -> SinkRecord:
+    def _dead_letter(self, item: SinkRecord, kind: str, reason: str) -> SinkRecord | None:
+        """The dead letter of a refused row (a message of the dead-letter topic too); None for a refused dead
+        letter this sink built itself, which nothing can store."""
         if item.table == DEAD_LETTERS_TABLE and item.value is not None:
-            return item  # a dead letter this sink built that cannot be stored; flush raises for it
+            return None
         raw_value = item.raw_value
         if raw_value is None:
             raw_value = bytes(item.avro_body or b"") if item.value is None else repr(dict(item.value)).encode()

@@ -19,7 +19,9 @@ Guarantees:
       deduplication token; rows re-read into differently cut batches collapse by the tables'
       replacing keys (see :mod:`sinks.clickhouse`).
     * Nothing silently dropped: a message whose header does not decode, a tombstone, or a row
-      ClickHouse refuses becomes a ``dead_letters`` row with topic, partition, offset and bytes.
+      ClickHouse refuses becomes a ``dead_letters`` row with topic, partition, offset and bytes. A
+      reload the contract refuses is dead-lettered as the enricher does it (same stage and kind: the
+      two letters of one message are one row under FINAL), never landed in ``reload_events``.
     * On revoke and on stop every flush in flight is waited for, then committed.
 
 Non-guarantees: no ordering across partitions, nor across batches in flight at once (two
@@ -45,7 +47,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from schemas.errors import DecodeError
+from schemas.errors import DecodeError, InvalidRecordError
+from schemas.records import ReloadEvent
 from schemas.dead_letters import DeadLetterBuilder
 from schemas.settings import KafkaSettings
 from schemas.topics import TopicNames
@@ -187,6 +190,7 @@ class SinkConsumer:
         self._header_len: dict[str, int] = {topic: 0 for topic in self._tables}  # learnt from the first split
         self._known_headers: dict[str, dict[bytes, Any]] = {topic: {} for topic in self._tables}
         self._dead_letters = DeadLetterBuilder()
+        self._reload_codec = kafka.codec("ReloadEvent")
         self._open: _OpenBatch | None = None
         self._in_flight: deque[_Sealed] = deque()
         self._to_commit: dict[tuple[str, int], int] = {}
@@ -251,6 +255,7 @@ class SinkConsumer:
             batch = self._open = _OpenBatch(list(self._tables), self._monotonic())
         groups_by_topic = batch.groups
         header_len = self._header_len
+        reloads_topic = self._kafka.topics.reloads
         fast = 0
         for message in messages:
             if message.error() is not None:
@@ -258,6 +263,8 @@ class SinkConsumer:
                 continue
             topic = message.topic()
             value = message.value()
+            if topic == reloads_topic and self._reload_refused(batch, message, value):
+                continue
             rows = groups_by_topic[topic].get(value[: header_len[topic]]) if value is not None else None
             if rows is None:
                 self._ingest_slow(batch, message, topic, value)
@@ -311,7 +318,26 @@ class SinkConsumer:
         else:
             rows.new_run(partition, offset)
 
-    def _add_dead_letter(self, batch: _OpenBatch, message: Message, kind: str, reason: str) -> None:
+    def _reload_refused(self, batch: _OpenBatch, message: Message, value: bytes | None) -> bool:
+        """Dead-letter a reload the contract refuses, judged as the enricher judges it (same stage and kind,
+        so the two dead letters of one message collapse into one ``dead_letters`` row); True when refused."""
+        try:
+            if value is None:
+                raise InvalidRecordError("empty message (tombstone)")
+            ReloadEvent.from_dict(self._reload_codec.decode(value))
+        except DecodeError as error:
+            kind, stage, reason = error.kind.value, "decode", str(error)
+        except InvalidRecordError as error:
+            kind, stage, reason = "invalid_record", "validate", str(error)
+        else:
+            return False
+        self.stats.messages += 1
+        batch.rows += 1
+        batch.positions[(message.topic(), message.partition())] = message.offset() + 1
+        self._add_dead_letter(batch, message, kind, reason, stage=stage)
+        return True
+
+    def _add_dead_letter(self, batch: _OpenBatch, message: Message, kind: str, reason: str, *, stage: str = "decode") -> None:
         record = self._dead_letters.record(
             source_topic=message.topic(),
             source_partition=message.partition(),
@@ -320,7 +346,7 @@ class SinkConsumer:
             raw_value=message.value(),
             error_kind=kind,
             error=reason,
-            stage="decode",
+            stage=stage,
             now_unix_nano=self._clock(),
         )
         self.stats.dead_letters += 1
