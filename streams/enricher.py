@@ -10,7 +10,9 @@ Guarantees:
       partition carries, as metadata, the last reload applied when it was made; that and the
       committed offset are all a new owner needs to rebuild the partition's state.
     * Nothing is lost: undecodable or invalid messages go to the dead-letter topic with their
-      topic, partition, offset and raw bytes, and their offsets are committed like the others.
+      topic, partition, offset and raw bytes (a prefix with length and SHA-256 when too large:
+      :mod:`schemas.dead_letters`), and so does a span whose enriched form would not fit
+      ``spans.enriched``; their offsets are committed like the others.
 
 Non-guarantees: records are not published in offset order (a held span waits for its grace
 period while later ones may pass it), and a worker's restart republishes what was answered

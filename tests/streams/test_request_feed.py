@@ -35,3 +35,26 @@ def test_no_rows_no_message() -> None:
     producer = _Producer()
     KafkaRequestFeed(producer, "requests", on_delivery=lambda *args: None).requests("svc", [])  # type: ignore[arg-type]
     assert producer.sent == []
+
+
+def test_rows_with_huge_names_are_chunked_by_size_and_a_row_that_cannot_fit_is_not_sent() -> None:
+    producer = _Producer()
+    feed = KafkaRequestFeed(producer, "requests", on_delivery=lambda *args: None)  # type: ignore[arg-type]
+    big = [("i" * 20_000 + str(n), n, n + 1, False, "SERVER") for n in range(200)]  # ~4 MB of rows
+    feed.requests("svc", [*big[:100], ("\x00" * 400_000, 1, 2, True, "SERVER"), *big[100:]])  # 2.4 MB escaped
+    assert all(len(key) + len(value) <= 1_000_000 - 512 for _, key, value in producer.sent)
+    sent = [tuple(row) for _, _, value in producer.sent for row in orjson.loads(value)["requests"]]
+    assert sent == big and feed.unsent == 1
+
+
+def test_a_reload_too_large_for_the_topic_is_not_sent() -> None:
+    from schemas.records import ReloadEvent
+    from streams.engine import ReloadArrival
+
+    producer = _Producer()
+    feed = KafkaRequestFeed(producer, "requests", on_delivery=lambda *args: None)  # type: ignore[arg-type]
+    reload = ReloadEvent("r", "svc", "model", "\x01" * 300_000, 1, 2, "SUCCEEDED", "op")  # 1.8 MB as JSON
+    feed.reload(ReloadArrival(reload, 1, 0, 0))
+    assert producer.sent == [] and feed.unsent == 1
+    feed.reload(ReloadArrival(ReloadEvent("r2", "svc", "model", "v2", 1, 2, "SUCCEEDED", "op"), 1, 0, 1))
+    assert len(producer.sent) == 1
