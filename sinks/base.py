@@ -344,7 +344,7 @@ class BatchingSink:
         self.rows_dead_lettered += len(rejected)
         unstorable = [reason for letter, reason in rejected if letter is None]
         if unstorable:
-            raise SinkRejectedError(f"dead_letters refused {len(unstorable)} rows: {unstorable[0]}")
+            raise SinkRejectedError(f"dead_letters refused {len(unstorable)} rows: {safe_text(unstorable[0], 500)}")
         for letter, _reason in rejected:
             self.add(letter)
 
@@ -427,7 +427,9 @@ class BatchingSink:
                     raise SinkRetriesExhaustedError(
                         f"{batch.table}: {attempt} attempts failed over {self._retry_timeout_s:.0f} s: {error}"
                     ) from error
-                logger.warning("%s write attempt %d failed (%s); retrying in %.2f s", batch.table, attempt, error, wait)
+                logger.warning(
+                    "%s write attempt %d failed (%s); retrying in %.2f s", batch.table, attempt, safe_text(error, 500), wait
+                )
                 self._sleep(wait)
                 backoff = min(backoff * 2, self._max_backoff_s)
             except SinkError:

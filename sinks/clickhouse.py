@@ -27,6 +27,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError, ProgrammingError
 
+from schemas.text import bounded_text
 from sinks.avro_blocks import body_problem, container, encode_body, latest_schema
 from sinks.base import BatchingSink, KafkaRows, SinkBatch, SinkRecord
 from sinks.ddl import apply_schema
@@ -85,7 +86,7 @@ def _insert_settings(token: str) -> dict[str, Any]:
 def classify(error: Exception) -> SinkError:
     """The :mod:`sinks.errors` error for a clickhouse-connect (or chDB) failure."""
     code = getattr(error, "code", None)
-    message = f"{type(error).__name__}: {error}"
+    message = f"{type(error).__name__}: {bounded_text(str(error), 2_000)}"  # may quote the data it refused
     if code in BACKPRESSURE_CODES:
         return SinkBackpressureError(_BACKPRESSURE_RETRY_AFTER_S, message)
     if code in REJECTED_DATA_CODES:

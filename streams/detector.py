@@ -163,7 +163,7 @@ def decode_progress(metadata: str | None) -> int | None:
         value = orjson.loads(metadata)["progress"]
         return int(value)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        logger.warning("ignoring unreadable commit metadata %r", metadata)
+        logger.warning("ignoring unreadable commit metadata %s", bounded_repr(metadata))
         return None
 
 

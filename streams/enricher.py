@@ -145,7 +145,7 @@ def decode_frontier(metadata: str | None) -> tuple[bool, ReloadKey | None]:
         frontier = parsed["w"]
         return True, (tuple(int(part) for part in frontier) if frontier is not None else None)  # type: ignore[return-value]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        logger.warning("ignoring unreadable commit metadata %r", metadata)
+        logger.warning("ignoring unreadable commit metadata %s", bounded_repr(metadata))
         return False, None
 
 
