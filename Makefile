@@ -10,13 +10,14 @@ PYTEST_ARGS ?=
 BENCH ?=
 DEMO_ARGS ?=
 
-.PHONY: help venv jars up down status test demo bench clean
+.PHONY: help venv jars up down status test demo bench fuzz clean
 
 help:
 	@echo "make demo    run the pipeline end to end on the embedded defaults"
 	@echo "make test    run the whole test suite against a real Kafka it starts and stops"
 	@echo "make up|down|status   the local Kafka broker (port $(KAFKA_PORT), data in $(KAFKA_DATA_DIR))"
 	@echo "make bench   measure throughput and latency, writing BENCHMARKS.md"
+	@echo "make fuzz    hostile-producer soak (FUZZ_MESSAGES=50000 bad messages into a running worker)"
 
 venv: $(VENV)/.installed
 
@@ -47,6 +48,10 @@ test: jars
 bench: jars
 	$(BIN)/python -m infra.kafka run --port 0 --data-dir .kafka-bench --fresh -- \
 		$(BIN)/python -m tests.benchmarks $(BENCH)
+
+# The hostile-producer soak: make bench BENCH=fuzz (FUZZ_MESSAGES bad messages, default 50000).
+fuzz:
+	$(MAKE) bench BENCH=fuzz
 
 # Its own broker (free port, .kafka-demo), a worker with the embedded ClickHouse (data/demo), traffic, report.
 demo: jars

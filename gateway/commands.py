@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gateway.output import write_simulation
@@ -21,6 +22,7 @@ from gateway.produce import (
 )
 from gateway.simulator import NANOS, SimulationConfig, simulate
 from schemas.settings import KafkaSettings
+from schemas.text import safe_text
 
 
 def progress_bar(console: Console, *, when_piped: bool = False) -> Progress:
@@ -112,7 +114,7 @@ def run_produce(
         f"delivered {report.delivery.delivered}, undelivered {report.undelivered}, skipped {len(report.skipped)} bad lines"
     )
     for path, position, error in report.skipped[:20]:
-        console.print(f"  skipped {path}:{position}: {error}")
+        console.print(Text(safe_text(f"  skipped {path}:{position}: {error}", 2_000)))  # literal: lines quote the file
     if len(report.skipped) > 20:
         console.print(f"  ... and {len(report.skipped) - 20} more")
     return 1 if report.undelivered else 0

@@ -6,7 +6,8 @@ resource attributes go to ``resource_attributes``, null when none). Attribute va
 str/bool/int/float; integers outside the Avro long range become strings; **sequences become
 compact JSON arrays as strings** (``["a","b"]``), so no element is lost and the value stays one
 map entry. Span events and links are not part of the contract and are not exported; an error
-status description is (``status_message``). Redaction is applied to both attribute maps.
+status description is (``status_message``). Redaction is applied to both attribute maps, and by
+value to the span name and status message.
 """
 
 from __future__ import annotations
@@ -70,14 +71,14 @@ def span_record(span: ReadableSpan, redactor: Redactor) -> Span:
         "trace_id": format(context.trace_id, "032x"),
         "span_id": format(context.span_id, "016x"),
         "parent_span_id": format(span.parent.span_id, "016x") if span.parent is not None else None,
-        "name": span.name,
+        "name": redactor.text(span.name),
         "kind": _KINDS.get(span.kind, "INTERNAL"),
         "service_name": str(resource.get("service.name") or UNKNOWN_SERVICE),
         "service_instance_id": str(resource.get("service.instance.id") or ""),
         "start_time_unix_nano": start,
         "end_time_unix_nano": span.end_time if span.end_time is not None else start,
         "status_code": _STATUSES.get(span.status.status_code, "UNSET"),
-        "status_message": span.status.description or None,
+        "status_message": redactor.text(span.status.description) if span.status.description else None,
         "attributes": attribute_map(span.attributes, redactor),
         "resource_attributes": resource_attributes or None,
     }

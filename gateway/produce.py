@@ -168,6 +168,20 @@ def simulation_items(simulation: Any) -> list[StreamItem]:
     return items
 
 
-def publication_delays(ground_truth: dict[str, Any]) -> dict[str, int]:
-    """reload_id → publication delay (ns) from a simulator ground truth."""
-    return {row["reload_id"]: int(row.get("publication_delay_ns") or 0) for row in ground_truth.get("reloads", [])}
+def publication_delays(ground_truth: Any) -> dict[str, int]:
+    """reload_id → publication delay (ns) from a simulator ground truth (a parsed ``ground_truth.json``).
+
+    Raises:
+        ValueError: not an object whose ``reloads`` is a list of objects with a text ``reload_id``
+            and an integer ``publication_delay_ns``.
+    """
+    reloads = ground_truth.get("reloads", []) if isinstance(ground_truth, dict) else None
+    if not isinstance(reloads, list):
+        raise ValueError("ground truth must be a JSON object whose 'reloads' is a list (a simulator ground_truth.json)")
+    delays = {}
+    for number, row in enumerate(reloads, start=1):
+        delay = row.get("publication_delay_ns") or 0 if isinstance(row, dict) else None
+        if not isinstance(row, dict) or not isinstance(row.get("reload_id"), str) or not isinstance(delay, int):
+            raise ValueError(f"ground truth reload #{number} needs a text reload_id and an integer publication_delay_ns")
+        delays[row["reload_id"]] = delay
+    return delays

@@ -1,9 +1,16 @@
-"""Redaction of sensitive attribute keys before anything leaves the process.
+"""Redaction of sensitive attributes before anything leaves the process: by key, and inside values.
 
 Keys are matched case-insensitively against a deny-list of patterns: shell globs
-(``*authorization*``) or regular expressions prefixed with ``re:``. A denied key is dropped, or
-kept with its value replaced by a salted hash (HMAC-SHA256), so equal secrets stay correlatable
-without being readable. Only keys are judged; a secret stored under an innocent key is not found.
+(``*authorization*``) or regular expressions prefixed with ``re:``; camelCase words count as
+segments (``apiToken`` is ``api_Token``). A denied key is dropped, or kept with its value replaced
+by a salted hash (HMAC-SHA256), so equal secrets stay correlatable without being readable.
+
+Values are judged too (:meth:`Redactor.text`, applied to attribute values, status messages and
+span names): the password of a URL's userinfo (``https://user:pw@host``, DSNs such as
+``postgresql://app:pw@db``), the value of every ``name=value`` / ``name: value`` pair whose name the
+deny-list denies (URL query parameters, ``password=...`` in libpq DSNs or messages) and the token
+after ``Bearer`` are replaced (``redacted``, or the salted hash). Secrets in free text with no such
+shape are not found.
 """
 
 from __future__ import annotations
@@ -31,7 +38,18 @@ DEFAULT_DENY_PATTERNS: tuple[str, ...] = (
     "re:" + _SEGMENT_START + r"private[._\-]?key" + _SEGMENT_END,
     "re:" + _SEGMENT_START + r"session[._\-]?id" + _SEGMENT_END,
     "re:" + _SEGMENT_START + r"bearer" + _SEGMENT_END,
+    "re:" + _SEGMENT_START + r"(?:access|secret)[._\-]?key(?:[._\-]?id)?" + _SEGMENT_END,
+    "re:" + _SEGMENT_START + r"jwt" + _SEGMENT_END,
+    "re:" + _SEGMENT_START + r"credentials?$",
+    "re:" + _SEGMENT_START + r"(?:dsn|connection[._\-]?string)" + _SEGMENT_END,
 )
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@?#]*:)(?P<secret>[^\s/@?#]+)(?=@)")
+_PAIR_NAME = re.compile(r"""(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)["']?\s*(?:=|:(?!//))\s*["']?""")
+_PAIR_VALUE = re.compile(r"""[^\s&;,"'<>]+""")
+_BEARER = re.compile(r"(?P<head>\b(?:bearer|basic)\s+)(?P<secret>[A-Za-z0-9._~+/=\-]+)", re.IGNORECASE)
+_AUTH_SCHEMES = frozenset({"bearer", "basic"})
+REDACTED_TEXT = "redacted"
 REDACTED_PREFIX = "redacted:"
 
 
@@ -75,12 +93,15 @@ class Redactor:
         except re.error as error:
             raise ValueError(f"bad redaction pattern: {error}") from error
         self.mode = RedactionMode(mode)
+        if salt is not None and not salt:
+            raise ValueError("redaction salt must not be empty (leave it unset for a random one)")
         self._salt = salt.encode() if isinstance(salt, str) else (salt if salt is not None else os.urandom(16))
         self._denied = lru_cache(maxsize=4096)(self._match)
         self.redacted_count = 0
 
     def _match(self, key: str) -> bool:
-        return any(pattern.search(key) for pattern in self._compiled)
+        words = _CAMEL_BOUNDARY.sub("_", key)
+        return any(pattern.search(key) or pattern.search(words) for pattern in self._compiled)
 
     def is_denied(self, key: str) -> bool:
         return self._denied(key)
@@ -89,14 +110,50 @@ class Redactor:
         digest = hmac.new(self._salt, str(value).encode(), hashlib.sha256).hexdigest()[:16]
         return f"{REDACTED_PREFIX}{digest}"
 
+    def _replacement(self, secret: str) -> str:
+        return self.hash_value(secret) if self.mode is RedactionMode.HASH else REDACTED_TEXT
+
+    def text(self, value: str) -> str:
+        """``value`` with secrets of a known shape replaced (URL passwords, denied ``name=value`` pairs, bearer tokens)."""
+        if not self._compiled or not value or not ("=" in value or ":" in value or " " in value):
+            return value
+        redacted = _URL_PASSWORD.sub(lambda m: m["head"] + self._count(self._replacement(m["secret"])), value)
+        redacted = _BEARER.sub(lambda m: m["head"] + self._count(self._replacement(m["secret"])), redacted)
+        return self._pairs(redacted)
+
+    def _pairs(self, text: str) -> str:
+        """Every value that follows a denied ``name=`` / ``name:`` replaced (names found without consuming values)."""
+        out: list[str] = []
+        kept_to = 0
+        for name in _PAIR_NAME.finditer(text):
+            if name.start() < kept_to or not self._denied(name["name"]):
+                continue
+            secret = _PAIR_VALUE.match(text, name.end())
+            if secret is None or secret[0].lower() in _AUTH_SCHEMES or secret[0].startswith(REDACTED_PREFIX):
+                continue
+            if secret[0] == REDACTED_TEXT:
+                continue
+            out.append(text[kept_to : secret.start()])
+            out.append(self._count(self._replacement(secret[0])))
+            kept_to = secret.end()
+        if not out:
+            return text
+        out.append(text[kept_to:])
+        return "".join(out)
+
+    def _count(self, replacement: str) -> str:
+        self.redacted_count += 1
+        return replacement
+
     def apply(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-        """A copy of ``attributes`` without denied keys (or with hashed values in ``hash`` mode)."""
+        """A copy of ``attributes`` without denied keys (or with hashed values in ``hash`` mode), and
+        string values passed through :meth:`text`."""
         if not attributes:
             return {}
         out: dict[str, Any] = {}
         for key, value in attributes.items():
             if not self._denied(key):
-                out[key] = value
+                out[key] = self.text(value) if isinstance(value, str) else value
                 continue
             self.redacted_count += 1
             if self.mode is RedactionMode.HASH:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.redaction import RedactionMode, Redactor
@@ -40,6 +40,13 @@ class GatewaySettings(BaseSettings):
         default=_DEFAULT_FLUSH_TIMEOUT_MS, ge=0, description="How long shutdown waits for in-flight messages"
     )
     exporter_linger_ms: int = Field(default=_DEFAULT_LINGER_MS, ge=0, description="librdkafka linger.ms")
+
+    @field_validator("redaction_salt")
+    @classmethod
+    def _salt_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("redaction salt must not be empty (leave it unset for a random one)")
+        return value
 
     def redactor(self) -> Redactor:
         salt = self.redaction_salt.get_secret_value() if self.redaction_salt is not None else None

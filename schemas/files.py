@@ -22,6 +22,7 @@ import orjson
 
 from schemas.codec import SchemaStore, default_store
 from schemas.errors import ReloadtraceError
+from schemas.text import bounded_repr, bounded_text
 
 SUFFIXES = (".jsonl", ".avro")
 
@@ -67,7 +68,7 @@ def read_records(path: Path | str) -> Iterator[FileRecord]:
                 try:
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError as error:
-                    yield FileRecord(number, error=f"not JSON: {error}")
+                    yield FileRecord(number, error=f"not JSON: {bounded_text(str(error), 300)}")
                     continue
                 if not isinstance(record, dict):
                     yield FileRecord(number, error=f"expected a JSON object, got {type(record).__name__}")
@@ -79,7 +80,7 @@ def read_records(path: Path | str) -> Iterator[FileRecord]:
             for number, record in enumerate(reader, start=1):
                 yield FileRecord(number, record=record)
         except Exception as error:  # noqa: BLE001 - fastavro raises many types on corrupt containers
-            raise RecordFileError(f"{path}: not a readable Avro container file: {error!r}") from error
+            raise RecordFileError(f"{path}: not a readable Avro container file: {bounded_repr(error)}") from error
 
 
 def _json_default(value: Any) -> Any:

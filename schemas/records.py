@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NotRequired, TypedDict
 
 from schemas.errors import InvalidRecordError
+from schemas.text import bounded_repr
 
 SPAN_KINDS = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_CODES = ("UNSET", "OK", "ERROR")
@@ -22,8 +23,8 @@ SEVERITIES = ("INFO", "WARNING", "CRITICAL")
 SUCCEEDED = "SUCCEEDED"
 FAILED = "FAILED"
 
-_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-_SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_SPAN_ID = re.compile(r"[0-9a-f]{16}")
 _INT64_MAX = 2**63 - 1
 
 AttributeValue = str | bool | int | float
@@ -69,17 +70,17 @@ ENRICHMENT_FIELDS = (
 
 
 def is_trace_id(value: object) -> bool:
-    return isinstance(value, str) and _TRACE_ID.match(value) is not None and value != "0" * 32
+    return isinstance(value, str) and _TRACE_ID.fullmatch(value) is not None and value != "0" * 32
 
 
 def is_span_id(value: object) -> bool:
-    return isinstance(value, str) and _SPAN_ID.match(value) is not None and value != "0" * 16
+    return isinstance(value, str) and _SPAN_ID.fullmatch(value) is not None and value != "0" * 16
 
 
 def _require_int(record: Mapping[str, Any], name: str) -> int:
     value = record.get(name)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidRecordError(f"{name} must be an integer of nanoseconds, got {value!r}", name)
+        raise InvalidRecordError(f"{name} must be an integer of nanoseconds, got {bounded_repr(value)}", name)
     if not 0 <= value <= _INT64_MAX:
         raise InvalidRecordError(f"{name} out of range: {value}", name)
     return value
@@ -88,7 +89,7 @@ def _require_int(record: Mapping[str, Any], name: str) -> int:
 def _require_text(record: Mapping[str, Any], name: str, *, allow_empty: bool = False) -> str:
     value = record.get(name)
     if not isinstance(value, str) or (not allow_empty and not value):
-        raise InvalidRecordError(f"{name} must be a non-empty string, got {value!r}", name)
+        raise InvalidRecordError(f"{name} must be a non-empty string, got {bounded_repr(value)}", name)
     return value
 
 
@@ -100,7 +101,7 @@ def _check_attributes(record: Mapping[str, Any], name: str, *, optional: bool) -
         raise InvalidRecordError(f"{name} must be a map, got {type(value).__name__}", name)
     for key, item in value.items():
         if not isinstance(key, str) or not isinstance(item, (str, bool, int, float)):
-            raise InvalidRecordError(f"{name}[{key!r}] must map a string to string/int/float/bool", name)
+            raise InvalidRecordError(f"{name}[{bounded_repr(key)}] must map a string to string/int/float/bool", name)
 
 
 def validate_span(span: Mapping[str, Any], *, check_attributes: bool = True) -> None:
@@ -114,15 +115,15 @@ def validate_span(span: Mapping[str, Any], *, check_attributes: bool = True) -> 
         InvalidRecordError: the first rule broken, naming the field.
     """
     if not is_trace_id(span.get("trace_id")):
-        raise InvalidRecordError(f"trace_id must be 32 lowercase hex, not all zero: {span.get('trace_id')!r}", "trace_id")
+        raise InvalidRecordError(f"trace_id must be 32 lowercase hex, not all zero: {bounded_repr(span.get('trace_id'))}", "trace_id")
     if not is_span_id(span.get("span_id")):
-        raise InvalidRecordError(f"span_id must be 16 lowercase hex, not all zero: {span.get('span_id')!r}", "span_id")
+        raise InvalidRecordError(f"span_id must be 16 lowercase hex, not all zero: {bounded_repr(span.get('span_id'))}", "span_id")
     parent = span.get("parent_span_id")
     if parent is not None and not is_span_id(parent):
-        raise InvalidRecordError(f"parent_span_id must be 16 lowercase hex or null: {parent!r}", "parent_span_id")
+        raise InvalidRecordError(f"parent_span_id must be 16 lowercase hex or null: {bounded_repr(parent)}", "parent_span_id")
     _require_text(span, "name", allow_empty=True)
     if span.get("kind") not in SPAN_KINDS:
-        raise InvalidRecordError(f"kind must be one of {SPAN_KINDS}: {span.get('kind')!r}", "kind")
+        raise InvalidRecordError(f"kind must be one of {SPAN_KINDS}: {bounded_repr(span.get('kind'))}", "kind")
     _require_text(span, "service_name")
     _require_text(span, "service_instance_id", allow_empty=True)
     start = _require_int(span, "start_time_unix_nano")
@@ -130,7 +131,7 @@ def validate_span(span: Mapping[str, Any], *, check_attributes: bool = True) -> 
     if end < start:
         raise InvalidRecordError(f"end_time_unix_nano {end} is before start_time_unix_nano {start}", "end_time_unix_nano")
     if span.get("status_code") not in STATUS_CODES:
-        raise InvalidRecordError(f"status_code must be one of {STATUS_CODES}: {span.get('status_code')!r}", "status_code")
+        raise InvalidRecordError(f"status_code must be one of {STATUS_CODES}: {bounded_repr(span.get('status_code'))}", "status_code")
     message = span.get("status_message")
     if message is not None and not isinstance(message, str):
         raise InvalidRecordError("status_message must be a string or null", "status_message")
@@ -205,28 +206,35 @@ class ReloadEvent:
         source = _require_text(record, "source", allow_empty=True)
         requested = _require_int(record, "requested_time_unix_nano")
         effective = _require_int(record, "effective_time_unix_nano")
+        if effective < requested:
+            raise InvalidRecordError(
+                f"effective_time_unix_nano {effective} is before requested_time_unix_nano {requested}",
+                "effective_time_unix_nano",
+            )
         status = record.get("status")
         if status not in RELOAD_STATUSES:
-            raise InvalidRecordError(f"status must be one of {RELOAD_STATUSES}: {status!r}", "status")
+            raise InvalidRecordError(f"status must be one of {RELOAD_STATUSES}: {bounded_repr(status)}", "status")
         instance = record.get("service_instance_id")
         if instance is not None and (not isinstance(instance, str) or not instance):
-            raise InvalidRecordError(f"service_instance_id must be a non-empty string or null: {instance!r}", "service_instance_id")
+            raise InvalidRecordError(f"service_instance_id must be a non-empty string or null: {bounded_repr(instance)}", "service_instance_id")
         old_version = record.get("old_version")
         if old_version is not None and not isinstance(old_version, str):
             raise InvalidRecordError("old_version must be a string or null", "old_version")
         trace_id, span_id = record.get("trace_id"), record.get("span_id")
         if trace_id is not None and not is_trace_id(trace_id):
-            raise InvalidRecordError(f"trace_id must be 32 lowercase hex or null: {trace_id!r}", "trace_id")
+            raise InvalidRecordError(f"trace_id must be 32 lowercase hex or null: {bounded_repr(trace_id)}", "trace_id")
         if span_id is not None and not is_span_id(span_id):
-            raise InvalidRecordError(f"span_id must be 16 lowercase hex or null: {span_id!r}", "span_id")
+            raise InvalidRecordError(f"span_id must be 16 lowercase hex or null: {bounded_repr(span_id)}", "span_id")
         model_context = record.get("model_context") or {}
         if not isinstance(model_context, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in model_context.items()
         ):
             raise InvalidRecordError("model_context must map strings to strings", "model_context")
-        changed_keys = record.get("changed_keys") or ()
-        if isinstance(changed_keys, str) or not all(isinstance(k, str) for k in changed_keys):
-            raise InvalidRecordError("changed_keys must be a list of strings", "changed_keys")
+        changed_keys = record.get("changed_keys")
+        if changed_keys is None:
+            changed_keys = ()
+        if not isinstance(changed_keys, (list, tuple)) or not all(isinstance(k, str) for k in changed_keys):
+            raise InvalidRecordError(f"changed_keys must be a list of strings: {bounded_repr(changed_keys)}", "changed_keys")
         return cls(
             reload_id=reload_id,
             service_name=service_name,
@@ -251,28 +259,3 @@ class ReloadEvent:
         record["changed_keys"] = list(self.changed_keys)
         return record
 
-
-def dead_letter(
-    *,
-    source_topic: str,
-    source_partition: int,
-    source_offset: int,
-    raw_key: bytes | None,
-    raw_value: bytes | None,
-    error_kind: str,
-    error: str,
-    stage: str,
-    now_unix_nano: int,
-) -> dict[str, Any]:
-    """A DeadLetter record (see ``DeadLetter.v1.avsc``) keeping the original bytes whole."""
-    return {
-        "source_topic": source_topic,
-        "source_partition": source_partition,
-        "source_offset": source_offset,
-        "raw_key": None if raw_key is None else bytes(raw_key),
-        "raw_value": None if raw_value is None else bytes(raw_value),
-        "error_kind": error_kind,
-        "error": error,
-        "stage": stage,
-        "dead_lettered_time_unix_nano": now_unix_nano,
-    }

@@ -6,10 +6,11 @@ there is no module-level settings object.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.codec import Codec, codec_for
+from schemas.text import safe_text
 from schemas.topics import TopicNames
 
 _DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
@@ -67,3 +68,14 @@ class KafkaSettings(BaseSettings):
                 "sasl.password": self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else "",
             }
         return config
+
+
+def settings_error(error: ValidationError) -> str:
+    """One line naming each invalid setting and why, without the value given (it may be a password or a
+    URL with one): what every command prints instead of pydantic's own text, which quotes the input."""
+    problems = []
+    for detail in error.errors(include_url=False, include_context=False, include_input=False):
+        where = ".".join(str(part) for part in detail.get("loc", ())) or error.title
+        message = str(detail.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}")
+    return safe_text("invalid settings: " + "; ".join(problems), 1_000)

@@ -16,6 +16,7 @@ import fastavro
 from fastavro import schemaless_reader, schemaless_writer
 
 from schemas.codec import SchemaVersion, default_store
+from schemas.text import bounded_repr
 
 TABLE_RECORDS = {
     "spans_enriched": "EnrichedSpan",
@@ -79,7 +80,7 @@ def body_problem(schema: SchemaVersion, body: bytes) -> str | None:
     try:
         schemaless_reader(stream, schema.parsed, None)
     except Exception as error:  # noqa: BLE001 - any reader failure on hostile bytes means undecodable
-        return f"body is not a valid {schema.name}: {error!r}"
+        return f"body is not a valid {schema.name}: {bounded_repr(error)}"
     if stream.tell() != len(body):
         return f"{len(body) - stream.tell()} bytes after the end of the {schema.name} record"
     return None

@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from schemas.dead_letters import DeadLetterBuilder
+from schemas.text import safe_text
 from sinks.errors import (
     SinkBackpressureError,
     SinkError,
@@ -245,6 +247,7 @@ class BatchingSink:
         self._clock = clock
         self._sleep = sleep
         self._now_unix_nano = now_unix_nano
+        self._dead_letters = DeadLetterBuilder()
         self._pending: dict[str, _Pending] = {}
         self._pending_rows = 0
         self.rows_written = 0
@@ -334,20 +337,22 @@ class BatchingSink:
             flushed += self.flush()
         return flushed
 
-    def _dead_letter_rejected(self, table: str, rejected: list[tuple[SinkRecord, str]]) -> None:
+    def _dead_letter_rejected(self, table: str, rejected: list[tuple[SinkRecord | None, str]]) -> None:
+        """Add the dead letters of rows a write refused; a refused dead letter this sink made (None) fails the flush."""
         if not rejected:
             return
         self.rows_dead_lettered += len(rejected)
-        if table == DEAD_LETTERS_TABLE:
-            raise SinkRejectedError(f"dead_letters refused {len(rejected)} rows: {rejected[0][1]}")
-        for item in rejected:
-            self.add(item[0])
+        unstorable = [reason for letter, reason in rejected if letter is None]
+        if unstorable:
+            raise SinkRejectedError(f"dead_letters refused {len(unstorable)} rows: {safe_text(unstorable[0], 500)}")
+        for letter, _reason in rejected:
+            self.add(letter)
 
     # ---- rejects and retries -------------------------------------------------------------
 
-    def _write_isolating(self, batch: SinkBatch) -> list[tuple[SinkRecord, str]]:
+    def _write_isolating(self, batch: SinkBatch) -> list[tuple[SinkRecord | None, str]]:
         """Write ``batch``; rows refused or unconvertible come back as dead-letter records."""
-        dead: list[tuple[SinkRecord, str]] = []
+        dead: list[tuple[SinkRecord | None, str]] = []
         work = [batch]
         while work:
             current = work.pop()
@@ -372,24 +377,26 @@ class BatchingSink:
                     work.append(SinkBatch(current.table, half, dedup_token(current.table, half)))
         return dead
 
-    def _dead_letter(self, item: SinkRecord, kind: str, reason: str) -> SinkRecord:
-        if item.table == DEAD_LETTERS_TABLE:
-            return item  # a dead letter that cannot be stored; flush raises for it
+    def _dead_letter(self, item: SinkRecord, kind: str, reason: str) -> SinkRecord | None:
+        """The dead letter of a refused row (a message of the dead-letter topic too); None for a refused dead
+        letter this sink built itself, which nothing can store."""
+        if item.table == DEAD_LETTERS_TABLE and item.value is not None:
+            return None
         raw_value = item.raw_value
         if raw_value is None:
             raw_value = bytes(item.avro_body or b"") if item.value is None else repr(dict(item.value)).encode()
-        record = {
-            "source_topic": item.topic or item.table,
-            "source_partition": item.partition,
-            "source_offset": item.offset,
-            "raw_key": item.raw_key,
-            "raw_value": raw_value,
-            "error_kind": kind,
-            "error": f"{item.table}: {reason}",
-            "stage": "sink",
-            "dead_lettered_time_unix_nano": self._now_unix_nano(),
-        }
-        logger.warning("dead-lettering a %s row (%s): %s", item.table, kind, reason)
+        record = self._dead_letters.record(
+            source_topic=item.topic or item.table,
+            source_partition=item.partition,
+            source_offset=item.offset,
+            raw_key=item.raw_key,
+            raw_value=raw_value,
+            error_kind=kind,
+            error=f"{item.table}: {reason}",
+            stage="sink",
+            now_unix_nano=self._now_unix_nano(),
+        )
+        logger.warning("dead-lettering a %s row (%s): %s", item.table, kind, safe_text(reason, 300))
         return SinkRecord(DEAD_LETTERS_TABLE, record, item.topic, item.partition, item.offset, item.raw_key, raw_value)
 
     def _write_with_retries(self, batch: SinkBatch) -> None:
@@ -420,7 +427,9 @@ class BatchingSink:
                     raise SinkRetriesExhaustedError(
                         f"{batch.table}: {attempt} attempts failed over {self._retry_timeout_s:.0f} s: {error}"
                     ) from error
-                logger.warning("%s write attempt %d failed (%s); retrying in %.2f s", batch.table, attempt, error, wait)
+                logger.warning(
+                    "%s write attempt %d failed (%s); retrying in %.2f s", batch.table, attempt, safe_text(error, 500), wait
+                )
                 self._sleep(wait)
                 backoff = min(backoff * 2, self._max_backoff_s)
             except SinkError:

@@ -8,10 +8,10 @@ many in flight); the stage runs on :class:`streams.stage.StageRuntime`, which po
 Guarantees: offsets become committable only after the flush holding their records returned, in
 seal order (a later flush that finishes first waits), so a crash re-inserts and never skips;
 re-inserted batches are dropped by their deduplication token and rows re-read into other batches
-collapse by the replacing keys (exact counts with FINAL); undecodable messages, tombstones and
-rows ClickHouse refuses become ``dead_letters`` rows; revoke and stop wait for every flush in
-flight. A flush that keeps failing raises :class:`SinkConsumerError`; nothing of it or after it
-is committed.
+collapse by the replacing keys (exact counts with FINAL); undecodable messages, tombstones, rows
+ClickHouse refuses and reloads the contract refuses (judged as the enricher does) become
+``dead_letters`` rows; revoke and stop wait for every flush in flight. A flush that keeps failing
+raises :class:`SinkConsumerError`; nothing of it or after it is committed.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from schemas.errors import DecodeError
-from schemas.records import dead_letter
+from schemas.dead_letters import DeadLetterBuilder
+from schemas.errors import DecodeError, InvalidRecordError
+from schemas.records import ReloadEvent
 from schemas.settings import KafkaSettings
 from schemas.topics import TopicNames
 from sinks.avro_blocks import TABLE_RECORDS
@@ -162,6 +163,8 @@ class SinkConsumer(Stage):
         }
         self._header_len: dict[str, int] = {topic: 0 for topic in self._tables}  # learnt from the first split
         self._known_headers: dict[str, dict[bytes, Any]] = {topic: {} for topic in self._tables}
+        self._dead_letters = DeadLetterBuilder()
+        self._reload_codec = kafka.codec("ReloadEvent")
         self._open: _OpenBatch | None = None
         self._in_flight: deque[_Sealed] = deque()
         self._to_commit: dict[tuple[str, int], int] = {}
@@ -241,10 +244,13 @@ class SinkConsumer(Stage):
             batch = self._open = _OpenBatch(list(self._tables), self._monotonic())
         groups_by_topic = batch.groups
         header_len = self._header_len
+        reloads_topic = self._kafka.topics.reloads
         fast = 0
         for message in messages:
             topic = message.topic()
             value = message.value()
+            if topic == reloads_topic and self._reload_refused(batch, message, value):
+                continue
             rows = groups_by_topic[topic].get(value[: header_len[topic]]) if value is not None else None
             if rows is None:
                 self._ingest_slow(batch, message, topic, value)
@@ -290,8 +296,27 @@ class SinkConsumer(Stage):
         else:
             rows.new_run(partition, offset)
 
-    def _add_dead_letter(self, batch: _OpenBatch, message: Message, kind: str, reason: str) -> None:
-        record = dead_letter(
+    def _reload_refused(self, batch: _OpenBatch, message: Message, value: bytes | None) -> bool:
+        """Dead-letter a reload the contract refuses, judged as the enricher judges it (same stage and kind,
+        so the two dead letters of one message collapse into one ``dead_letters`` row); True when refused."""
+        try:
+            if value is None:
+                raise InvalidRecordError("empty message (tombstone)")
+            ReloadEvent.from_dict(self._reload_codec.decode(value))
+        except DecodeError as error:
+            kind, stage, reason = error.kind.value, "decode", str(error)
+        except InvalidRecordError as error:
+            kind, stage, reason = "invalid_record", "validate", str(error)
+        else:
+            return False
+        self.stats.messages += 1
+        batch.rows += 1
+        batch.positions[(message.topic(), message.partition())] = message.offset() + 1
+        self._add_dead_letter(batch, message, kind, reason, stage=stage)
+        return True
+
+    def _add_dead_letter(self, batch: _OpenBatch, message: Message, kind: str, reason: str, *, stage: str = "decode") -> None:
+        record = self._dead_letters.record(
             source_topic=message.topic(),
             source_partition=message.partition(),
             source_offset=message.offset(),
@@ -299,7 +324,7 @@ class SinkConsumer(Stage):
             raw_value=message.value(),
             error_kind=kind,
             error=reason,
-            stage="decode",
+            stage=stage,
             now_unix_nano=self._clock(),
         )
         self.stats.dead_letters += 1

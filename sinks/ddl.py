@@ -2,7 +2,8 @@
 
 One DDL serves both backends (a server and chDB). Every statement is ``CREATE ... IF NOT EXISTS``,
 so applying the schema to a database that already has it changes nothing; a changed statement is
-NOT migrated (no ALTERs are derived from the files) — add a new numbered file for that.
+NOT migrated (no ALTERs are derived from the files) — add a new numbered file for that, whose
+statements are idempotent too (``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``, ``MODIFY QUERY``).
 """
 
 from __future__ import annotations

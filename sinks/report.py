@@ -15,18 +15,22 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from schemas.errors import ReloadtraceError
+from schemas.text import bounded_repr, safe_text
 from sinks.report_queries import CookbookQuery, load_cookbook, run_query
 
 _DEFAULT_MAX_POINTS = 60
 _DEFAULT_WINDOW_SECONDS = 300
 _BUCKET_CHOICES_SECONDS = (1, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2262, 4, 11, 23, 47, 16, tzinfo=UTC)
 _RELATIVE = re.compile(r"^\s*(?P<amount>[0-9]+)\s*(?P<unit>s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -44,21 +48,34 @@ class ReportError(ReloadtraceError):
 def parse_since(text: str | None, *, now: datetime) -> datetime:
     """``--since``: a duration back from ``now`` (``90s``, ``15m``, ``6h``, ``2d``, ``1w``) or an ISO 8601 time.
 
-    An ISO time without a zone is UTC. ``None`` or ``""`` means everything (the Unix epoch).
+    An ISO time without a zone is UTC. ``None`` or ``""`` means everything (the Unix epoch); so does
+    any time before the epoch (the store holds nothing earlier), however far back.
 
     Raises:
-        ReportError: neither form.
+        ReportError: neither form, or a time after 2262-04-11 (the end of nanosecond time stamps).
     """
     if not text:
         return _EPOCH
     relative = _RELATIVE.match(text)
     if relative:
-        return now - timedelta(seconds=int(relative["amount"]) * _UNIT_SECONDS[relative["unit"]])
+        seconds = int(relative["amount"]) * _UNIT_SECONDS[relative["unit"]]
+        return max(_EPOCH, now - timedelta(seconds=min(seconds, int((now - _EPOCH).total_seconds()) + 1)))
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError as error:
-        raise ReportError(f"--since {text!r}: expected a duration like 15m, 6h, 2d or an ISO 8601 time") from error
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        raise ReportError(
+            f"--since {bounded_repr(text)}: expected a duration like 15m, 6h, 2d or an ISO 8601 time"
+        ) from error
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except (OverflowError, ValueError):  # year 1 with a positive offset, year 9999 with a negative one
+        if moment.year > 1970:
+            raise ReportError(f"--since {bounded_repr(text)}: after {_LATEST.isoformat()}, the last nanosecond time stamp") from None
+        moment = _EPOCH
+    if moment > _LATEST:
+        raise ReportError(f"--since {bounded_repr(text)}: after {_LATEST.isoformat()}, the last nanosecond time stamp")
+    return max(moment, _EPOCH)
 
 
 def as_utc(value: datetime) -> datetime:
@@ -364,16 +381,21 @@ def reload_tables(report: Report) -> list[TableSpec]:
 _TERMINAL_STYLES = {"failed": "red", "severity-CRITICAL": "bold red", "severity-WARNING": "yellow"}
 
 
+def _text(value: Any, style: str = "") -> Text:
+    """A terminal cell or line: the value as literal text (never markup), control characters made visible."""
+    return Text(safe_text(value), style=style)
+
+
 def _print_spec(spec: TableSpec, console: Console) -> None:
     if not spec.rows:
-        console.print(f"[dim]{spec.empty}[/dim]")
+        console.print(_text(spec.empty, "dim"))
         return
-    table = Table(title=spec.title, title_justify="left")
+    table = Table(title=_text(spec.title), title_justify="left")
     for index, header in enumerate(spec.headers):
         table.add_column(header, justify="right" if index in spec.numeric else "left")
     for index, row in enumerate(spec.rows):
         css = spec.row_classes[index] if index < len(spec.row_classes) else ""
-        table.add_row(*row, style=_TERMINAL_STYLES.get(css))
+        table.add_row(*(_text(cell) for cell in row), style=_TERMINAL_STYLES.get(css))
     console.print(table)
 
 
@@ -383,20 +405,22 @@ def _print_spec(spec: TableSpec, console: Console) -> None:
 def render_terminal(report: Report, console: Console) -> None:
     """Print the report's tables: versions per service, reloads (with mid-flight counts), anomalies."""
     console.print(
-        f"[bold]reloadtrace report[/bold] — {report.target or 'sink'} — since {_time(report.since)} UTC, "
-        f"generated {_time(report.generated_at)} UTC"
+        Text.assemble(
+            ("reloadtrace report", "bold"),
+            _text(f" — {report.target or 'sink'} — since {_time(report.since)} UTC, generated {_time(report.generated_at)} UTC"),
+        )
     )
     if not report.services:
-        console.print("[yellow]No spans, reloads or anomalies in this period.[/yellow]")
+        console.print(_text("No spans, reloads or anomalies in this period.", "yellow"))
         return
     for service in report.services:
-        table = Table(title=f"{service}: requests by version", title_justify="left")
+        table = Table(title=_text(f"{service}: requests by version"), title_justify="left")
         for column in ("component", "version", "requests", "errors", "error rate", "p50 ms", "p95 ms"):
             table.add_column(column, justify="left" if column in ("component", "version") else "right")
         for row in (r for r in report.versions if r["service_name"] == service):
             table.add_row(
-                row["component"],
-                row["version"],
+                _text(row["component"]),
+                _text(row["version"]),
                 f"{row['requests']:,}",
                 f"{row['errors']:,}",
                 _rate(row["error_rate"]),
@@ -406,25 +430,25 @@ def render_terminal(report: Report, console: Console) -> None:
         if table.row_count:
             console.print(table)
         else:
-            console.print(f"[dim]{service}: no requests with a known version in this period[/dim]")
+            console.print(_text(f"{service}: no requests with a known version in this period", "dim"))
 
     reloads = Table(title="Reloads", title_justify="left")
     for column in ("effective (UTC)", "service", "scope", "component", "change", "status", "duration ms", "mid-flight"):
         reloads.add_column(column, justify="right" if column in ("duration ms", "mid-flight") else "left")
     for row in report.reloads:
         mid_flight = report.mid_flight_spans(row["reload_id"])
-        status = "[bold red]FAILED[/bold red]" if row["status"] == "FAILED" else "[green]SUCCEEDED[/green]"
+        status = _text(row["status"], "bold red" if row["status"] == "FAILED" else "green")
         reloads.add_row(
             _time(row["effective_time"]),
-            row["service_name"],
-            row["scope"],
-            row["component"],
-            _change(row),
+            _text(row["service_name"]),
+            _text(row["scope"]),
+            _text(row["component"]),
+            _text(_change(row)),
             status,
             _ms(row["reload_duration_ms"]),
             "–" if mid_flight is None else f"{mid_flight:,}",
         )
-    console.print(reloads if reloads.row_count else "[dim]No reloads in this period.[/dim]")
+    console.print(reloads if reloads.row_count else _text("No reloads in this period.", "dim"))
 
     anomalies = Table(title="Anomalies", title_justify="left")
     for column in (
@@ -444,16 +468,16 @@ def render_terminal(report: Report, console: Console) -> None:
         after = row["time_to_detect_ms"]
         anomalies.add_row(
             _time(row["detected_time"]),
-            row["service_name"],
-            row["reload_id"] + ("" if row["reload_status"] is not None else " (not stored)"),
-            f"{row['component']}: {_change(row)}",
-            row["metric"],
+            _text(row["service_name"]),
+            _text(row["reload_id"] + ("" if row["reload_status"] is not None else " (not stored)")),
+            _text(f"{row['component']}: {_change(row)}"),
+            _text(row["metric"]),
             f"{row['baseline_value']:.4g} → {row['observed_value']:.4g}",
             f"{row['p_value']:.2g}",
-            f"[{colour}]{row['severity']}[/{colour}]",
+            _text(row["severity"], colour),
             "–" if after is None else f"{after / 1000:,.1f} s",
         )
-    console.print(anomalies if anomalies.row_count else "[dim]No anomalies in this period.[/dim]")
+    console.print(anomalies if anomalies.row_count else _text("No anomalies in this period.", "dim"))
     for spec in reload_tables(report):
         _print_spec(spec, console)
 
@@ -462,7 +486,8 @@ def render_terminal(report: Report, console: Console) -> None:
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """Text for HTML: escaped, control characters made visible."""
+    return html.escape(safe_text(value), quote=True)
 
 
 def _nice_ceiling(value: float) -> float:
@@ -696,7 +721,7 @@ def _html_table(
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
     for index, row in enumerate(rows):
-        css = f' class="{row_classes[index]}"' if index < len(row_classes) and row_classes[index] else ""
+        css = f' class="{_e(row_classes[index])}"' if index < len(row_classes) and row_classes[index] else ""
         cells = "".join(
             f'<td class="number">{_e(cell)}</td>' if column in numeric else f"<td>{_e(cell)}</td>"
             for column, cell in enumerate(row)
@@ -846,7 +871,7 @@ def open_report_client(sink_url: str | None) -> tuple[Any, str]:
     ``sink_url`` None uses ``RELOADTRACE_SINK_URL`` (default ``chdb://./data/chdb``).
 
     Raises:
-        ReportError: the database does not exist there.
+        ReportError: no data directory (chdb), or the database does not exist there.
         SinkConfigError: bad URL (from :mod:`sinks.settings`).
     """
     from sinks.clickhouse import open_client
@@ -855,6 +880,8 @@ def open_report_client(sink_url: str | None) -> tuple[Any, str]:
 
     settings = SinkSettings(**({"url": sink_url} if sink_url else {}))
     target = settings.target()
+    if target.embedded and not Path(target.path).is_dir():  # opening it would create an empty store
+        raise ReportError(f"{safe_text(target.describe())}: no such data directory (run the worker or the sink first)")
     try:
         client = open_client(target)  # on the default database: the sink's may not exist
     except SinkConfigError as error:

@@ -9,6 +9,8 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.text import safe_text
+from schemas.urls import mask_password
 from sinks.ddl import check_identifier
 from sinks.errors import SinkConfigError
 
@@ -68,18 +70,22 @@ def parse_sink_url(url: str, *, database: str = _DEFAULT_DATABASE, password: Sec
         options = parse_qs(query)
         name = options.get("database", [database])[0]
         return SinkTarget(embedded=True, database=_identifier(name), path=path)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:  # the text may hold a password: name the problem, not the URL
+        raise SinkConfigError(f"sink URL is not a valid URL ({error})") from None
     if parts.scheme not in _SERVER_SCHEMES:
-        raise SinkConfigError(f"sink URL must start with chdb:// or clickhouse[s]://, got {_without_password(url)!r}")
+        raise SinkConfigError(f"sink URL must start with chdb:// or clickhouse[s]://, got {safe_text(mask_password(url), 200)!r}")
     if not parts.hostname:
-        raise SinkConfigError(f"sink URL {_without_password(url)!r} has no host")
+        raise SinkConfigError(f"sink URL {safe_text(mask_password(url), 200)!r} has no host")
     secure = _SERVER_SCHEMES[parts.scheme] or parse_qs(parts.query).get("secure", ["false"])[0] in ("1", "true")
     name = unquote(parts.path.strip("/")) or database
     return SinkTarget(
         embedded=False,
         database=_identifier(name),
         host=parts.hostname,
-        port=parts.port or (_DEFAULT_HTTPS_PORT if secure else _DEFAULT_HTTP_PORT),
+        port=port or (_DEFAULT_HTTPS_PORT if secure else _DEFAULT_HTTP_PORT),
         username=unquote(parts.username) if parts.username else "default",
         password=password if password is not None else SecretStr(unquote(parts.password or "")),
         secure=secure,
@@ -91,14 +97,6 @@ def _identifier(name: str) -> str:
         return check_identifier(name)
     except ValueError as error:
         raise SinkConfigError(f"database {error}") from error
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class SinkSettings(BaseSettings):
@@ -145,7 +143,10 @@ class SinkSettings(BaseSettings):
     @model_validator(mode="after")
     def _move_password_out_of_url(self) -> SinkSettings:
         if not self.url.startswith("chdb://"):
-            parts = urlsplit(self.url)
+            try:
+                parts = urlsplit(self.url)
+            except ValueError as error:
+                raise SinkConfigError(f"sink URL is not a valid URL ({error})") from None
             if parts.password is not None:
                 if self.password is None:
                     self.password = SecretStr(unquote(parts.password))

@@ -8,9 +8,9 @@ Guarantees:
       (or a lower) severity than one already handled is not posted again; a severity rise is. Every POST carries the header
       ``Idempotency-Key: <anomaly_id>:<severity>`` so receivers can dedupe across restarts.
     * The rollback command (opt-in, off by default) runs as an argv list — the configured command
-      split with :func:`shlex.split`, then the reload's service, component and old version as three
-      more arguments — never through a shell, at most once per reload per process; its outcome is
-      logged.
+      split with :func:`shlex.split`, then ``--`` and the reload's service, component and old version
+      (refused when one holds a control character or starts with ``-``) — never through a shell, at
+      most once per reload per process; its outcome is logged and never stops the consumer.
 
 Non-guarantees: after a crash, anomalies posted since the last commit are posted again (same
 idempotency key) and a rollback may run again, so the command should be idempotent. Undecodable
@@ -23,20 +23,24 @@ import logging
 import shlex
 import subprocess
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import orjson
 from confluent_kafka import Message
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.errors import DecodeError, DecodeErrorKind, ReloadtraceError
 from schemas.records import SEVERITIES
 from schemas.settings import KafkaSettings
+from schemas.text import bounded_repr, bounded_text, safe_text, visible
+from schemas.urls import UNPARSEABLE, url_origin
 from streams.stage import Outbox, Position, RuntimeSettings, Stage, StageInterrupted, StageRuntime
 
 logger = logging.getLogger(__name__)
@@ -67,7 +71,9 @@ class AlertSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RELOADTRACE_ALERTS_", extra="ignore")
 
-    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Webhook URLs to POST to")
+    webhook_urls: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Webhook URLs to POST to (secrets: they often hold tokens)"
+    )
     group_id: str = Field(default=_DEFAULT_GROUP_ID, min_length=1, description="Consumer group of the alert hooks")
     min_severity: str = Field(default=_DEFAULT_MIN_SEVERITY, description="Lowest severity that is posted")
     timeout_ms: int = Field(default=_DEFAULT_TIMEOUT_MS, ge=1, description="Timeout of one POST")
@@ -91,10 +97,10 @@ class AlertSettings(BaseSettings):
 
     @field_validator("webhook_urls")
     @classmethod
-    def _http_urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"webhook URL must be http:// or https://, got {url!r}")
+    def _http_urls(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for number, url in enumerate(value, start=1):
+            if not url.get_secret_value().startswith(("http://", "https://")) or url_origin(url.get_secret_value()) == UNPARSEABLE:
+                raise ValueError(f"webhook URL #{number} must be an http:// or https:// URL with a host")
         return value
 
     @field_validator("min_severity", "rollback_min_severity")
@@ -116,27 +122,49 @@ class DeliveryOutcome:
     error: str | None = None
 
 
+class _HttpxUrlFilter(logging.Filter):
+    """Makes httpx's own request log show ``scheme://host`` instead of the URL (webhook URLs hold tokens)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                url_origin(str(arg)) if isinstance(arg, httpx.URL) or "://" in str(arg) else arg for arg in record.args
+            )
+        return True
+
+
+def _mask_httpx_log() -> None:
+    httpx_logger = logging.getLogger("httpx")
+    if not any(isinstance(existing, _HttpxUrlFilter) for existing in httpx_logger.filters):
+        httpx_logger.addFilter(_HttpxUrlFilter())
+
+
 class WebhookSender:
     """POSTs anomalies as JSON to each URL, retrying 5xx, 408/425/429 and connection errors with backoff.
 
+    URLs are secrets (tokens in their path or query): logs and errors name them by origin only
+    (``scheme://host[:port]``), httpx's own request log included.
+
     Args:
+        urls: the webhooks (plain strings or ``SecretStr``).
         client: the HTTP client (its timeout applies to each attempt).
         sleep: waits between attempts; returns early (True) when the caller should stop.
     """
 
     def __init__(
         self,
-        urls: Sequence[str],
+        urls: Sequence[str | SecretStr],
         settings: AlertSettings,
         *,
         client: httpx.Client | None = None,
         sleep: Callable[[float], bool] | None = None,
     ) -> None:
-        self._urls = list(urls)
+        self._urls = [url.get_secret_value() if isinstance(url, SecretStr) else str(url) for url in urls]
         self._settings = settings
         self._client = client or httpx.Client(timeout=settings.timeout_ms / 1000)
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
+        _mask_httpx_log()
 
     def close(self) -> None:
         self._client.close()
@@ -150,7 +178,7 @@ class WebhookSender:
         body = orjson.dumps(dict(anomaly))
         headers = {
             "Content-Type": "application/json",
-            "Idempotency-Key": f"{anomaly['anomaly_id']}:{anomaly['severity']}",
+            "Idempotency-Key": idempotency_key(anomaly),
         }
         outcomes = []
         for url in self._urls:
@@ -163,6 +191,7 @@ class WebhookSender:
     def _post(self, url: str, body: bytes, headers: dict[str, str]) -> DeliveryOutcome | None:
         backoff_s = self._settings.initial_backoff_ms / 1000
         attempt = 0
+        shown = url_origin(url)
         while True:
             attempt += 1
             status, error = None, None
@@ -170,19 +199,26 @@ class WebhookSender:
                 response = self._client.post(url, content=body, headers=headers)
                 status = response.status_code
                 if 200 <= status < 300:
-                    return DeliveryOutcome(url, True, attempt, status)
+                    return DeliveryOutcome(shown, True, attempt, status)
                 if 400 <= status < 500 and status not in _RETRYABLE_CLIENT_STATUSES:
-                    logger.error("webhook %s refused an anomaly for good: HTTP %d %s", url, status, response.text[:200])
-                    return DeliveryOutcome(url, False, attempt, status, f"HTTP {status}")
+                    logger.error(
+                        "webhook %s refused an anomaly for good: HTTP %d %s", shown, status, safe_text(response.text, 200)
+                    )
+                    return DeliveryOutcome(shown, False, attempt, status, f"HTTP {status}")
                 error = f"HTTP {status}"
             except httpx.HTTPError as failure:
-                error = f"{type(failure).__name__}: {failure}"
+                error = type(failure).__name__  # its text may quote the URL
             if self._settings.max_attempts and attempt >= self._settings.max_attempts:
-                raise AlertError(f"webhook {url} failed {attempt} times, last: {error}")
-            logger.warning("webhook %s attempt %d failed (%s); retrying in %.2fs", url, attempt, error, backoff_s)
+                raise AlertError(f"webhook {shown} failed {attempt} times, last: {error}")
+            logger.warning("webhook %s attempt %d failed (%s); retrying in %.2fs", shown, attempt, error, backoff_s)
             if self._sleep(backoff_s):
                 return None
             backoff_s = min(backoff_s * 2, self._settings.max_backoff_ms / 1000)
+
+
+def idempotency_key(anomaly: Mapping[str, Any]) -> str:
+    """``<anomaly_id>:<severity>``, percent-encoded to printable ASCII (a header value cannot hold more)."""
+    return quote(f"{anomaly['anomaly_id']}:{anomaly['severity']}", safe=":-._~")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +229,13 @@ class RollbackOutcome:
 
 
 class RollbackHook:
-    """Runs ``command + [service, component, old_version]`` for regressions of a high enough severity."""
+    """Runs ``command -- service component old_version`` for regressions of a high enough severity.
+
+    The three values come from Kafka, so they are checked first: one holding a control character
+    (NUL included) or starting with ``-`` is refused (logged with the value made visible, counted in
+    ``refused``) and the command is not run. Whatever happens — refused, failed to start, timed
+    out, non-zero exit — :meth:`run` returns an outcome and never raises.
+    """
 
     def __init__(
         self, command: str, *, min_severity: str = _DEFAULT_ROLLBACK_MIN_SEVERITY, timeout_ms: int = _DEFAULT_ROLLBACK_TIMEOUT_MS
@@ -204,30 +246,63 @@ class RollbackHook:
         self._min_rank = _RANK[min_severity]
         self._timeout_s = timeout_ms / 1000
         self._done: set[str] = set()
+        self.refused = 0
+        self.failed = 0
 
     def wants(self, anomaly: Mapping[str, Any]) -> bool:
         return (
             anomaly["metric"] in _ROLLBACK_METRICS
-            and _RANK[anomaly["severity"]] >= self._min_rank
+            and _RANK.get(anomaly["severity"], -1) >= self._min_rank
             and anomaly.get("old_version") is not None
             and anomaly["reload_id"] not in self._done
         )
 
     def run(self, anomaly: Mapping[str, Any]) -> RollbackOutcome | None:
         """Roll back if wanted (once per reload); the outcome is logged, failures never raise."""
-        if not self.wants(anomaly):
-            return None
-        self._done.add(anomaly["reload_id"])
-        argv = (*self._argv, anomaly["service_name"], anomaly["component"], anomaly["old_version"])
         try:
-            completed = subprocess.run(argv, capture_output=True, text=True, timeout=self._timeout_s, check=False)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            logger.error("rollback %s for reload %s failed to run: %s", argv, anomaly["reload_id"], error)
+            if not self.wants(anomaly):
+                return None
+            self._done.add(anomaly["reload_id"])
+            return self._run(anomaly)
+        except Exception as error:  # noqa: BLE001 - one anomaly's hook must never stop the consumer
+            self.failed += 1
+            logger.error("rollback for anomaly %s failed: %s", bounded_repr(anomaly.get("anomaly_id")), bounded_repr(error))
+            return RollbackOutcome(self._argv, None, bounded_text(str(error), 2_000))
+
+    def _run(self, anomaly: Mapping[str, Any]) -> RollbackOutcome:
+        values = (anomaly["service_name"], anomaly["component"], anomaly["old_version"])
+        problem = next((why for value in values if (why := _argument_problem(value)) is not None), None)
+        reload_id = bounded_repr(anomaly["reload_id"])
+        if problem is not None:
+            self.refused += 1
+            logger.error(
+                "rollback for reload %s refused: %s (service %s, component %s, old version %s); not run",
+                reload_id, problem, *(bounded_repr(value) for value in values),
+            )
+            return RollbackOutcome(self._argv, None, f"refused: {problem}")
+        argv = (*self._argv, "--", *values)
+        shown = " ".join(bounded_repr(part) for part in argv)
+        try:
+            completed = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=self._timeout_s, check=False)
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            self.failed += 1
+            logger.error("rollback %s for reload %s failed to run: %s", shown, reload_id, bounded_repr(error))
             return RollbackOutcome(argv, None, str(error))
         output = (completed.stdout + completed.stderr)[-2_000:]
         log = logger.info if completed.returncode == 0 else logger.error
-        log("rollback %s for reload %s exited %d: %s", argv, anomaly["reload_id"], completed.returncode, output.strip())
+        log("rollback %s for reload %s exited %d: %s", shown, reload_id, completed.returncode, visible(output.strip()))
         return RollbackOutcome(argv, completed.returncode, output)
+
+
+def _argument_problem(value: Any) -> str | None:
+    """Why ``value`` may not be a rollback argument, or None when it may."""
+    if not isinstance(value, str) or not value:
+        return "an empty or non-text value"
+    if value.startswith("-"):
+        return "a value starting with '-' (an option, not an argument)"
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+        return "a value holding a control character"
+    return None
 
 
 @dataclass
@@ -282,7 +357,9 @@ class AlertConsumer(Stage):
                 raise DecodeError(DecodeErrorKind.TRUNCATED, "empty message (tombstone)", "Anomaly")
             anomaly = self._codec.decode(value)
         except DecodeError as error:
-            logger.error("undecodable anomaly at %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), error)
+            logger.error(
+                "undecodable anomaly at %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), safe_text(error, 300)
+            )
             outbox.reject(message, error, stage="alerts")
             self.stats.dead_letters += 1
             return True

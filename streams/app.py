@@ -183,7 +183,7 @@ def create_app(
             detector = detector_runtime(kafka, detection, detector_settings)
             _add_thread_service(app, "regression-detector", detector.run)
             parts.append(("detector", lambda: detector.stage.stats))  # type: ignore[attr-defined]
-    if settings.sink_url:
+    if settings.sink_url_value:
         sink_settings = _sink_settings(settings)
         if settings.component_processes:
             _add_child_process(app, "sink", kafka, sink_settings)
@@ -232,7 +232,7 @@ def consumer_groups(kafka: KafkaSettings, settings: WorkerSettings) -> dict[str,
     groups = {settings.group_id: [topics.spans]}
     if settings.detection_enabled:
         groups[_detector_settings(settings).group_id] = [topics.requests_by_service]
-    if settings.sink_url:
+    if settings.sink_url_value:
         from sinks.consumer import source_tables
 
         groups[_sink_settings(settings).group_id] = list(source_tables(topics))
@@ -247,7 +247,7 @@ def _detector_settings(settings: WorkerSettings) -> DetectorSettings:
 def _sink_settings(settings: WorkerSettings) -> Any:
     from sinks.settings import SinkSettings
 
-    return _derived(SinkSettings(url=settings.sink_url), settings.group_id, "-sink")
+    return _derived(SinkSettings(url=settings.sink_url_value), settings.group_id, "-sink")
 
 
 def _derived(component_settings: Any, worker_group_id: str, suffix: str) -> Any:

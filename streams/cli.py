@@ -39,7 +39,9 @@ def worker(
     loglevel: str = typer.Option("info", help="Log level: crit, error, warn, info, debug"),
 ) -> None:
     """Run a streaming worker: enrich spans, judge reloads, feed ClickHouse (until SIGTERM)."""
-    from schemas.settings import KafkaSettings
+    from pydantic import ValidationError
+
+    from schemas.settings import KafkaSettings, settings_error
     from streams.app import run_worker
     from streams.settings import WorkerSettings
 
@@ -50,8 +52,16 @@ def worker(
         "sink_url": sink_url,
         "group_id": group_id,
     }
-    kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
-    settings = WorkerSettings(**{key: value for key, value in worker_flags.items() if value is not None})
+    try:
+        kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
+        settings = WorkerSettings(**{key: value for key, value in worker_flags.items() if value is not None})
+        if settings.sink_url_value:
+            from sinks.settings import SinkSettings
+
+            SinkSettings(url=settings.sink_url_value)  # a bad sink URL fails here, not in the sink's child
+    except ValidationError as error:
+        typer.echo(f"reloadtrace worker: {settings_error(error)}", err=True)
+        raise typer.Exit(2) from None
     run_worker(kafka, settings, loglevel=loglevel)
 
 
@@ -105,10 +115,12 @@ def simulate(
     """Generate multi-service LLM-gateway traffic with reloads (and injected regressions) to Kafka or files."""
     from pathlib import Path
 
+    from pydantic import ValidationError
+
     from gateway.commands import run_simulate
     from gateway.errors import SimulationConfigError
     from gateway.simulator import Regression, SimulationConfig
-    from schemas.settings import KafkaSettings
+    from schemas.settings import KafkaSettings, settings_error
 
     names = ("llm-gateway", "chat-api", "embeddings-api", "rag-api", "moderation-api", "agent-api")
     try:
@@ -135,7 +147,11 @@ def simulate(
         raise typer.Exit(2) from None
     publish = kafka if kafka is not None else out is None
     kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
-    settings = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None}) if publish else None
+    try:
+        settings = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None}) if publish else None
+    except ValidationError as error:
+        typer.echo(f"reloadtrace simulate: {settings_error(error)}", err=True)
+        raise typer.Exit(2) from None
     code = run_simulate(
         config, kafka=settings, out=Path(out) if out else None, file_format=file_format, realtime=realtime, speed=speed
     )
@@ -156,10 +172,13 @@ def produce(
     """Publish span and reload files to the topics (backfills, tests), reporting counts and skipped lines."""
     from pathlib import Path
 
+    from pydantic import ValidationError
+
     from gateway.commands import run_produce
     from gateway.produce import Interleaving
     from schemas.files import RecordFileError
-    from schemas.settings import KafkaSettings
+    from schemas.settings import KafkaSettings, settings_error
+    from schemas.text import safe_text
 
     kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
     try:
@@ -171,8 +190,11 @@ def produce(
             interleaving=interleaving,
             ground_truth=Path(ground_truth) if ground_truth else None,
         )
+    except ValidationError as error:
+        typer.echo(f"reloadtrace produce: {settings_error(error)}", err=True)
+        raise typer.Exit(2) from None
     except (ValueError, RecordFileError, OSError) as error:
-        typer.echo(f"reloadtrace produce: {error}", err=True)
+        typer.echo(f"reloadtrace produce: {safe_text(error, 500)}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
@@ -190,12 +212,19 @@ def report(
     from datetime import UTC, datetime
     from pathlib import Path
 
+    from pydantic import ValidationError
     from rich.console import Console
 
     from schemas.errors import ReloadtraceError
+    from schemas.settings import settings_error
+    from schemas.text import safe_text
     from sinks.report import build_report, open_report_client, parse_since, render_html, render_terminal
 
     now = datetime.now(UTC)
+    html_path = Path(html_file) if html_file else None
+    if html_path is not None and not html_path.parent.is_dir():
+        typer.echo(f"reloadtrace report: --html {safe_text(html_file, 300)}: no such directory", err=True)
+        raise typer.Exit(2)
     try:
         start = parse_since(since, now=now)
         client, target = open_report_client(sink_url)
@@ -205,13 +234,20 @@ def report(
             )
         finally:
             client.close()
+    except ValidationError as error:
+        typer.echo(f"reloadtrace report: {settings_error(error)}", err=True)
+        raise typer.Exit(2) from None
     except (ReloadtraceError, ValueError) as error:
-        typer.echo(f"reloadtrace report: {error}", err=True)
+        typer.echo(f"reloadtrace report: {safe_text(error, 1_000)}", err=True)
         raise typer.Exit(2) from None
     render_terminal(result, Console(width=width))
-    if html_file:
-        Path(html_file).write_text(render_html(result), encoding="utf-8")
-        typer.echo(f"HTML report written to {html_file}")
+    if html_path is not None:
+        try:
+            html_path.write_text(render_html(result), encoding="utf-8")
+        except OSError as error:
+            typer.echo(f"reloadtrace report: cannot write {safe_text(html_file, 300)}: {error.strerror or error}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"HTML report written to {safe_text(html_file, 300)}")
 
 
 @app.command()
@@ -232,7 +268,7 @@ def sink(
     from pydantic import ValidationError
 
     from schemas.errors import ReloadtraceError
-    from schemas.settings import KafkaSettings
+    from schemas.settings import KafkaSettings, settings_error
     from sinks.consumer import sink_runtime
     from sinks.settings import SinkSettings
 
@@ -249,7 +285,7 @@ def sink(
         kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
         settings = SinkSettings(**{key: value for key, value in sink_flags.items() if value is not None})
     except ValidationError as error:
-        typer.echo(f"reloadtrace sink: {error}", err=True)
+        typer.echo(f"reloadtrace sink: {settings_error(error)}", err=True)
         raise typer.Exit(2) from None
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
@@ -289,7 +325,7 @@ def alerts(
     from pydantic import ValidationError
 
     from schemas.errors import ReloadtraceError
-    from schemas.settings import KafkaSettings
+    from schemas.settings import KafkaSettings, settings_error
     from streams.alerts import AlertSettings, alerts_runtime
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -306,7 +342,7 @@ def alerts(
         kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
         settings = AlertSettings(**{key: value for key, value in alert_flags.items() if value is not None})
     except ValidationError as error:
-        typer.echo(f"reloadtrace alerts: {error}", err=True)
+        typer.echo(f"reloadtrace alerts: {settings_error(error)}", err=True)
         raise typer.Exit(2) from None
     if not settings.webhook_urls and not settings.rollback_command:
         typer.echo("reloadtrace alerts: nothing to do: give --webhook URL and/or --rollback-command", err=True)
@@ -338,7 +374,7 @@ def detect(
     from pydantic import ValidationError
 
     from schemas.errors import ReloadtraceError
-    from schemas.settings import KafkaSettings
+    from schemas.settings import KafkaSettings, settings_error
     from streams.detection import DetectionSettings
     from streams.detector import DetectorSettings, detector_runtime
 
@@ -349,7 +385,7 @@ def detect(
         detection = DetectionSettings()
         settings = DetectorSettings(**({"group_id": group_id} if group_id else {}))
     except ValidationError as error:
-        typer.echo(f"reloadtrace detect: {error}", err=True)
+        typer.echo(f"reloadtrace detect: {settings_error(error)}", err=True)
         raise typer.Exit(2) from None
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):

@@ -28,6 +28,7 @@ from scipy.stats import fisher_exact, mannwhitneyu
 
 from schemas.errors import ReloadtraceError
 from schemas.records import SEVERITIES, ReloadEvent
+from schemas.text import bounded_repr
 
 _NANOS_PER_MS = 1_000_000
 _ANOMALY_NAMESPACE = uuid.UUID("6f1d2a34-5b1e-4c3a-9d0e-7a7c0de0a11e")
@@ -194,7 +195,7 @@ class RequestObservation:
                 str(span["kind"]),
             )
         except (KeyError, TypeError, ValueError) as error:
-            raise DetectionError(f"span cannot be judged: {error!r}") from error
+            raise DetectionError(f"span cannot be judged: {bounded_repr(error)}") from error
 
 
 def anomaly_id(reload_id: str, metric: str) -> str:
@@ -649,7 +650,7 @@ def detect_offline(
             if service_rows is None:
                 service_rows = rows[str(span["service_name"])] = []
         except (KeyError, TypeError, ValueError) as error:
-            raise DetectionError(f"span cannot be judged: {error!r}") from error
+            raise DetectionError(f"span cannot be judged: {bounded_repr(error)}") from error
         service_rows.append(row)
     for service_name, service_rows in rows.items():
         detector.add_rows(service_name, service_rows)

@@ -28,9 +28,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import InvalidRecordError, ReloadtraceError
 from schemas.settings import KafkaSettings
+from schemas.text import bounded_repr
 from streams.detection import DetectionSettings, Look, RegressionDetector
 from streams.request_feed import AppliedReload, Requests, Watermarks, parse
-from streams.stage import Committed, Outbox, Position, RestorePlan, RuntimeSettings, Stage, StageRuntime
+from streams.stage import (
+    Committed,
+    MessageTooLarge,
+    Outbox,
+    Position,
+    RestorePlan,
+    RuntimeSettings,
+    Stage,
+    StageRuntime,
+)
 from streams.verdicts import verdict_record
 
 logger = logging.getLogger(__name__)
@@ -79,6 +89,8 @@ class DetectorStats:
     anomalies: int = 0
     looks: int = 0
     dead_letters: int = 0
+    unpublishable: int = 0
+    """Anomalies or verdicts too large for their topic (names of hundreds of kB): logged, not published."""
     restored_partitions: int = 0
     suppressed_on_restore: int = 0
     late_reloads: int = 0
@@ -195,14 +207,22 @@ class StreamingDetector(Stage):
 
     def _publish(self, anomalies: list[dict[str, Any]], looks: list[Look], outbox: Outbox) -> None:
         for anomaly in anomalies:
-            outbox.publish(self._topics.reload_anomalies, anomaly["service_name"].encode(), self._anomaly_codec.encode(anomaly))
-            self.stats.anomalies += 1
+            if self._try_publish(outbox, self._topics.reload_anomalies, anomaly["service_name"].encode(), self._anomaly_codec.encode(anomaly)):
+                self.stats.anomalies += 1
         self.stats.looks += len(looks)
         if self._verdict_codec is not None:
             for look in looks:
-                outbox.publish(
-                    self._topics.reload_verdicts, look.reload.reload_id.encode(), self._verdict_codec.encode(verdict_record(look))
-                )
+                record = self._verdict_codec.encode(verdict_record(look))
+                self._try_publish(outbox, self._topics.reload_verdicts, look.reload.reload_id.encode(), record)
+
+    def _try_publish(self, outbox: Outbox, topic: str, key: bytes, value: bytes) -> bool:
+        try:
+            outbox.publish(topic, key, value)
+            return True
+        except MessageTooLarge as error:
+            self.stats.unpublishable += 1
+            logger.error("a record of reload key %s is not published: %s", bounded_repr(key, 80), error)
+            return False
 
     # --- commits and partition ownership ------------------------------------------------------
 

@@ -30,6 +30,7 @@ from schemas.codec import ProjectedDecoder
 from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
 from schemas.records import ReloadEvent, check_time_plausible, validate_span
 from schemas.settings import KafkaSettings
+from schemas.text import bounded_repr
 from streams.engine import (
     NEVER,
     Emission,
@@ -101,6 +102,9 @@ class EnricherStats:
     """Reads of the spans topic for corrections of spans whose bytes were dropped."""
     unfetchable: int = 0
     """Corrections not published because the span's message is gone from the topic (retention)."""
+    unsent_requests: int = 0
+    """First answers too large for the request feed (names of hundreds of kB): the detector never sees them."""
+    unsent_reloads: int = 0
     late_requests: int = 0
     """Requests sent to the detector after a watermark that should have covered them (``max_lateness_ms`` broken)."""
 
@@ -288,7 +292,11 @@ class SpanEnricher(Stage):
         for arrival in self.engine.take_applied():
             if self._settings.detection_enabled:
                 reload = arrival.reload
-                outbox.publish(self._topics.requests_by_service, reload.service_name.encode(), encode_reload(reload))
+                try:
+                    outbox.publish(self._topics.requests_by_service, reload.service_name.encode(), encode_reload(reload))
+                except MessageTooLarge as error:  # names of hundreds of kB: the detector never judges it
+                    self.stats.unsent_reloads += 1
+                    logger.warning("reload %s is not sent to the detector: %s", bounded_repr(reload.reload_id, 80), error)
 
     def _publish(self, emissions: list[Emission], outbox: Outbox, *, first_appearance: set[tuple[int, int]] | None) -> None:
         missing: dict[int, set[int]] = {}
@@ -315,9 +323,10 @@ class SpanEnricher(Stage):
             try:
                 outbox.publish(self._topics.spans_enriched, key, self._encoder.encode(raw, emission.answer, emission.revision))
                 self.stats.published += 1
-            except MessageTooLarge as error:
+            except MessageTooLarge as error:  # the span fits its topic, its answer does not fit spans.enriched
                 self.stats.too_large += 1
                 outbox.reject(_SpanMessageView(self._topics.spans, span, key, raw), error, stage="enrich")
+                continue
             is_first = (
                 emission.revision == 0 and emission.caused_by_reload_id is None
                 if first_appearance is None
@@ -351,8 +360,12 @@ class SpanEnricher(Stage):
         topic = self._topics.requests_by_service
         for service_name, rows in self._pending_requests.items():
             key = service_name.encode()
-            for value in encode_requests(service_name, rows):
+            values, skipped = encode_requests(service_name, rows, max_bytes=outbox.limit(topic) - len(key))
+            for value in values:
                 outbox.publish(topic, key, value)
+            if skipped:
+                self.stats.unsent_requests += skipped
+                logger.warning("%d requests of service %s are too large to send to the detector", skipped, bounded_repr(service_name, 80))
         self._pending_requests.clear()
 
     # --- watermarks --------------------------------------------------------------------------

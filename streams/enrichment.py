@@ -37,7 +37,7 @@ def enrich(span: Span, timeline: VersionTimeline, revision: int = 0) -> Enriched
 
 
 class _InstanceCache:
-    __slots__ = ("revision", "points", "answers")
+    __slots__ = ("answers", "points", "revision")
 
     def __init__(self, revision: int, points: list[int]) -> None:
         self.revision = revision

@@ -1,18 +1,19 @@
 """The Kafka client moves every stage (enricher, detector, sink, alerts) makes the same way: a manually
-committed group consumer, produce under backpressure, commit quietly, and a group's lag."""
+committed group consumer, produce under backpressure, dead letters that cannot fail to produce, commit
+quietly, and a group's lag."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
 
+from schemas.dead_letters import KAFKA_MESSAGE_LIMIT_BYTES, DeadLetterBuilder
 from schemas.errors import ReloadtraceError
-
-if TYPE_CHECKING:
-    from schemas.settings import KafkaSettings
+from schemas.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,53 @@ def produce_waiting(
             producer.poll(_BACKPRESSURE_POLL_S)  # the local queue is full: let deliveries drain
 
 
+def is_too_large(error: KafkaException) -> bool:
+    """True when ``produce`` refused a message for its size (librdkafka's MSG_SIZE_TOO_LARGE)."""
+    return bool(error.args) and isinstance(error.args[0], KafkaError) and error.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
+
+
+def topic_message_limit_bytes(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0) -> int:
+    """The largest message ``topic`` takes from this process's producers: its ``max.message.bytes``, at
+    most librdkafka's ``message.max.bytes`` default; that default when the config cannot be read."""
+    try:
+        admin = AdminClient(kafka.confluent_config())
+        futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)], request_timeout=timeout_s)
+        entries = next(iter(futures.values())).result(timeout=timeout_s)
+        limit = int(entries["max.message.bytes"].value)
+    except Exception as error:  # noqa: BLE001 - unreadable config: the producer's own limit still holds
+        logger.warning("cannot read max.message.bytes of %s (%s); assuming %d", topic, error, KAFKA_MESSAGE_LIMIT_BYTES)
+        return KAFKA_MESSAGE_LIMIT_BYTES
+    return min(limit, KAFKA_MESSAGE_LIMIT_BYTES)
+
+
+def dead_letter_builder(kafka: KafkaSettings) -> DeadLetterBuilder:
+    """A builder whose dead letters fit this deployment's dead-letter topic."""
+    limit = topic_message_limit_bytes(kafka, kafka.topics.dead_letter)
+    return DeadLetterBuilder(kafka.codec("DeadLetter"), max_message_bytes=max(limit, 16_384))
+
+
+def produce_dead_letter(
+    producer: Producer, topic: str, builder: DeadLetterBuilder, on_delivery: Callable[..., None] | None, **fields: Any
+) -> None:
+    """Produce the dead letter of one message (``fields``: :meth:`DeadLetterBuilder.message`'s arguments).
+
+    A letter the producer still refuses as too large (its ``message.max.bytes`` set below the topic's)
+    goes again within 16 KiB: coordinates, kind, a short error, the value's length, SHA-256 and prefix.
+
+    Raises:
+        KafkaException: any other refusal by the client (a broken producer, not a bad message).
+    """
+    letter = builder.message(**fields)
+    try:
+        produce_waiting(producer, topic, letter.key, letter.value, on_delivery)
+    except KafkaException as error:
+        if not is_too_large(error):
+            raise
+        small = DeadLetterBuilder(builder.codec, max_message_bytes=16_384, max_key_bytes=256, max_error_chars=500)
+        letter = small.message(**fields)
+        produce_waiting(producer, topic, letter.key, letter.value, on_delivery)
+
+
 def commit_quietly(consumer: Consumer, offsets: Sequence[TopicPartition]) -> bool:
     """Commit synchronously; a failure is logged and left for the next commit (at least once holds).
 
@@ -124,33 +172,3 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
             if "TOPIC_ALREADY_EXISTS" not in str(error):
                 raise TopicCreationError(f"creating topic {name} failed: {error}") from error
     logger.info("created topics %s", ", ".join(topic.topic for topic in missing))
-
-
-_DEFAULT_MESSAGE_LIMIT_BYTES = 1_048_588  # the broker's default message.max.bytes
-
-
-def topic_message_limits(kafka: KafkaSettings, topics: Sequence[str], *, timeout_s: float = 30.0) -> dict[str, int]:
-    """Largest record (key + value bytes, less a margin for the batch framing) each topic accepts.
-
-    Read from the topics' ``max.message.bytes``; the broker default when a topic cannot be described.
-    """
-    from confluent_kafka.admin import AdminClient, ConfigResource
-
-    admin = AdminClient(kafka.confluent_config())
-    limits = {}
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics]
-    futures = admin.describe_configs(resources, request_timeout=timeout_s)
-    for resource, future in futures.items():
-        limit = _DEFAULT_MESSAGE_LIMIT_BYTES
-        try:
-            entry = future.result(timeout=timeout_s).get("max.message.bytes")
-            if entry is not None and entry.value is not None:
-                limit = int(entry.value)
-        except Exception as error:  # noqa: BLE001 - the broker default is a safe assumption
-            logger.warning("cannot read max.message.bytes of %s (assuming %d): %s", resource.name, limit, error)
-        limits[resource.name] = limit - _RECORD_FRAMING_MARGIN_BYTES
-    return limits
-
-
-_RECORD_FRAMING_MARGIN_BYTES = 1_024
-"""Room for the record batch's headers, the record's framing and its headers."""

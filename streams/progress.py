@@ -27,8 +27,7 @@ class PartitionProgress:
 
     def consumed(self, offset: int, arrival_ms: int) -> None:
         self.next_offset = offset + 1
-        if arrival_ms > self.last_arrival_ms:
-            self.last_arrival_ms = arrival_ms
+        self.last_arrival_ms = max(self.last_arrival_ms, arrival_ms)
 
     def observed_high_watermark(self, high_watermark: int, wall_ms: int) -> None:
         """Record a high-watermark query result made at ``wall_ms``."""

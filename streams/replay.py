@@ -34,6 +34,7 @@ import orjson
 from schemas.errors import InvalidRecordError, ReloadtraceError
 from schemas.files import SUFFIXES, RecordFileError, read_records
 from schemas.records import ENRICHMENT_FIELDS, SPAN_KINDS, STATUS_CODES, ReloadEvent, Span, validate_span
+from schemas.text import bounded_repr, safe_text
 from streams.enriched_wire import enrichment_of
 from streams.timeline import VersionTimeline
 
@@ -193,10 +194,10 @@ def _avro_records(path: Path, handle: BinaryIO) -> Iterator[dict[str, Any]]:
     """
     position = 0
     try:
-        for position, record in enumerate(fastavro.reader(handle), start=1):  # noqa: B007
+        for position, record in enumerate(fastavro.reader(handle), start=1):
             yield record
-    except Exception as error:  # noqa: BLE001 - fastavro raises many types on corrupt containers
-        raise RecordFileError(f"{path}: not a readable Avro container file (after record {position}): {error!r}") from error
+    except Exception as error:
+        raise RecordFileError(f"{path}: not a readable Avro container file (after record {position}): {bounded_repr(error)}") from error
 
 
 def _open_input(path: Path) -> BinaryIO:
@@ -385,11 +386,12 @@ def print_summary(summary: ReplaySummary, *, shown: int = 20) -> None:
     """Tell what was written and skipped (first ``shown`` skipped records with their positions)."""
     from rich.console import Console
 
-    console = Console(highlight=False, soft_wrap=True)
-    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    # Paths and reasons quote file contents: literal text only (no markup), controls made visible.
+    console = Console(highlight=False, soft_wrap=True, markup=False)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     console.print(
-        f"wrote {summary.spans_written} enriched spans to {summary.enriched_path} "
-        f"({summary.distinct_answers} distinct answers, {summary.reloads_used} reloads, "
+        safe_text(f"wrote {summary.spans_written} enriched spans to {summary.enriched_path} ")
+        + f"({summary.distinct_answers} distinct answers, {summary.reloads_used} reloads, "
         f"{summary.spans_per_second:,.0f} spans/s)"
     )
     if summary.detection_built:
@@ -403,10 +405,10 @@ def print_summary(summary: ReplaySummary, *, shown: int = 20) -> None:
         ("reloads", summary.reloads_skipped, summary.reloads_path),
     ):
         if count:
-            errors.print(f"skipped {count} invalid {label} in {path}:")
+            errors.print(safe_text(f"skipped {count} invalid {label} in {path}:"))
     for skipped in summary.skipped[:shown]:
         unit = "line" if skipped.path.lower().endswith(".jsonl") else "record"
-        errors.print(f"  {skipped.path} {unit} {skipped.position}: {skipped.reason}", markup=False)
+        errors.print(safe_text(f"  {skipped.path} {unit} {skipped.position}: {skipped.reason}", 2_000))
     if len(summary.skipped) > shown or summary.spans_skipped + summary.reloads_skipped > len(summary.skipped[:shown]):
         rest = summary.spans_skipped + summary.reloads_skipped - min(shown, len(summary.skipped))
         if rest > 0:

@@ -15,7 +15,7 @@ the per-partition order of Kafka keeps that promise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -61,11 +61,27 @@ class Watermarks:
 FeedMessage = Requests | AppliedReload | Watermarks
 
 
-def encode_requests(service_name: str, rows: Sequence[RequestRow]) -> Iterator[bytes]:
-    """The messages carrying ``rows`` of a service, chunked."""
-    for first in range(0, len(rows), ROWS_PER_MESSAGE):
-        chunk = rows[first : first + ROWS_PER_MESSAGE]
-        yield orjson.dumps({"service_name": service_name, "requests": chunk}, option=orjson.OPT_PASSTHROUGH_SUBCLASS, default=_as_list)
+def encode_requests(service_name: str, rows: Sequence[RequestRow], *, max_bytes: int = 1_000_000) -> tuple[list[bytes], int]:
+    """The messages carrying ``rows`` of a service, each at most ``max_bytes``, and how many rows could not fit.
+
+    Rows go :data:`ROWS_PER_MESSAGE` a message, halved while a message is too large; a row too
+    large alone (names of hundreds of kB) is left out and counted.
+    """
+    messages: list[bytes] = []
+    skipped = 0
+    pending = [rows[first : first + ROWS_PER_MESSAGE] for first in range(0, len(rows), ROWS_PER_MESSAGE)]
+    pending.reverse()
+    while pending:
+        chunk = pending.pop()
+        value = orjson.dumps({"service_name": service_name, "requests": chunk}, option=orjson.OPT_PASSTHROUGH_SUBCLASS, default=_as_list)
+        if len(value) <= max_bytes:
+            messages.append(value)
+        elif len(chunk) == 1:
+            skipped += 1
+        else:
+            middle = len(chunk) // 2
+            pending += [chunk[middle:], chunk[:middle]]
+    return messages, skipped
 
 
 def _as_list(value: object) -> list[object]:

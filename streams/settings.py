@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEFAULT_GRACE_PERIOD_MS = 2_000
@@ -78,14 +78,20 @@ class WorkerSettings(BaseSettings):
         "(memory: ~0.2 KB less per span over the horizon; a log read per correction batch)",
     )
     detection_enabled: bool = Field(default=True, description="Judge every reload for regressions")
-    sink_url: str | None = Field(
-        default="chdb://./data/chdb", description="ClickHouse destination (chdb://PATH or clickhouse://...); empty = none"
+    sink_url: SecretStr | None = Field(
+        default=SecretStr("chdb://./data/chdb"),
+        description="ClickHouse destination (chdb://PATH or clickhouse://user:pass@...; a secret); empty = none",
     )
     component_processes: bool = Field(
         default=True,
         description="Run the sink and the detector each in a child process (own GIL and memory) rather than "
         "as threads of the worker process",
     )
+
+    @property
+    def sink_url_value(self) -> str:
+        """The sink URL itself (empty when there is no sink); only for the sink's own settings."""
+        return self.sink_url.get_secret_value() if self.sink_url is not None else ""
 
     @model_validator(mode="after")
     def _horizon_covers_grace(self) -> WorkerSettings:

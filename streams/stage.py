@@ -30,15 +30,24 @@ from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
 
-from schemas.errors import DecodeError, ReloadtraceError
+from schemas.dead_letters import RECORD_OVERHEAD_BYTES, DeadLetterBuilder
+from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
 from schemas.settings import KafkaSettings
-from streams.dead_letters import DeadLetterWriter
-from streams.kafka_io import commit_quietly, ensure_topics, group_consumer_config, produce_waiting, topic_message_limits
+from streams.kafka_io import (
+    commit_quietly,
+    ensure_topics,
+    group_consumer_config,
+    is_too_large,
+    produce_dead_letter,
+    produce_waiting,
+    topic_message_limit_bytes,
+)
 from streams.progress import PartitionProgress
 
 logger = logging.getLogger(__name__)
@@ -62,6 +71,8 @@ class StageError(ReloadtraceError):
 
 class MessageTooLarge(StageError):
     """A record a stage publishes is larger than its topic accepts (the stage decides: usually a dead letter)."""
+
+    dead_letter_kind = "too_large"
 
     def __init__(self, topic: str, size: int, limit: int) -> None:
         super().__init__(f"a {size}-byte record does not fit topic {topic} (max {limit} bytes)")
@@ -128,6 +139,10 @@ class Outbox(ABC):
     @abstractmethod
     def partitions(self, topic: str) -> int:
         """How many partitions ``topic`` has."""
+
+    @abstractmethod
+    def limit(self, topic: str) -> int:
+        """The largest record (key + value bytes) ``topic`` takes."""
 
 
 class Stage(ABC):
@@ -228,6 +243,20 @@ class RuntimeStats:
     restoring: list[TopicPartitionKey] = field(default_factory=list)
 
 
+def _error_kind(error: Exception) -> str:
+    """The dead letter's ``error_kind`` for what a stage rejected a message with."""
+    if isinstance(error, DecodeError):
+        return error.kind.value
+    if isinstance(error, InvalidRecordError):
+        return "invalid_record"
+    kind = getattr(error, "dead_letter_kind", None)
+    return kind if isinstance(kind, str) else "failed"
+
+
+def _shown(keys: Sequence[TopicPartitionKey]) -> str:
+    return ", ".join(f"{topic}[{partition}]" for topic, partition in keys)
+
+
 def encode_metadata(stage: str, state: Mapping[str, Any] | None) -> str:
     """Commit metadata: ``{"v": 2, "stage": NAME, "state": STATE}`` as JSON."""
     return orjson.dumps({"v": _METADATA_VERSION, "stage": stage, "state": state}).decode()
@@ -262,6 +291,9 @@ class _RuntimeOutbox(Outbox):
 
     def partitions(self, topic: str) -> int:
         return self._runtime.partition_count(topic)
+
+    def limit(self, topic: str) -> int:
+        return self._runtime._limit(topic) - RECORD_OVERHEAD_BYTES
 
 
 @dataclass
@@ -314,7 +346,7 @@ class StageRuntime:
         self._producer: Producer | None = None
         self._table_consumer: Consumer | None = None
         self._query: Consumer | None = None
-        self._dead_letters = DeadLetterWriter(kafka, wall_clock_ns=wall_clock_ns)
+        self._dead_letters: DeadLetterBuilder | None = None
         self._limits: dict[str, int] = {}
         self._partition_counts: dict[str, int] = {}
         self._progress: dict[TopicPartitionKey, PartitionProgress] = {}
@@ -639,29 +671,49 @@ class StageRuntime:
     # --- output ----------------------------------------------------------------------------
 
     def _limit(self, topic: str) -> int:
+        """The largest message ``topic`` takes (framing included), asked once."""
         limit = self._limits.get(topic)
         if limit is None:
-            limit = self._message_limit(topic) if self._message_limit else topic_message_limits(self.kafka, [topic])[topic]
+            limit = self._message_limit(topic) if self._message_limit else topic_message_limit_bytes(self.kafka, topic)
             self._limits[topic] = limit
         return limit
 
     def _publish(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> None:
         size = len(value) + (len(key) if key else 0)
-        limit = self._limit(topic)
+        limit = self._limit(topic) - RECORD_OVERHEAD_BYTES
         if size > limit:
             self.stats.too_large += 1
             raise MessageTooLarge(topic, size, limit)
         assert self._producer is not None
-        produce_waiting(self._producer, topic, key, value, self._on_delivery, partition=partition)
+        try:
+            produce_waiting(self._producer, topic, key, value, self._on_delivery, partition=partition)
+        except KafkaException as error:
+            if not is_too_large(error):
+                raise
+            self.stats.too_large += 1
+            raise MessageTooLarge(topic, size, limit) from error
 
     def _reject(self, message: Message, error: Exception, stage: str) -> None:
         topic = self.kafka.topics.dead_letter
-        key, value = self._dead_letters.encode(message, error, stage=stage, limit_bytes=self._limit(topic))
+        if self._dead_letters is None:
+            self._dead_letters = DeadLetterBuilder(self.kafka.codec("DeadLetter"), max_message_bytes=max(self._limit(topic), 16_384))
         assert self._producer is not None
-        produce_waiting(self._producer, topic, key, value, self._on_delivery)
+        produce_dead_letter(
+            self._producer,
+            topic,
+            self._dead_letters,
+            self._on_delivery,
+            source_topic=message.topic(),
+            source_partition=message.partition(),
+            source_offset=message.offset(),
+            raw_key=message.key(),
+            raw_value=message.value(),
+            error_kind=_error_kind(error),
+            error=str(error),
+            stage=stage,
+            now_unix_nano=self._clock(),
+        )
         self.stats.dead_letters += 1
-        if not isinstance(error, DecodeError):
-            logger.debug("dead-lettered %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), error)
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
@@ -767,6 +819,8 @@ class StageRuntime:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalanced = True
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        if keys:
+            logger.info("%s: partitions revoked: %s", self.stage.name, _shown(keys))
         self._drop_jobs(keys)
         active = [key for key in keys if key in self._active]
         if active and self._failure is None:
@@ -780,6 +834,7 @@ class StageRuntime:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalanced = True
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        logger.warning("%s: partitions lost (this member left its group): %s", self.stage.name, _shown(keys))
         self._drop_jobs(keys)
         self._forget(keys)
 

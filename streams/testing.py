@@ -123,3 +123,6 @@ class ListOutbox(Outbox):
 
     def partitions(self, topic: str) -> int:
         return self._partitions.get(topic, 1)
+
+    def limit(self, topic: str) -> int:
+        return self._limit

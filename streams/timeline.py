@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from schemas.records import ReloadEvent
+from schemas.text import bounded_repr
 
 _EMPTY: Mapping[str, ActiveVersion] = MappingProxyType({})
 
@@ -102,7 +103,7 @@ class VersionTimeline:
         known = self._by_id.get(reload.reload_id)
         if known is not None:
             if known != reload:
-                raise ValueError(f"reload {reload.reload_id!r} is already known with different content")
+                raise ValueError(f"reload {bounded_repr(reload.reload_id)} is already known with different content")
             return False
         self._by_id[reload.reload_id] = reload
         service = self._services.get(reload.service_name)

@@ -113,6 +113,10 @@ def dead_letters(draw: st.DrawFn) -> dict[str, Any]:
         "error": draw(st.text(max_size=100)),
         "stage": draw(st.sampled_from(["decode", "validate", "enrich", "sink"])),
         "dead_lettered_time_unix_nano": draw(timestamps),
+        "raw_key_length": draw(st.none() | st.integers(min_value=0, max_value=2**31)),
+        "raw_value_length": draw(st.none() | st.integers(min_value=0, max_value=2**31)),
+        "raw_value_sha256": draw(st.none() | st.text(HEX, min_size=64, max_size=64)),
+        "truncated": draw(st.booleans()),
     }
 
 

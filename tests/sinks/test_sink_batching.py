@@ -172,6 +172,26 @@ def test_a_dead_letter_the_destination_refuses_fails_the_flush() -> None:
         sink.flush()
 
 
+def test_an_undecodable_message_of_the_dead_letter_topic_becomes_a_dead_letter_of_its_own() -> None:
+    """A broken DeadLetter body on the dead-letter topic failed every flush (the sink crash-looped)."""
+
+    class RefusesKafkaBodies(ListSink):
+        def write(self, batch: SinkBatch) -> None:
+            reasons = {index: "truncated body" for index, item in enumerate(batch.items) if item.value is None}
+            if reasons:
+                raise UnconvertibleRecordError(reasons, "malformed")
+            super().write(batch)
+
+    clock = FakeClock()
+    sink = RefusesKafkaBodies(clock=clock, sleep=clock.sleep, now_unix_nano=lambda: 42)
+    junk = SinkRecord(DEAD_LETTERS_TABLE, None, "dead-letter", 0, 7, b"k", b"\xc3\x01junk", avro_body=b"junk")
+    sink.add(junk)
+    sink.flush()
+    (letter,) = sink.rows(DEAD_LETTERS_TABLE)
+    assert (letter["source_topic"], letter["source_offset"], letter["stage"]) == ("dead-letter", 7, "sink")
+    assert letter["raw_value"] == b"\xc3\x01junk" and letter["error_kind"] == "malformed"
+
+
 def test_dedup_token_names_exactly_the_offsets_it_holds() -> None:
     items = [record(offset, partition=offset % 2) for offset in range(10)]
     token = dedup_token("spans_enriched", items)

@@ -99,7 +99,8 @@ def feed(
             rng.shuffle(groups)
         for (_, service), service_rows in groups:
             for start in range(0, len(service_rows), rows_per_message):
-                items.extend(FeedItem(service.encode(), value) for value in encode_requests(service, service_rows[start : start + rows_per_message]))
+                values, _ = encode_requests(service, service_rows[start : start + rows_per_message])
+                items.extend(FeedItem(service.encode(), value) for value in values)
         times = {partition: min(least_unsent(partition), _FOREVER - 1) for partition in range(source_partitions)}
         items.append(FeedItem(None, encode_watermarks(source_partitions, times), broadcast=True))
     return items

@@ -149,7 +149,7 @@ def test_a_permanent_refusal_is_not_retried_and_max_attempts_raises() -> None:
 
 def test_settings_read_comma_separated_urls_and_reject_bad_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELOADTRACE_ALERTS_WEBHOOK_URLS", "http://a/x, https://b/y")
-    assert AlertSettings().webhook_urls == ["http://a/x", "https://b/y"]
+    assert [url.get_secret_value() for url in AlertSettings().webhook_urls] == ["http://a/x", "https://b/y"]
     with pytest.raises(ValueError):
         AlertSettings(webhook_urls=["ftp://nope"])
     with pytest.raises(ValueError):
@@ -175,10 +175,53 @@ def test_rollback_runs_once_per_reload_with_arguments_not_a_shell(tmp_path: Path
     assert hook.run(anomaly("r1", "error_rate", severity="CRITICAL")) is None  # same reload: once
     assert hook.run(anomaly("r2", "reload_failed", severity="CRITICAL")) is None  # not a regression
     calls = [json.loads(line) for line in record.read_text().splitlines()]
-    assert calls == [["--dry-run", "svc", f"model; touch {marker}", "$(touch x)"]]
+    assert calls == [["--dry-run", "--", "svc", f"model; touch {marker}", "$(touch x)"]]
     assert not marker.exists()
     failing = RollbackHook(f"{sys.executable} -c 'import sys; sys.exit(3)'")
     assert failing.run(anomaly("r3", severity="CRITICAL")).returncode == 3  # logged, never raised
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("old_version", "v1\x00evil"),
+        ("old_version", "--no-dry-run"),
+        ("service_name", "-rf"),
+        ("component", "model\n--force"),
+        ("old_version", "v1\x1b]8;;http://x\x1b\\"),
+        ("old_version", "v\x85"),
+    ],
+)
+def test_rollback_refuses_values_with_control_characters_or_a_leading_dash(
+    tmp_path: Path, field: str, value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = tmp_path / "calls"
+    hook = RollbackHook(f"{sys.executable} -c \"open({str(record)!r}, 'w').write('ran')\" --dry-run")
+    outcome = hook.run(anomaly(severity="CRITICAL", **{field: value}))
+    assert outcome is not None and outcome.returncode is None and outcome.output.startswith("refused")
+    assert hook.refused == 1 and not record.exists()
+    logged = "\n".join(entry.getMessage() for entry in caplog.records)
+    assert "refused" in logged and "\x00" not in logged and "\x1b" not in logged and "\n--force" not in logged
+    assert hook.run(anomaly(severity="CRITICAL", **{field: value})) is None  # once per reload, refused or not
+
+
+def test_a_failing_rollback_command_never_raises(tmp_path: Path) -> None:
+    missing = RollbackHook(str(tmp_path / "no-such-command"))
+    outcome = missing.run(anomaly("r9", severity="CRITICAL"))
+    assert outcome is not None and outcome.returncode is None and missing.failed == 1
+    slow = RollbackHook(f"{sys.executable} -c 'import time; time.sleep(5)'", timeout_ms=100)
+    assert slow.run(anomaly("r10", severity="CRITICAL")).returncode is None
+    assert missing.run({"metric": "latency", "severity": "CRITICAL", "old_version": "v"}) is not None  # no reload_id
+    assert missing.failed == 2
+
+
+def test_the_idempotency_key_is_printable_ascii_whatever_the_anomaly_id() -> None:
+    from streams.alerts import idempotency_key
+
+    hostile = anomaly(anomaly_id="a\r\nX-Evil: 1\x00\u00e9\u202e")
+    key = idempotency_key(hostile)
+    assert key.isascii() and key.isprintable() and "\r" not in key and key.endswith(":WARNING")
+    assert idempotency_key(anomaly()) == f"{anomaly_id('r1', 'latency')}:WARNING"
 
 
 # --- the consumer on the real broker -------------------------------------------------------------
@@ -259,6 +302,43 @@ def test_every_anomaly_reaches_the_webhook_across_failures_and_a_restart(kafka_s
     assert errors == [] and again.bodies == [] and third.stage.stats.consumed == 0
 
 
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_hostile_anomalies_never_stop_the_consumer_and_are_committed(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    calls = tmp_path / "calls.jsonl"
+    command = f"{sys.executable} -c \"import json, sys; open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + chr(10))\""
+    records = [
+        anomaly("nul", severity="CRITICAL", old_version="v1\x00"),  # crashed the hook after the POST
+        anomaly("dash", severity="CRITICAL", old_version="--no-dry-run"),  # would have been an option
+        anomaly("hdr", severity="CRITICAL", anomaly_id="x\r\nInjected: 1\u00e9"),  # not a valid header value as is
+        anomaly("ok", severity="CRITICAL"),
+    ]
+    produce_anomalies(kafka_settings, records)  # and one message that is not Avro
+    hook = Hook()
+    group = f"alerts-{uuid.uuid4().hex}"
+    settings = AlertSettings(webhook_urls=[hook.url], group_id=group, rollback_command=command, **FAST)
+    consumer = alerts_runtime(kafka_settings, settings)
+    thread, stop, errors = run_consumer(consumer)
+    try:
+        assert wait_for(lambda: consumer.stage.stats.consumed >= len(records) + 1 and consumer.stats.commits >= 1 or bool(errors))
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(30)
+        hook.close()
+    assert errors == [] and thread is not None
+    assert consumer.stage.stats.dead_letters == 1 and consumer.stage.stats.posted == 4
+    assert [json.loads(line) for line in calls.read_text().splitlines()] == [["--", "svc", "model", "v1"]] * 2
+    again = alerts_runtime(kafka_settings, settings)
+    thread, stop, errors = run_consumer(again)
+    try:
+        time.sleep(3)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == [] and again.stage.stats.consumed == 0  # everything was committed
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 
@@ -299,4 +379,4 @@ def test_alerts_command_posts_and_stops_on_sigterm(kafka_settings: KafkaSettings
         hook.close()
     assert process.returncode == 0, output
     assert hook.bodies == [record]
-    assert calls.read_text() == "svc model v1"
+    assert calls.read_text() == "-- svc model v1"

@@ -24,8 +24,8 @@ def test_a_backlog_of_requests_is_split_into_messages_below_the_broker_limit() -
         RequestRow("llm-gateway-1", 1_796_000_000_000_000_000 + n, 1_796_000_000_500_000_000 + n, n % 7 == 0, "SERVER")
         for n in range(2 * ROWS_PER_MESSAGE + 1)
     ]
-    messages = list(encode_requests("llm-gateway", rows))
-    assert len(messages) == 3 and all(len(value) < 900_000 for value in messages)
+    messages, skipped = encode_requests("llm-gateway", rows)
+    assert len(messages) == 3 and skipped == 0 and all(len(value) < 900_000 for value in messages)
     parsed = [parse(value) for value in messages]
     assert all(isinstance(item, Requests) and item.service_name == "llm-gateway" for item in parsed)
     assert [row for item in parsed for row in item.rows] == rows  # type: ignore[union-attr]
@@ -66,3 +66,15 @@ def test_reloads_and_watermarks_round_trip() -> None:
 def test_malformed_messages_are_refused(value: bytes | None) -> None:
     with pytest.raises(InvalidRecordError):
         parse(value)
+
+
+def test_rows_with_huge_names_are_chunked_by_size_and_a_row_that_cannot_fit_is_left_out() -> None:
+    big = [RequestRow("i" * 20_000 + str(n), n, n + 1, False, "SERVER") for n in range(200)]  # ~4 MB of rows
+    rows = [*big[:100], RequestRow("\x00" * 400_000, 1, 2, True, "SERVER"), *big[100:]]  # 2.4 MB escaped
+    messages, skipped = encode_requests("svc", rows, max_bytes=1_000_000 - 512)
+    assert skipped == 1 and all(len(value) <= 1_000_000 - 512 for value in messages)
+    assert [row for value in messages for row in parse(value).rows] == big  # type: ignore[union-attr]
+
+
+def test_no_rows_no_message() -> None:
+    assert encode_requests("svc", []) == ([], 0)

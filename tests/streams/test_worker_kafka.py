@@ -220,7 +220,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on(kafk
             span_codec.encode({**good, "span_id": "3" * 16, "start_time_unix_nano": 5, "end_time_unix_nano": 6}): "validate",
             span_codec.encode({**good, "span_id": "4" * 16, "start_time_unix_nano": now * 4, "end_time_unix_nano": now * 4}): "validate",
         }
-        bad_reload = reload_codec.encode({**scenario.reloads[0], "reload_id": "late-1970", "effective_time_unix_nano": 1})
+        bad_reload = reload_codec.encode({**scenario.reloads[0], "reload_id": "late-1970", "requested_time_unix_nano": 1, "effective_time_unix_nano": 1})
         publisher = Publisher(kafka_settings)
         for item in scenario.schedule:
             if item.topic == "reloads":
