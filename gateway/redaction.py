@@ -20,7 +20,7 @@ from typing import Any
 
 _SEGMENT_START = r"(?:^|[._\-])"
 _SEGMENT_END = r"(?:$|[._\-])"
-# Whole key segments, so ``gen_ai.usage.input_tokens`` or ``service.credentials.version`` stay.
+# Whole key segments, so ``gen_ai.usage.input_tokens`` or ``reload.version.credentials`` stay.
 DEFAULT_DENY_PATTERNS: tuple[str, ...] = (
     "re:" + _SEGMENT_START + r"(?:proxy[._\-]?)?authori[sz]ation" + _SEGMENT_END,
     "re:" + _SEGMENT_START + r"(?:set[._\-]?)?cookie2?" + _SEGMENT_END,

@@ -29,7 +29,9 @@ SENSITIVE = [
 HARMLESS = [
     "gen_ai.usage.input_tokens",
     "gen_ai.request.max_tokens",
-    "service.credentials.version",
+    "reload.version.credentials",
+    "reload.reload_id.credentials",
+    "feature_flag.set.id",
     "http.route",
     "tokenizer",
     "secretary.name",
