@@ -1,0 +1,81 @@
+-- otel_traces, otel_traces_trace_id_ts: the store in the shape of the OpenTelemetry Collector
+-- clickhouseexporter's tables, so the Grafana ClickHouse data source (OpenTelemetry mode) and
+-- ClickStack/HyperDX read it as it is. Views, re-created on every schema apply (CREATE OR REPLACE:
+-- they hold no data, so a changed definition here reaches existing stores).
+--
+-- Why views over spans_enriched FINAL and not a table fed by a materialized view: a fed table gets
+-- every revision of a span, so it needs FINAL as well, and it doubles what every insert writes.
+-- Measured on 5M spans (tests/benchmarks/bench_store.py, performance_log.md): the views answer the
+-- data source's trace search, trace-by-id and annotation queries as fast as the fed table does.
+--
+-- otel_traces: one row per span, its highest enrichment_revision only (FINAL). Column names, types
+-- and order are the exporter's (tests/sinks/test_otel_views.py inserts SELECT * into the exporter's
+-- own DDL), with one difference: Timestamp is DateTime64(9, 'UTC'), not DateTime64(9), because only
+-- the bare column lets ClickHouse prune partitions and granules by time (any cast reads them all).
+-- Values as the exporter writes them: SpanKind Server/Client/Internal/Producer/Consumer/Unspecified,
+-- StatusCode Unset/Ok/Error, Duration in ns. ResourceAttributes = resource_attributes plus
+-- service.name and service.instance.id (when known). SpanAttributes = attributes plus the
+-- enrichment, which replaces a span attribute of the same name (mapUpdate: one entry per key, where
+-- mapConcat would keep both and [] would read the stamp; keys agreed with OTLP out):
+--   reload.version.<component>, reload.version_at_end.<component>, reload.reload_id.<component>,
+--   reload.mid_flight ('true'/'false'), reload.mid_flight.reload_ids (sorted, comma-joined; absent
+--   when none, and a stamped one is dropped then), reload.enrichment_revision (decimal).
+-- TraceState, ScopeName, ScopeVersion, Events.*, Links.*: empty until the contract carries them.
+CREATE OR REPLACE VIEW otel_traces AS
+SELECT
+    start_time AS Timestamp,
+    trace_id AS TraceId,
+    span_id AS SpanId,
+    parent_span_id AS ParentSpanId,
+    '' AS TraceState,
+    name AS SpanName,
+    CAST(
+        multiIf(kind = 'SERVER', 'Server', kind = 'CLIENT', 'Client', kind = 'INTERNAL', 'Internal',
+                kind = 'PRODUCER', 'Producer', kind = 'CONSUMER', 'Consumer', 'Unspecified'),
+        'LowCardinality(String)') AS SpanKind,
+    service_name AS ServiceName,
+    CAST(
+        mapUpdate(
+            resource_attributes,
+            if(service_instance_id = '', map('service.name', service_name),
+               map('service.name', service_name, 'service.instance.id', service_instance_id))),
+        'Map(LowCardinality(String), String)') AS ResourceAttributes,
+    '' AS ScopeName,
+    '' AS ScopeVersion,
+    CAST(
+        mapUpdate(
+            mapFilter((key, value) -> key != 'reload.mid_flight.reload_ids', attributes),
+            mapConcat(
+                mapApply((component, version) -> (concat('reload.version.', component), version), versions),
+                mapApply((component, version) -> (concat('reload.version_at_end.', component), version), versions_at_end),
+                mapApply((component, reload_id) -> (concat('reload.reload_id.', component), reload_id), reload_ids),
+                map('reload.mid_flight', if(mid_flight, 'true', 'false'),
+                    'reload.enrichment_revision', toString(enrichment_revision)),
+                if(empty(mid_flight_reload_ids), map(),
+                   map('reload.mid_flight.reload_ids', arrayStringConcat(arraySort(mid_flight_reload_ids), ','))))),
+        'Map(LowCardinality(String), String)') AS SpanAttributes,
+    toUInt64(duration_ns) AS Duration,
+    CAST(multiIf(status_code = 'OK', 'Ok', status_code = 'ERROR', 'Error', 'Unset'), 'LowCardinality(String)') AS StatusCode,
+    status_message AS StatusMessage,
+    CAST([], 'Array(DateTime64(9))') AS `Events.Timestamp`,
+    CAST([], 'Array(LowCardinality(String))') AS `Events.Name`,
+    CAST([], 'Array(Map(LowCardinality(String), String))') AS `Events.Attributes`,
+    CAST([], 'Array(String)') AS `Links.TraceId`,
+    CAST([], 'Array(String)') AS `Links.SpanId`,
+    CAST([], 'Array(String)') AS `Links.TraceState`,
+    CAST([], 'Array(Map(LowCardinality(String), String))') AS `Links.Attributes`
+FROM spans_enriched FINAL
+SETTINGS use_skip_indexes_if_final_exact_mode = 0, do_not_merge_across_partitions_select_final = 1;
+
+-- otel_traces_trace_id_ts: TraceId -> Start, End (DateTime, seconds) of its spans, from
+-- trace_time_ranges (a lookup by TraceId reads its primary key). The data source finds it by name
+-- (<traces table>_trace_id_ts) and bounds a trace-by-id query with [min(Start), max(End) + 1].
+-- Start is the floor of the trace's first span start; End the floor of its last span end (the
+-- exporter's End is the last span start, earlier or equal), so the bound always holds every span.
+CREATE OR REPLACE VIEW otel_traces_trace_id_ts AS
+SELECT
+    trace_id AS TraceId,
+    CAST(toUnixTimestamp(min(start_time)), 'DateTime') AS Start,
+    CAST(toUnixTimestamp(max(end_time)), 'DateTime') AS End
+FROM trace_time_ranges
+GROUP BY trace_id;
