@@ -3,6 +3,9 @@
 -- can only guess from service.version in 30 s buckets. Views, re-created on every schema apply.
 -- Paste: SELECT time, timeEnd, title, text, tags FROM reload_annotations WHERE $__timeFilter(time)
 -- (docs/grafana.md; the other columns are there to filter on: service_name, component, status, ...).
+-- Columns unqualified, no table aliases: a view's tables are stored qualified with the database,
+-- and an alias equal to the database's name would shadow it (the joined subqueries' aliases are
+-- long for that reason). No SETTINGS either: a readonly = 1 user's queries ignore them.
 --
 -- reload_annotations: one row per reload_id (reload_events FINAL). time = requested_time, timeEnd =
 -- effective_time (a region as long as the reload took; its right edge is when the new version
@@ -12,29 +15,29 @@
 -- (anomalies FINAL: the strongest verdict per anomaly_id, highest severity first).
 CREATE OR REPLACE VIEW reload_annotations AS
 SELECT
-    r.requested_time AS time,
-    r.effective_time AS timeEnd,
-    concat(r.service_name, ' ', r.component, ' reload ', r.status,
-           if(empty(a.verdicts), '', concat(' (', a.verdicts[1], ')'))) AS title,
-    concat(r.component, ' ', ifNull(r.old_version, '(none)'), ' → ', r.new_version, ', ', r.status,
-           ' after ', toString(round(r.reload_duration_ms, 3)), ' ms',
-           if(isNull(r.service_instance_id), ', every instance', concat(', canary ', assumeNotNull(r.service_instance_id))),
-           ', source ', r.source, ', reload ', r.reload_id,
-           if(empty(a.verdicts), '', concat('. Anomalies: ', arrayStringConcat(a.details, '; ')))) AS text,
+    requested_time AS time,
+    effective_time AS timeEnd,
+    concat(service_name, ' ', component, ' reload ', status,
+           if(empty(verdicts), '', concat(' (', verdicts[1], ')'))) AS title,
+    concat(component, ' ', ifNull(old_version, '(none)'), ' → ', new_version, ', ', status,
+           ' after ', toString(round(reload_duration_ms, 3)), ' ms',
+           if(isNull(service_instance_id), ', every instance', concat(', canary ', assumeNotNull(service_instance_id))),
+           ', source ', source, ', reload ', reload_id,
+           if(empty(verdicts), '', concat('. Anomalies: ', arrayStringConcat(details, '; ')))) AS text,
     arrayConcat(
-        [concat('service:', r.service_name), concat('component:', r.component),
-         concat('version:', ifNull(r.old_version, '(none)'), ' → ', r.new_version), concat('status:', r.status)],
-        if(isNull(r.service_instance_id), [], [concat('canary:', assumeNotNull(r.service_instance_id))]),
-        arrayMap(verdict -> concat('anomaly:', verdict), a.verdicts)) AS tags,
-    r.reload_id AS reload_id,
-    r.service_name AS service_name,
-    r.service_instance_id AS service_instance_id,
-    r.component AS component,
-    r.old_version AS old_version,
-    r.new_version AS new_version,
-    r.status AS status,
-    a.verdicts AS anomalies
-FROM reload_events AS r FINAL
+        [concat('service:', service_name), concat('component:', component),
+         concat('version:', ifNull(old_version, '(none)'), ' → ', new_version), concat('status:', status)],
+        if(isNull(service_instance_id), [], [concat('canary:', assumeNotNull(service_instance_id))]),
+        arrayMap(verdict -> concat('anomaly:', verdict), verdicts)) AS tags,
+    reload_id,
+    service_name,
+    service_instance_id,
+    component,
+    old_version,
+    new_version,
+    status,
+    verdicts AS anomalies
+FROM reload_events FINAL
 LEFT JOIN
 (
     SELECT
@@ -46,7 +49,7 @@ LEFT JOIN
             anomaly_id)))) AS details
     FROM anomalies FINAL
     GROUP BY reload_id
-) AS a ON a.reload_id = r.reload_id;
+) AS anomalies_blamed_on_reloads USING (reload_id);
 
 -- anomaly_annotations: one row per anomaly_id (anomalies FINAL, the strongest verdict). time = the
 -- effective time of its reload (detected_time when the reload is not in reload_events yet), timeEnd =
@@ -54,28 +57,28 @@ LEFT JOIN
 -- above, severity:<SEVERITY>, metric:<metric>.
 CREATE OR REPLACE VIEW anomaly_annotations AS
 SELECT
-    ifNull(r.effective_time, a.detected_time) AS time,
-    a.detected_time AS timeEnd,
-    concat(a.severity, ' ', a.metric, ' anomaly: ', a.service_name, ' ', a.component, ' ',
-           ifNull(a.old_version, '(none)'), ' → ', a.new_version) AS title,
-    concat(a.metric, ' ', toString(round(a.baseline_value, 3)), ' → ', toString(round(a.observed_value, 3)),
-           ' (p = ', toString(a.p_value), ', ', toString(a.baseline_count), ' baseline vs ',
-           toString(a.observed_count), ' observed), detected ',
-           if(isNull(r.effective_time), 'before its reload was stored',
-              concat(toString(round((toUnixTimestamp64Nano(a.detected_time) - toUnixTimestamp64Nano(assumeNotNull(r.effective_time))) / 1e6, 3)),
+    ifNull(reload_effective_time, detected_time) AS time,
+    detected_time AS timeEnd,
+    concat(severity, ' ', metric, ' anomaly: ', service_name, ' ', component, ' ',
+           ifNull(old_version, '(none)'), ' → ', new_version) AS title,
+    concat(metric, ' ', toString(round(baseline_value, 3)), ' → ', toString(round(observed_value, 3)),
+           ' (p = ', toString(p_value), ', ', toString(baseline_count), ' baseline vs ',
+           toString(observed_count), ' observed), detected ',
+           if(isNull(reload_effective_time), 'before its reload was stored',
+              concat(toString(round((toUnixTimestamp64Nano(detected_time) - toUnixTimestamp64Nano(assumeNotNull(reload_effective_time))) / 1e6, 3)),
                      ' ms after the reload')),
-           ', reload ', a.reload_id, ', anomaly ', a.anomaly_id) AS text,
-    [concat('service:', a.service_name), concat('component:', a.component),
-     concat('version:', ifNull(a.old_version, '(none)'), ' → ', a.new_version),
-     concat('severity:', a.severity), concat('metric:', a.metric)] AS tags,
-    a.anomaly_id AS anomaly_id,
-    a.reload_id AS reload_id,
-    a.service_name AS service_name,
-    a.component AS component,
-    a.metric AS metric,
-    a.severity AS severity
-FROM anomalies AS a FINAL
+           ', reload ', reload_id, ', anomaly ', anomaly_id) AS text,
+    [concat('service:', service_name), concat('component:', component),
+     concat('version:', ifNull(old_version, '(none)'), ' → ', new_version),
+     concat('severity:', severity), concat('metric:', metric)] AS tags,
+    anomaly_id,
+    reload_id,
+    service_name,
+    component,
+    metric,
+    severity
+FROM anomalies FINAL
 LEFT JOIN
 (
-    SELECT reload_id, toNullable(effective_time) AS effective_time FROM reload_events FINAL
-) AS r ON r.reload_id = a.reload_id;
+    SELECT reload_id, toNullable(effective_time) AS reload_effective_time FROM reload_events FINAL
+) AS effective_times_of_reloads USING (reload_id);

@@ -244,3 +244,23 @@ def test_the_exporters_tables_take_select_star_of_the_views(client: Any, dataset
     assert len(mine) == len(exporters) == len({s["trace_id"] for s in dataset.final_spans})
     for row in exporters:
         assert mine[row["TraceId"]]["Start"] == row["Start"] and mine[row["TraceId"]]["End"] >= row["End"]
+
+
+@pytest.mark.parametrize("database", ["r", "a", "reload_events", "otel_traces"])
+def test_the_views_answer_in_a_database_of_any_name_and_for_a_readonly_user(engine_path: str, database: str) -> None:
+    """A view's tables are stored qualified with its database: no alias inside may shadow that name."""
+    client = open_database(engine_path, database)
+    try:
+        sink = ClickHouseSink(SinkSettings(url=f"chdb://{client.path}", database=database), client=client, apply_ddl=False)
+        dataset = expected.cached_dataset("planted")
+        sink.write_records("spans_enriched", dataset.span_batches[0][:20])
+        sink.write_records("reload_events", [r.to_dict() for r in dataset.reloads])
+        sink.write_records("anomalies", dataset.anomalies)
+        for readonly in (0, 1, 2):
+            counts = [
+                client.query(f"SELECT count() FROM {database}.{view}", settings={"readonly": readonly}).result_rows[0][0]
+                for view in ("otel_traces", "otel_traces_trace_id_ts", "reload_annotations", "anomaly_annotations")
+            ]
+            assert counts[0] == 20 and counts[1] >= 1 and counts[2] == len(dataset.reloads) and counts[3] >= 1, counts
+    finally:
+        client.close()
