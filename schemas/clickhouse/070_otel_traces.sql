@@ -15,13 +15,32 @@
 -- Values as the exporter writes them: SpanKind Server/Client/Internal/Producer/Consumer/Unspecified,
 -- StatusCode Unset/Ok/Error, Duration in ns. ResourceAttributes = resource_attributes plus
 -- service.name and service.instance.id (when known). SpanAttributes = attributes plus the
--- enrichment, which replaces a span attribute of the same name (mapUpdate: one entry per key, where
--- mapConcat would keep both and [] would read the stamp; keys agreed with OTLP out):
+-- enrichment, which replaces a span attribute of the same name (one entry per key: a map with two
+-- would list both as tags and [] would read the first; keys agreed with OTLP out):
 --   reload.version.<component>, reload.version_at_end.<component>, reload.reload_id.<component>,
 --   reload.mid_flight ('true'/'false'), reload.mid_flight.reload_ids (sorted, comma-joined; absent
 --   when none, and a stamped one is dropped then), reload.enrichment_revision (decimal).
 -- TraceState, ScopeName, ScopeVersion, Events.*, Links.*: empty until the contract carries them.
+-- The maps are built with mapFromArrays over Array(LowCardinality(String)) keys: a CAST of the
+-- whole map to Map(LowCardinality(String), String) cost 3.5x more per row (7.7 s against 2.2 s
+-- for 1M spans).
 CREATE OR REPLACE VIEW otel_traces AS
+WITH
+    arrayConcat(
+        arrayMap(component -> concat('reload.version.', component), mapKeys(versions)),
+        arrayMap(component -> concat('reload.version_at_end.', component), mapKeys(versions_at_end)),
+        arrayMap(component -> concat('reload.reload_id.', component), mapKeys(reload_ids)),
+        ['reload.mid_flight', 'reload.enrichment_revision'],
+        if(empty(mid_flight_reload_ids), [], ['reload.mid_flight.reload_ids'])) AS enrichment_keys,
+    arrayConcat(
+        CAST(mapValues(versions), 'Array(String)'),
+        CAST(mapValues(versions_at_end), 'Array(String)'),
+        CAST(mapValues(reload_ids), 'Array(String)'),
+        [if(mid_flight, 'true', 'false'), toString(enrichment_revision)],
+        if(empty(mid_flight_reload_ids), [], [arrayStringConcat(arraySort(mid_flight_reload_ids), ',')])) AS enrichment_values,
+    mapFilter((key, value) -> NOT (startsWith(key, 'reload.')
+                                   AND (key = 'reload.mid_flight.reload_ids' OR has(enrichment_keys, key))),
+              attributes) AS own_attributes
 SELECT
     start_time AS Timestamp,
     trace_id AS TraceId,
@@ -34,26 +53,21 @@ SELECT
                 kind = 'PRODUCER', 'Producer', kind = 'CONSUMER', 'Consumer', 'Unspecified'),
         'LowCardinality(String)') AS SpanKind,
     service_name AS ServiceName,
-    CAST(
-        mapUpdate(
-            resource_attributes,
-            if(service_instance_id = '', map('service.name', service_name),
-               map('service.name', service_name, 'service.instance.id', service_instance_id))),
-        'Map(LowCardinality(String), String)') AS ResourceAttributes,
+    mapFromArrays(
+        CAST(arrayConcat(
+                 mapKeys(mapFilter((key, value) -> key NOT IN ('service.name', 'service.instance.id'), resource_attributes)),
+                 ['service.name'], if(service_instance_id = '', [], ['service.instance.id'])),
+             'Array(LowCardinality(String))'),
+        arrayConcat(
+            mapValues(mapFilter((key, value) -> key NOT IN ('service.name', 'service.instance.id'), resource_attributes)),
+            [CAST(service_name, 'String')], if(service_instance_id = '', [], [CAST(service_instance_id, 'String')]))
+    ) AS ResourceAttributes,
     '' AS ScopeName,
     '' AS ScopeVersion,
-    CAST(
-        mapUpdate(
-            mapFilter((key, value) -> key != 'reload.mid_flight.reload_ids', attributes),
-            mapConcat(
-                mapApply((component, version) -> (concat('reload.version.', component), version), versions),
-                mapApply((component, version) -> (concat('reload.version_at_end.', component), version), versions_at_end),
-                mapApply((component, reload_id) -> (concat('reload.reload_id.', component), reload_id), reload_ids),
-                map('reload.mid_flight', if(mid_flight, 'true', 'false'),
-                    'reload.enrichment_revision', toString(enrichment_revision)),
-                if(empty(mid_flight_reload_ids), map(),
-                   map('reload.mid_flight.reload_ids', arrayStringConcat(arraySort(mid_flight_reload_ids), ','))))),
-        'Map(LowCardinality(String), String)') AS SpanAttributes,
+    mapFromArrays(
+        CAST(arrayConcat(mapKeys(own_attributes), enrichment_keys), 'Array(LowCardinality(String))'),
+        arrayConcat(mapValues(own_attributes), enrichment_values)
+    ) AS SpanAttributes,
     toUInt64(duration_ns) AS Duration,
     CAST(multiIf(status_code = 'OK', 'Ok', status_code = 'ERROR', 'Error', 'Unset'), 'LowCardinality(String)') AS StatusCode,
     status_message AS StatusMessage,
