@@ -72,8 +72,14 @@ def test_a_named_flag_set_reload_carries_its_set_id_and_version_to_the_event_and
     with tracer.start_as_current_span("after"):
         pass
     initial, reload = events
-    assert initial.model_context == {"feature_flag.set.id": "llm-gateway/prod", "feature_flag.version": initial.new_version}
-    assert reload is event and event.model_context == {"feature_flag.set.id": "llm-gateway/prod", "feature_flag.version": "42"}
+    assert initial.model_context == {
+        "feature_flag.set.id": "llm-gateway/prod",
+        "feature_flag.version": initial.new_version,
+    }
+    assert reload is event and event.model_context == {
+        "feature_flag.set.id": "llm-gateway/prod",
+        "feature_flag.version": "42",
+    }
     spans = _spans(exporter)
     assert spans["before"].attributes["feature_flag.version"] == initial.new_version
     assert spans["after"].attributes["feature_flag.version"] == "42"  # the set's own version wins

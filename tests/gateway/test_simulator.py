@@ -108,14 +108,17 @@ def test_records_follow_the_contract(busy) -> None:
         "gen_ai.response.model",
     } <= set(client["attributes"])
     deprecated = {"gen_ai.system", "feature_flag.variant", "feature_flag.provider_name", "deployment.environment"}
-    assert not any(deprecated & (set(span["attributes"]) | set(span["resource_attributes"] or {})) for span in busy.spans)
+    assert not any(
+        deprecated & (set(span["attributes"]) | set(span["resource_attributes"] or {})) for span in busy.spans
+    )
     assert all(span["resource_attributes"]["deployment.environment.name"] == "simulation" for span in busy.spans)
     for span in busy.spans:  # the flag set names itself on every span, with the version serving it
         assert span["attributes"]["feature_flag.set.id"] == f"{span['service_name']}/flags"
         assert span["attributes"]["feature_flag.version"] == span["attributes"]["reload.version.feature_flags"]
     flag_reloads = [event for event in busy.reloads if event.component == "feature_flags"]
     assert flag_reloads and all(
-        event.model_context == {"feature_flag.set.id": f"{event.service_name}/flags", "feature_flag.version": event.new_version}
+        event.model_context
+        == {"feature_flag.set.id": f"{event.service_name}/flags", "feature_flag.version": event.new_version}
         for event in flag_reloads
     )
     assert not any("authorization" in key for span in busy.spans for key in span["attributes"])

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +75,13 @@ def download_exporter(version: str = EXPORTER_VERSION) -> Path:
     go = shutil.which("go")
     if go is None:
         raise ExporterUnavailable("the Go toolchain (`go`) is not on PATH")
-    done = subprocess.run(
+    done = subprocess.run(  # outside any module, so no go.mod around can change what is resolved
         [go, "mod", "download", "-json", f"{EXPORTER_MODULE}@{version}"],
-        capture_output=True, text=True, timeout=300, check=False,
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     try:
         info = json.loads(done.stdout)

@@ -5,8 +5,9 @@ module does the same for the macros reloadtrace's Grafana queries use, with the 
 (seconds-precision ``toDateTime(<unix>)`` bounds, ``fromUnixTimestamp64Milli(<ms>)`` for ``_ms``
 variants, ``toStartOfInterval(toDateTime(col), INTERVAL n second)``). Dashboard variables ``$name``
 / ``${name}`` are interpolated as the data source does it: a multi-value variable (a list here) as
-quoted, comma-separated literals, a single value as its raw text (so write ``'$trace_id'``); ``$__conditionalAll(condition, $var)`` is ``1=1`` when ``$var`` is All. Any other macro or
-an unknown variable raises, so a document cannot use one that the tests do not expand.
+quoted, comma-separated literals, a single value as its raw text (so write ``'$trace_id'``);
+``$__conditionalAll(condition, $var)`` is ``1=1`` when ``$var`` is All. Any other macro or an
+unknown variable raises, so a document cannot use one that the tests do not expand.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _arguments(sql: str, start: int) -> tuple[list[str], int]:
         else:
             current.append(char)
         index += 1
-    raise MacroError(f"unclosed macro call at {sql[start - 20:start]!r}")
+    raise MacroError(f"unclosed macro call at {sql[start - 20 : start]!r}")
 
 
 def _variable(name: str, context: GrafanaContext) -> str:

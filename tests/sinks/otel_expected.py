@@ -19,7 +19,13 @@ from tests.sinks.test_queries_data import (
     build_simulated_dataset,
 )
 
-SPAN_KINDS = {"SERVER": "Server", "CLIENT": "Client", "INTERNAL": "Internal", "PRODUCER": "Producer", "CONSUMER": "Consumer"}
+SPAN_KINDS = {
+    "SERVER": "Server",
+    "CLIENT": "Client",
+    "INTERNAL": "Internal",
+    "PRODUCER": "Producer",
+    "CONSUMER": "Consumer",
+}
 STATUS_CODES = {"UNSET": "Unset", "OK": "Ok", "ERROR": "Error"}
 SEVERITY_RANK = {"INFO": 1, "WARNING": 2, "CRITICAL": 3}
 NS_PER_S = 1_000_000_000
@@ -99,7 +105,9 @@ def strongest(anomalies: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]
 def verdicts(reload_id: str, anomalies: Sequence[Mapping[str, Any]]) -> list[str]:
     """``<SEVERITY> <metric>`` of every anomaly blamed on the reload, the strongest first."""
     blamed = [a for a in strongest(anomalies) if a["reload_id"] == reload_id]
-    ordered = sorted(blamed, key=lambda a: (-SEVERITY_RANK[a["severity"]], f"{a['severity']} {a['metric']}", a["anomaly_id"]))
+    ordered = sorted(
+        blamed, key=lambda a: (-SEVERITY_RANK[a["severity"]], f"{a['severity']} {a['metric']}", a["anomaly_id"])
+    )
     return [f"{a['severity']} {a['metric']}" for a in ordered]
 
 

@@ -55,7 +55,9 @@ def dataset(request: pytest.FixtureRequest) -> AnalystDataset:
 
 @pytest.fixture(scope="module")
 def client(engine_path: str, dataset: AnalystDataset) -> Iterator[Any]:
-    client = open_database(engine_path, "grafana_planted" if dataset.source.startswith("planted") else "grafana_simulated")
+    client = open_database(
+        engine_path, "grafana_planted" if dataset.source.startswith("planted") else "grafana_simulated"
+    )
     load_through_sink(client, dataset)
     try:
         yield client
@@ -124,14 +126,21 @@ def test_the_data_sources_trace_search_lists_root_spans_newest_and_longest_first
 ) -> None:
     actual = block(client, "grafana_trace_search", context(dataset))
     roots = [
-        s for s in dataset.final_spans
-        if not s["parent_span_id"] and s["end_time_unix_nano"] > s["start_time_unix_nano"]
+        s
+        for s in dataset.final_spans
+        if not s["parent_span_id"]
+        and s["end_time_unix_nano"] > s["start_time_unix_nano"]
         and within(dataset, s["start_time_unix_nano"])
     ]
     roots.sort(key=lambda s: (-s["start_time_unix_nano"], -duration_ms(s)))
     wanted = [
-        {"traceID": s["trace_id"], "serviceName": s["service_name"], "operationName": s["name"],
-         "startTime": as_datetime(s["start_time_unix_nano"]), "duration": pytest.approx(duration_ms(s))}
+        {
+            "traceID": s["trace_id"],
+            "serviceName": s["service_name"],
+            "operationName": s["name"],
+            "startTime": as_datetime(s["start_time_unix_nano"]),
+            "duration": pytest.approx(duration_ms(s)),
+        }
         for s in roots[:1000]
     ]
     assert wanted and [{**row, "startTime": row["startTime"].replace(tzinfo=None)} for row in actual] == wanted
@@ -200,15 +209,21 @@ def test_p95_by_version_over_time_from_the_otel_shape(client: Any, dataset: Anal
         assert min(durations) - 1e-6 <= row["p95_ms"] <= max(durations) + 1e-6
 
 
-def requests_by_version(dataset: AnalystDataset, service_key: str, version_of: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+def requests_by_version(
+    dataset: AnalystDataset, service_key: str, version_of: Callable[[dict[str, Any]], str]
+) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for span in requests(dataset):
         groups[(span["service_name"], version_of(span))].append(span)
     return [
-        {service_key: service, "version": version, "requests": len(spans),
-         "errors": sum(s["status_code"] == "ERROR" for s in spans),
-         "mid_flight": sum(s["mid_flight"] for s in spans),
-         "durations": [duration_ms(s) for s in spans]}
+        {
+            service_key: service,
+            "version": version,
+            "requests": len(spans),
+            "errors": sum(s["status_code"] == "ERROR" for s in spans),
+            "mid_flight": sum(s["mid_flight"] for s in spans),
+            "durations": [duration_ms(s) for s in spans],
+        }
         for (service, version), spans in sorted(groups.items())
     ]
 
@@ -226,7 +241,9 @@ def assert_requests_by_version(actual: list[dict[str, Any]], wanted: list[dict[s
 @checks("requests_by_version_from_otel_traces")
 def test_requests_by_version_from_the_otel_shape(client: Any, dataset: AnalystDataset) -> None:
     actual = block(client, "requests_by_version_from_otel_traces", context(dataset))
-    assert_requests_by_version(actual, requests_by_version(dataset, "service", lambda s: s["versions"].get("model", "")))
+    assert_requests_by_version(
+        actual, requests_by_version(dataset, "service", lambda s: s["versions"].get("model", ""))
+    )
 
 
 # ---------------------------------------------------------------- annotations
@@ -238,7 +255,8 @@ def annotations(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 def wanted_reload_annotations(dataset: AnalystDataset, services: set[str] | None = None) -> list[tuple[Any, ...]]:
     chosen = [
-        r for r in dataset.reloads
+        r
+        for r in dataset.reloads
         if within(dataset, r.requested_time_unix_nano) and (services is None or r.service_name in services)
     ]
     chosen.sort(key=lambda r: r.requested_time_unix_nano)
@@ -254,7 +272,9 @@ def test_reload_annotations_as_pasted_into_grafana(client: Any, dataset: Analyst
     every = block(client, "reload_annotations", context(dataset))
     assert set(every[0]) == {"time", "timeEnd", "title", "text", "tags"}
     assert sorted(annotations(every), key=lambda a: a[0]) == wanted_reload_annotations(dataset)
-    assert annotations(block(client, "reload_annotations_of_services", context(dataset, service=ALL))) == annotations(every)
+    assert annotations(block(client, "reload_annotations_of_services", context(dataset, service=ALL))) == annotations(
+        every
+    )
     service = sorted({r.service_name for r in dataset.reloads})[0]
     one = block(client, "reload_annotations_of_services", context(dataset, service=[service]))
     assert sorted(annotations(one), key=lambda a: a[0]) == wanted_reload_annotations(dataset, {service}) != []
@@ -266,9 +286,13 @@ def test_anomaly_annotations_as_pasted_into_grafana(client: Any, dataset: Analys
     def wanted(services: set[str] | None) -> list[tuple[Any, ...]]:
         rows = []
         for anomaly in expected.strongest(dataset.anomalies):
-            if within(dataset, anomaly["detected_time_unix_nano"]) and (services is None or anomaly["service_name"] in services):
+            if within(dataset, anomaly["detected_time_unix_nano"]) and (
+                services is None or anomaly["service_name"] in services
+            ):
                 want = expected.anomaly_annotation(anomaly, dataset.reloads)
-                rows.append((as_datetime(want["time_ns"]), as_datetime(want["time_end_ns"]), want["title"], want["tags"]))
+                rows.append(
+                    (as_datetime(want["time_ns"]), as_datetime(want["time_end_ns"]), want["title"], want["tags"])
+                )
         return sorted(rows, key=lambda a: (a[0], a[2]))
 
     every = block(client, "anomaly_annotations", context(dataset, service=ALL))
@@ -282,7 +306,9 @@ def test_anomaly_annotations_as_pasted_into_grafana(client: Any, dataset: Analys
 def test_the_change_detection_preset_only_guesses_what_the_reload_annotations_know(
     client: Any, dataset: AnalystDataset
 ) -> None:
-    whole = GrafanaContext(from_ms=dataset.start_unix_nano // 10**6, to_ms=(dataset.start_unix_nano // NS + 86_400) * 1000)
+    whole = GrafanaContext(
+        from_ms=dataset.start_unix_nano // 10**6, to_ms=(dataset.start_unix_nano // NS + 86_400) * 1000
+    )
     guessed = block(client, "change_detection_preset_on_the_model_version", whole)
     assert guessed, "the preset sees some model version change"
     succeeded = {(r.service_name, r.new_version) for r in dataset.reloads if r.component == "model" and r.succeeded}
@@ -328,7 +354,9 @@ def test_the_dashboard_asks_for_a_clickhouse_data_source_and_names_it_everywhere
     assert variables["datasource"]["query"] == "grafana-clickhouse-datasource"
     assert set(variables) == {"datasource", "service", "component", "trace_id"}
     assert board["uid"] and board["title"]
-    sources = [p["datasource"] for p in board["panels"]] + [t["datasource"] for p in board["panels"] for t in p["targets"]]
+    sources = [p["datasource"] for p in board["panels"]] + [
+        t["datasource"] for p in board["panels"] for t in p["targets"]
+    ]
     sources += [a["datasource"] for a in board["annotations"]["list"] if "target" in a]
     assert all(s == {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"} for s in sources)
     formats = {p["type"]: {t["format"] for t in p["targets"]} for p in board["panels"]}
