@@ -4,9 +4,10 @@
 -- they hold no data, so a changed definition here reaches existing stores).
 --
 -- Why views over spans_enriched FINAL and not a table fed by a materialized view: a fed table gets
--- every revision of a span, so it needs FINAL as well, and it doubles what every insert writes.
--- Measured on 5M spans (tests/benchmarks/bench_store.py, performance_log.md): the views answer the
--- data source's trace search, trace-by-id and annotation queries as fast as the fed table does.
+-- every revision of a span, so it must be read with FINAL too; it more than doubled the store on
+-- disk and cut insert throughput to 27-62%. On 5M spans (bench_store.py, performance_log.md) the
+-- views answer the data source's trace search and trace look-ups faster than the fed table; only
+-- aggregates over SpanAttributes are slower (2x), and the dashboard reads those natively.
 --
 -- otel_traces: one row per span, its highest enrichment_revision only (FINAL). Column names, types
 -- and order are the exporter's (tests/sinks/test_otel_views.py inserts SELECT * into the exporter's
