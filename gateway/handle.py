@@ -99,13 +99,14 @@ class ReloadHandle:
 
     def _candidate(self, new_value: Any, version: str | None, reload_id: str, requested: int) -> Snapshot:
         frozen = freeze(new_value)
+        version = version or content_version(frozen)
         return Snapshot(
             component=self.component,
-            version=version or content_version(frozen),
+            version=version,
             value=frozen,
             effective_time_unix_nano=requested,
             reload_id=reload_id,
-            model_context=model_context_of(self.component, frozen),
+            model_context=model_context_of(self.component, frozen, version),
         )
 
     def _verdict(self, outcome: Any, what: str) -> None:
@@ -336,13 +337,14 @@ class ReloadRegistry:
             raise ValueError(f"component {component!r} is already registered")
         now = self.clock()
         frozen = freeze(initial)
+        version = version or content_version(frozen)
         snapshot = Snapshot(
             component=component,
-            version=version or content_version(frozen),
+            version=version,
             value=frozen,
             effective_time_unix_nano=now,
             reload_id=(reload_id or self.new_reload_id()) if announce else None,
-            model_context=model_context_of(component, frozen),
+            model_context=model_context_of(component, frozen, version),
         )
         handle = ReloadHandle(self, component, snapshot, validator=validator, health_check=health_check)
         self._handles[component] = handle

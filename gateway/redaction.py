@@ -27,7 +27,7 @@ from typing import Any
 
 _SEGMENT_START = r"(?:^|[._\-])"
 _SEGMENT_END = r"(?:$|[._\-])"
-# Whole key segments, so ``gen_ai.usage.input_tokens`` or ``service.credentials.version`` stay.
+# Whole key segments, so ``gen_ai.usage.input_tokens`` or ``reload.version.credentials`` stay.
 DEFAULT_DENY_PATTERNS: tuple[str, ...] = (
     "re:" + _SEGMENT_START + r"(?:proxy[._\-]?)?authori[sz]ation" + _SEGMENT_END,
     "re:" + _SEGMENT_START + r"(?:set[._\-]?)?cookie2?" + _SEGMENT_END,
@@ -43,6 +43,8 @@ DEFAULT_DENY_PATTERNS: tuple[str, ...] = (
     "re:" + _SEGMENT_START + r"credentials?$",
     "re:" + _SEGMENT_START + r"(?:dsn|connection[._\-]?string)" + _SEGMENT_END,
 )
+_VERSION_KEYS = re.compile(r"^reload\.(?:version|version_at_end|reload_id)\.", re.IGNORECASE)
+"""reloadtrace's own per-component keys: a version or reload id, never a secret, whatever the component's name."""
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@?#]*:)(?P<secret>[^\s/@?#]+)(?=@)")
 _PAIR_NAME = re.compile(r"""(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)["']?\s*(?:=|:(?!//))\s*["']?""")
@@ -100,6 +102,8 @@ class Redactor:
         self.redacted_count = 0
 
     def _match(self, key: str) -> bool:
+        if _VERSION_KEYS.match(key):
+            return False
         words = _CAMEL_BOUNDARY.sub("_", key)
         return any(pattern.search(key) or pattern.search(words) for pattern in self._compiled)
 

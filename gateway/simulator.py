@@ -7,7 +7,9 @@ simulated: events (request starts/ends, LLM calls, reloads) run in event-time or
 thread with explicit span times and the registries' injected clock, so a run is fast and, for a
 given config, identical to the byte. Regressions are applied from the version timeline: an
 instance is regressed while the latest SUCCEEDED reload that applies to it is a regression reload,
-i.e. until the next SUCCEEDED reload (any component) of its service reaches it.
+i.e. until the next SUCCEEDED reload (any component) of its service reaches it. Attributes follow
+the OpenTelemetry conventions (``gen_ai.*``, ``http.*``); each request records its evaluation of the
+``semantic_cache`` flag as a ``feature_flag.evaluation`` span event (the v1 span contract drops events).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from gateway.attributes import GEN_AI_PROVIDER_NAME, flag_evaluation
 from gateway.baggage import with_versions
 from gateway.convert import span_record
 from gateway.errors import SimulationConfigError
@@ -34,7 +37,7 @@ from gateway.handle import RELOAD_ID_ATTRIBUTE, ReloadRegistry
 from gateway.pinning import Pinned, activate
 from gateway.processor import ReloadStampingSpanProcessor
 from gateway.redaction import RedactionMode, Redactor
-from gateway.versioning import COMPONENT_KINDS, Snapshot, model_descriptor
+from gateway.versioning import COMPONENT_KINDS, FEATURE_FLAGS_COMPONENT, Snapshot, flag_set_descriptor, model_descriptor
 from schemas.records import FAILED, ReloadEvent, Span
 
 NANOS = 1_000_000_000
@@ -46,6 +49,7 @@ _MODELS = (
     ("meta", "llama-3.1-70b-instruct", ("v1", "v2", "v3")),
 )
 _ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+_EVALUATED_FLAG = "semantic_cache"  # the flag every request evaluates (a feature_flag.evaluation event)
 _ERROR_STATUSES = (500, 502, 503, 429)
 
 
@@ -225,8 +229,13 @@ def random_schedule(config: SimulationConfig, rng: random.Random) -> tuple[Sched
     return tuple(sorted(schedule, key=lambda reload: (reload.at_s, reload.service)))
 
 
-def component_value(component: str, revision: int, service_index: int, *, broken: bool = False) -> dict[str, Any]:
-    """A realistic value of ``component`` at ``revision`` (``broken`` fails the simulator's health check)."""
+def component_value(
+    component: str, revision: int, service_index: int, *, broken: bool = False, service: str | None = None
+) -> dict[str, Any]:
+    """A realistic value of ``component`` at ``revision`` (``broken`` fails the simulator's health check).
+
+    Feature flags are a named flag set (``<service>/flags``, its ``feature_flag.set.id``).
+    """
     value: dict[str, Any]
     if component == "model":
         provider, model_id, versions = _MODELS[service_index % len(_MODELS)]
@@ -247,7 +256,10 @@ def component_value(component: str, revision: int, service_index: int, *, broken
             ]
         }
     elif component == "feature_flags":
-        value = {"streaming": True, "semantic_cache": revision % 2 == 1, "new_tokenizer": revision % 3 == 2}
+        value = flag_set_descriptor(
+            {"streaming": True, _EVALUATED_FLAG: revision % 2 == 1, "new_tokenizer": revision % 3 == 2},
+            set_id=f"{service or f'service-{service_index}'}/flags",
+        )
     elif component == "credentials":
         value = {"secret_ref": f"vault://llm/provider-key#v{revision + 1}", "rotated_revision": revision}
     elif component == "prompt_template":
@@ -402,7 +414,7 @@ class _Run:
             for component in COMPONENT_KINDS:
                 instance.registry.register(
                     component,
-                    component_value(component, 0, instance.service_index),
+                    component_value(component, 0, instance.service_index, service=instance.service),
                     reload_id=f"sim{self.config.seed}-{instance.service}-{component}-initial",
                     health_check=self._probe,
                 )
@@ -467,12 +479,14 @@ class _Run:
             if handle is None:
                 handle = instance.registry.register(
                     reload.component,
-                    component_value(reload.component, 0, instance.service_index),
+                    component_value(reload.component, 0, instance.service_index, service=instance.service),
                     announce=False,
                     health_check=self._probe,
                 )
             event = handle.reload(
-                component_value(reload.component, revision, instance.service_index, broken=reload.fail),
+                component_value(
+                    reload.component, revision, instance.service_index, broken=reload.fail, service=instance.service
+                ),
                 source=reload.source,
                 reload_id=reload_id,
                 instance_scoped=reload.instance is not None,
@@ -516,6 +530,10 @@ class _Run:
                     "gen_ai.request.stream": request.streaming,
                 },
             )
+            flags = request.pinned.snapshots.get(FEATURE_FLAGS_COMPONENT)
+            if flags is not None and _EVALUATED_FLAG in flags.get("flags", {}):
+                name, attributes = flag_evaluation(flags, _EVALUATED_FLAG, flags["flags"][_EVALUATED_FLAG])
+                request.server.add_event(name, attributes, timestamp=request.start)
         overhead = self.rng.randrange(2_000_000, 15_000_000)
         self.push(request.start + min(overhead, request.duration // 4), _START_CLIENT, request)
 
@@ -565,7 +583,7 @@ class _Run:
                 start_time=at,
                 context=trace.set_span_in_context(request.server),
                 attributes={
-                    "gen_ai.system": model.model_context.get("model.provider", "openai") if model else "openai",
+                    GEN_AI_PROVIDER_NAME: model.model_context.get("model.provider", "openai") if model else "openai",
                     "gen_ai.operation.name": "chat",
                     "gen_ai.request.model": model_id,
                     "gen_ai.request.temperature": float(parameters.get("temperature", 0.7)),

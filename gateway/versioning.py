@@ -1,4 +1,4 @@
-"""Immutable snapshots: deep freezing, content-hash version ids, changed key names, model context."""
+"""Immutable snapshots: deep freezing, content-hash version ids, changed key names, model and flag-set context."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from typing import Any
 VERSION_HASH_CHARS = 16
 MODEL_COMPONENT = "model"
 PROMPT_TEMPLATE_COMPONENT = "prompt_template"
+FEATURE_FLAGS_COMPONENT = "feature_flags"
+FEATURE_FLAG_SET_ID = "feature_flag.set.id"
+FEATURE_FLAG_VERSION = "feature_flag.version"
 COMPONENT_KINDS = (
     "config",
     "model",
@@ -101,18 +104,32 @@ def model_descriptor(
     return descriptor
 
 
+def flag_set_descriptor(flags: Mapping[str, Any], *, set_id: str, version: str | None = None) -> dict[str, Any]:
+    """The value of a ``feature_flags`` component as a named flag set: its flags, and the set's
+    ``metadata`` as OpenFeature providers (flagd) give it: ``flagSetId`` and, when the set has one,
+    its own ``version``."""
+    metadata: dict[str, Any] = {"flagSetId": set_id}
+    if version is not None:
+        metadata["version"] = version
+    return {"flags": dict(flags), "metadata": metadata}
+
+
 def prompt_hash(template: str) -> str:
     return hashlib.sha256(template.encode()).hexdigest()[:VERSION_HASH_CHARS]
 
 
-def model_context_of(component: str, value: Any) -> dict[str, str]:
+def model_context_of(component: str, value: Any, version: str | None = None) -> dict[str, str]:
     """The model context of a snapshot (the ``model_context`` of its ReloadEvent).
 
     For ``model``: ``model.id``, ``model.version``, ``model.provider``, one
     ``model.parameters.<name>`` per parameter (so redaction judges each name) and
-    ``prompt_template.hash``; for ``prompt_template``: the template hash.
+    ``prompt_template.hash``; for ``prompt_template``: the template hash; for ``feature_flags``
+    (OpenTelemetry's names): ``feature_flag.version`` (the set's declared ``metadata.version``,
+    else ``version``, the snapshot's) and ``feature_flag.set.id`` (``metadata.flagSetId``, when given).
     Other components have none. The prompt text itself is never included, only its hash.
     """
+    if component == FEATURE_FLAGS_COMPONENT:
+        return _flag_set_context(value, version)
     if not isinstance(value, Mapping):
         return {}
     context: dict[str, str] = {}
@@ -129,6 +146,18 @@ def model_context_of(component: str, value: Any) -> dict[str, str]:
             context["prompt_template.hash"] = prompt_hash(value["prompt_template"])
         elif value.get("prompt_template_hash") is not None:
             context["prompt_template.hash"] = str(value["prompt_template_hash"])
+    return context
+
+
+def _flag_set_context(value: Any, version: str | None) -> dict[str, str]:
+    metadata = value.get("metadata") if isinstance(value, Mapping) else None
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    context: dict[str, str] = {}
+    declared = metadata.get("version")
+    if declared is not None or version is not None:
+        context[FEATURE_FLAG_VERSION] = str(declared if declared is not None else version)
+    if metadata.get("flagSetId") is not None:
+        context[FEATURE_FLAG_SET_ID] = str(metadata["flagSetId"])
     return context
 
 

@@ -1,9 +1,10 @@
 """The ClickHouse schema: read ``schemas/clickhouse/NNN_*.sql`` and apply it, idempotently, in order.
 
-One DDL serves both backends (a server and chDB). Every statement is ``CREATE ... IF NOT EXISTS``,
-so applying the schema to a database that already has it changes nothing; a changed statement is
-NOT migrated (no ALTERs are derived from the files) — add a new numbered file for that, whose
+One DDL serves both backends (a server and chDB). Every table statement is ``CREATE ... IF NOT EXISTS``,
+so applying the schema to a database that already has it changes nothing; a changed table statement
+is NOT migrated (no ALTERs are derived from the files) — add a new numbered file for that, whose
 statements are idempotent too (``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``, ``MODIFY QUERY``).
+Plain views (no data) are ``CREATE OR REPLACE VIEW``: each apply re-creates them from the current files.
 """
 
 from __future__ import annotations

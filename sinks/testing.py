@@ -47,7 +47,7 @@ def enriched_spans(
                     "gen_ai.request.stream": index % 3 == 0,
                     "http.route": "/v1/chat",
                 },
-                "resource_attributes": {"service.version": "1.4.2", "deployment.environment": "test"},
+                "resource_attributes": {"service.version": "1.4.2", "deployment.environment.name": "test"},
                 "versions": {"model": f"m{(index // 1000) % 3}", "config": "c1"},
                 "versions_at_end": {"model": f"m{(index // 1000) % 3}", "config": "c1"},
                 "reload_ids": {"model": f"reload-{(index // 1000) % 3}", "config": "reload-c1"},

@@ -164,7 +164,7 @@ def build_scenario(
             "status_code": "ERROR" if error else "OK",
             "status_message": "upstream timeout" if error else None,
             "attributes": {"http.response.status_code": 500 if error else 200, "gen_ai.request.model": "gpt-x"},
-            "resource_attributes": {"deployment.environment": "test"},
+            "resource_attributes": {"deployment.environment.name": "test"},
         }
         scenario.spans.append(span)
         scenario.schedule.append(Scheduled((end - base) / _NS, "spans", span))

@@ -91,7 +91,7 @@ class Gateway:
                             f"chat {model['id']}",
                             kind=SpanKind.CLIENT,
                             attributes={
-                                "gen_ai.system": "openai",
+                                "gen_ai.provider.name": "openai",
                                 "gen_ai.request.model": model["id"],
                                 "gen_ai.usage.output_tokens": 12,
                             },
@@ -161,13 +161,13 @@ def test_mid_request_model_reload_is_pinned_marked_and_traced_on_the_broker(kafk
     first_spans = {s["kind"]: s for s in by_trace[first["trace_id"]]}
     second_spans = {s["kind"]: s for s in by_trace[second["trace_id"]]}
     # the straddling request: pinned old version on both its spans, marked mid-flight with the reload id
-    assert first_spans["SERVER"]["attributes"]["service.model.version"] == old_version
-    assert first_spans["CLIENT"]["attributes"]["service.model.version"] == old_version
-    assert first_spans["SERVER"]["attributes"]["gen_ai.request.model.version"] == "2024-08-06"
+    assert first_spans["SERVER"]["attributes"]["reload.version.model"] == old_version
+    assert first_spans["CLIENT"]["attributes"]["reload.version.model"] == old_version
+    assert first_spans["SERVER"]["attributes"]["reload.model.version"] == "2024-08-06"
     assert first_spans["SERVER"]["attributes"]["reload.mid_flight"] is True
     assert json.loads(first_spans["SERVER"]["attributes"]["reload.mid_flight.reload_ids"]) == [event.reload_id]
     assert first_spans["CLIENT"]["attributes"]["reload.mid_flight"] is False  # it started after the swap
-    assert second_spans["SERVER"]["attributes"]["service.model.version"] == event.new_version
+    assert second_spans["SERVER"]["attributes"]["reload.version.model"] == event.new_version
     assert second_spans["SERVER"]["attributes"]["reload.mid_flight"] is False
     assert first_spans["SERVER"]["service_instance_id"] == "gw-a"
 

@@ -6,7 +6,7 @@ from opentelemetry import baggage as baggage_api
 from opentelemetry import context as context_api
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
-from gateway.attributes import MID_FLIGHT, MID_FLIGHT_RELOAD_IDS
+from gateway.attributes import MID_FLIGHT, MID_FLIGHT_RELOAD_IDS, flag_evaluation
 from gateway.baggage import (
     BAGGAGE_PREFIX,
     MAX_HEADER_BYTES,
@@ -19,7 +19,7 @@ from gateway.baggage import (
 )
 from gateway.pinning import pin
 from gateway.redaction import Redactor
-from gateway.versioning import model_descriptor
+from gateway.versioning import flag_set_descriptor, model_descriptor
 from tests.gateway.helpers import MovableClock, instrumented
 
 
@@ -43,20 +43,58 @@ def test_span_carries_pinned_versions_and_mid_flight_mark() -> None:
         pass
     spans = _spans(exporter)
     request = spans["request"]
-    assert request.attributes["service.model.version"] == old_model_version
+    assert request.attributes["reload.version.model"] == old_model_version
     assert request.attributes["gen_ai.request.model"] == "gpt-4o"
-    assert request.attributes["gen_ai.request.model.version"] == "2024-08-06"
+    assert request.attributes["reload.model.version"] == "2024-08-06"
+    # a plain flag dict names no set and declares no version: the snapshot's version is the ruleset's
     assert (
-        request.attributes["service.feature_flags.version"]
+        request.attributes["reload.version.feature_flags"]
         == flags.version
         == request.attributes["feature_flag.version"]
     )
+    assert "feature_flag.set.id" not in request.attributes
+    assert not any(key.startswith("service.") for key in request.attributes)
     assert request.attributes[MID_FLIGHT] is True and request.attributes[MID_FLIGHT_RELOAD_IDS] == (event.reload_id,)
     assert spans["before"].attributes[MID_FLIGHT] is False
     # pinned: a span started after the reload but inside the request still uses the old model
-    assert spans["after reload, same request"].attributes["service.model.version"] == old_model_version
-    assert spans["next request"].attributes["service.model.version"] == event.new_version
-    assert spans["next request"].attributes["gen_ai.request.model.version"] == "2024-11-20"
+    assert spans["after reload, same request"].attributes["reload.version.model"] == old_model_version
+    assert spans["next request"].attributes["reload.version.model"] == event.new_version
+    assert spans["next request"].attributes["reload.model.version"] == "2024-11-20"
+
+
+def test_a_named_flag_set_reload_carries_its_set_id_and_version_to_the_event_and_the_spans() -> None:
+    provider, registry, exporter, events = instrumented()
+    flags = registry.register("feature_flags", flag_set_descriptor({"beta": False}, set_id="llm-gateway/prod"))
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("before"):
+        pass
+    event = flags.reload(flag_set_descriptor({"beta": True}, set_id="llm-gateway/prod", version="42"))
+    with tracer.start_as_current_span("after"):
+        pass
+    initial, reload = events
+    assert initial.model_context == {
+        "feature_flag.set.id": "llm-gateway/prod",
+        "feature_flag.version": initial.new_version,
+    }
+    assert reload is event and event.model_context == {
+        "feature_flag.set.id": "llm-gateway/prod",
+        "feature_flag.version": "42",
+    }
+    spans = _spans(exporter)
+    assert spans["before"].attributes["feature_flag.version"] == initial.new_version
+    assert spans["after"].attributes["feature_flag.version"] == "42"  # the set's own version wins
+    assert spans["after"].attributes["reload.version.feature_flags"] == event.new_version != "42"
+    assert {spans[name].attributes["feature_flag.set.id"] for name in ("before", "after")} == {"llm-gateway/prod"}
+    name, attributes = flag_evaluation(flags.current(), "beta", True)
+    assert name == "feature_flag.evaluation"
+    assert attributes == {
+        "feature_flag.key": "beta",
+        "feature_flag.result.variant": "on",
+        "feature_flag.provider.name": "reloadtrace",
+        "feature_flag.set.id": "llm-gateway/prod",
+        "feature_flag.version": "42",
+    }
+    assert flag_evaluation(flags.current(), "tier", "gold")[1]["feature_flag.result.variant"] == "gold"
 
 
 def test_mid_flight_follows_effective_times_of_the_injected_clock() -> None:

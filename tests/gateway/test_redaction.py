@@ -29,7 +29,10 @@ SENSITIVE = [
 HARMLESS = [
     "gen_ai.usage.input_tokens",
     "gen_ai.request.max_tokens",
-    "service.credentials.version",
+    "reload.version.credentials",
+    "reload.reload_id.credentials",
+    "reload.version_at_end.api_key",  # a component may be named anything: its version is never a secret
+    "feature_flag.set.id",
     "http.route",
     "tokenizer",
     "secretary.name",

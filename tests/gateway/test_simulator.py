@@ -100,12 +100,27 @@ def test_records_follow_the_contract(busy) -> None:
     assert {"SERVER", "CLIENT", "INTERNAL"} <= kinds
     client = next(s for s in busy.spans if s["kind"] == "CLIENT")
     assert {
-        "gen_ai.system",
+        "gen_ai.provider.name",
         "gen_ai.request.model",
         "gen_ai.request.temperature",
         "gen_ai.usage.input_tokens",
         "gen_ai.usage.output_tokens",
+        "gen_ai.response.model",
     } <= set(client["attributes"])
+    deprecated = {"gen_ai.system", "feature_flag.variant", "feature_flag.provider_name", "deployment.environment"}
+    assert not any(
+        deprecated & (set(span["attributes"]) | set(span["resource_attributes"] or {})) for span in busy.spans
+    )
+    assert all(span["resource_attributes"]["deployment.environment.name"] == "simulation" for span in busy.spans)
+    for span in busy.spans:  # the flag set names itself on every span, with the version serving it
+        assert span["attributes"]["feature_flag.set.id"] == f"{span['service_name']}/flags"
+        assert span["attributes"]["feature_flag.version"] == span["attributes"]["reload.version.feature_flags"]
+    flag_reloads = [event for event in busy.reloads if event.component == "feature_flags"]
+    assert flag_reloads and all(
+        event.model_context
+        == {"feature_flag.set.id": f"{event.service_name}/flags", "feature_flag.version": event.new_version}
+        for event in flag_reloads
+    )
     assert not any("authorization" in key for span in busy.spans for key in span["attributes"])
     assert len({(s["service_name"], s["service_instance_id"]) for s in busy.spans}) == 6
     durations = [s["end_time_unix_nano"] - s["start_time_unix_nano"] for s in busy.spans if s["kind"] == "SERVER"]
@@ -146,7 +161,7 @@ def test_stamped_versions_and_mid_flight_marks_match_the_design_rules(busy) -> N
             assert json.loads(span["attributes"][MID_FLIGHT_RELOAD_IDS]) == expected
         if span["kind"] == "SERVER":  # requests pin at their start: stamps = the timeline at start
             for component in COMPONENT_KINDS:
-                stamped = span["attributes"][f"service.{component}.version"]
+                stamped = span["attributes"][f"reload.version.{component}"]
                 assert stamped == _version_at(busy.reloads, span, component, span["start_time_unix_nano"])
                 assert stamped not in failed_versions
             checked += 1
@@ -273,7 +288,7 @@ def test_calls_between_services_nest_in_one_trace_and_carry_baggage() -> None:
         for component in COMPONENT_KINDS:
             assert (
                 span["attributes"][f"upstream.chat-api.{component}.version"]
-                == caller["attributes"][f"service.{component}.version"]
+                == caller["attributes"][f"reload.version.{component}"]
             )
         if span["status_code"] == "ERROR":
             assert caller["status_code"] == "ERROR"

@@ -172,7 +172,7 @@ def _llm_span(
             "gen_ai.response.finish_reasons": "error" if failed else "stop",
             "stream": rng.random() < 0.3,
         },
-        "resource_attributes": {"service.version": "2.4.0", "deployment.environment": "sim"},
+        "resource_attributes": {"service.version": "2.4.0", "deployment.environment.name": "sim"},
     }
 
 

@@ -1,7 +1,7 @@
 """Replay on the gateway simulator's traffic: versions equal what the reload handles pinned, mid-flight equals its truth.
 
 The simulator runs real ``ReloadHandle`` swaps and stamps every span with the versions its request
-pinned (``service.<component>.version``): an independent witness of which version served it.
+pinned (``reload.version.<component>``): an independent witness of which version served it.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def test_replayed_versions_match_the_versions_each_request_pinned(tmp_path: Path
             # after a reload gets the new version by DESIGN's time rule while the request kept the old.
             continue
         stamped = {
-            key.removeprefix("service.").removesuffix(".version"): value
+            key.removeprefix("reload.version."): value
             for key, value in row["attributes"].items()
-            if key.startswith("service.") and key.endswith(".version") and key.count(".") == 2
+            if key.startswith("reload.version.")
         }
         assert stamped, row
         assert row["versions"] == stamped, (row["span_id"], row["versions"], stamped)
