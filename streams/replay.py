@@ -33,7 +33,15 @@ import orjson
 
 from schemas.errors import InvalidRecordError, ReloadtraceError
 from schemas.files import SUFFIXES, RecordFileError, read_records
-from schemas.records import ENRICHMENT_FIELDS, SPAN_KINDS, STATUS_CODES, ReloadEvent, Span, validate_span
+from schemas.records import (
+    ENRICHMENT_FIELDS,
+    LOSSLESS_FIELDS,
+    SPAN_KINDS,
+    STATUS_CODES,
+    ReloadEvent,
+    Span,
+    validate_span,
+)
 from streams.enriched_wire import enrichment_of
 from streams.timeline import VersionTimeline
 
@@ -50,6 +58,9 @@ _ZERO_TRACE_ID, _ZERO_SPAN_ID = "0" * 32, "0" * 16
 _KINDS, _STATUS_CODES = frozenset(SPAN_KINDS), frozenset(STATUS_CODES)
 _ATTRIBUTE_TYPES = frozenset((str, bool, int, float))
 _INT64_MAX = 2**63 - 1
+_V1_FIELD_COUNT = _SPAN_FIELD_COUNT - len(LOSSLESS_FIELDS)
+_LOSSLESS_TEXTS = ("trace_state", "scope_name", "scope_version")
+_LOSSLESS_COUNTS = ("dropped_attributes_count", "dropped_events_count", "dropped_links_count")
 
 
 def plainly_valid(span: dict[str, Any]) -> bool:
@@ -92,7 +103,48 @@ def plainly_valid(span: dict[str, Any]) -> bool:
         for key, value in resource.items():
             if type(key) is not str or type(value) not in types:
                 return False
+    if len(span) > _V1_FIELD_COUNT:  # the Span.v2 fields (absent ones are their defaults)
+        for name in _LOSSLESS_TEXTS:
+            if type(get(name, "")) is not str:
+                return False
+        for name in _LOSSLESS_COUNTS:
+            count = get(name, 0)
+            if type(count) is not int or not 0 <= count <= _INT64_MAX:
+                return False
+        events, links = get("events", ()), get("links", ())
+        if type(events) not in (list, tuple) or type(links) not in (list, tuple):
+            return False
+        for event in events:
+            if type(event) is not dict:
+                return False
+            time_unix_nano, name = event.get("time_unix_nano"), event.get("name")
+            count = event.get("dropped_attributes_count", 0)
+            if type(time_unix_nano) is not int or not 0 <= time_unix_nano <= _INT64_MAX or type(name) is not str:
+                return False
+            if type(count) is not int or not 0 <= count <= _INT64_MAX or not _plain_map(event.get("attributes", {})):
+                return False
+        for link in links:
+            if type(link) is not dict:
+                return False
+            trace_id, span_id = link.get("trace_id"), link.get("span_id")
+            count = link.get("dropped_attributes_count", 0)
+            if type(trace_id) is not str or not _TRACE_ID(trace_id) or trace_id == _ZERO_TRACE_ID:
+                return False
+            if type(span_id) is not str or not _SPAN_ID(span_id) or span_id == _ZERO_SPAN_ID:
+                return False
+            if type(link.get("trace_state", "")) is not str or type(count) is not int or not 0 <= count <= _INT64_MAX:
+                return False
+            if not _plain_map(link.get("attributes", {})):
+                return False
     return True
+
+
+def _plain_map(attributes: Any) -> bool:
+    """A dict of str to str/bool/int/float (the attribute rule of validate_span)."""
+    if type(attributes) is not dict:
+        return False
+    types = _ATTRIBUTE_TYPES
+    return all(type(key) is str and type(value) in types for key, value in attributes.items())
 
 
 class ReplayError(ReloadtraceError):

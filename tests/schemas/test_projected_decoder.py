@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from schemas.codec import ProjectedDecoder, codec_for
 from schemas.errors import DecodeError
 from streams.enricher import SPAN_FIELDS_ENRICHMENT_READS
-from tests.strategies import spans
+from tests.strategies import spans, spans_v1
 
 CODEC = codec_for("Span")
 DECODER = ProjectedDecoder(CODEC, SPAN_FIELDS_ENRICHMENT_READS)
@@ -54,4 +54,21 @@ def _minimal() -> dict:
         "trace_id": "1" * 32, "span_id": "2" * 16, "parent_span_id": None, "name": "n", "kind": "SERVER",
         "service_name": "s", "service_instance_id": "i", "start_time_unix_nano": 1, "end_time_unix_nano": 2,
         "status_code": "OK", "status_message": None, "attributes": {}, "resource_attributes": None,
+    }
+
+
+@given(span=spans_v1())
+def test_v1_writers_project_like_v2_writers(span: dict) -> None:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from schemas.codec import AVRO_DIR, SchemaStore, SingleObjectCodec
+
+    with tempfile.TemporaryDirectory() as directory:
+        shutil.copy(AVRO_DIR / "Span.v1.avsc", directory)
+        old = SingleObjectCodec("Span", SchemaStore.from_directory(Path(directory)))
+    v1_message, v2_message = old.encode(span), CODEC.encode(span)
+    assert DECODER.decode(v1_message) == DECODER.decode(v2_message) == {
+        name: span[name] for name in SPAN_FIELDS_ENRICHMENT_READS
     }
