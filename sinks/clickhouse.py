@@ -27,7 +27,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError, ProgrammingError
 
-from sinks.avro_blocks import body_problem, container, encode_body, latest_schema
+from sinks.avro_blocks import body_problem, container, encode_body, landing_table, latest_schema
 from sinks.base import BatchingSink, KafkaRows, SinkBatch, SinkRecord
 from sinks.ddl import apply_schema
 from sinks.errors import (
@@ -190,7 +190,8 @@ class ClickHouseSink(BatchingSink):
             self.client.database = self.database
 
     def write(self, batch: SinkBatch) -> None:
-        """Insert the batch's Avro bodies as one container per writer schema into ``<table>_avro``.
+        """Insert the batch's Avro bodies as one container per writer schema into its landing table
+        (``<table>_avro`` for v1, ``<table>_vN_avro`` for vN: :func:`sinks.avro_blocks.landing_table`).
 
         A block ClickHouse refuses as undecodable is checked record by record in Python; the
         records to blame are raised as :class:`UnconvertibleRecordError` (dead-lettered by the
@@ -201,7 +202,7 @@ class ClickHouseSink(BatchingSink):
             token = batch.dedup_token if len(groups) == 1 else f"{batch.dedup_token}#{part}"
             try:
                 self.client.raw_insert(
-                    f"{self.database}.{batch.table}_avro",
+                    f"{self.database}.{landing_table(batch.table, schema)}",
                     None,
                     container(schema, bodies),
                     fmt="Avro",
