@@ -4,6 +4,8 @@ Keys are matched case-insensitively against a deny-list of patterns: shell globs
 (``*authorization*``) or regular expressions prefixed with ``re:``. A denied key is dropped, or
 kept with its value replaced by a salted hash (HMAC-SHA256), so equal secrets stay correlatable
 without being readable. Only keys are judged; a secret stored under an innocent key is not found.
+A reload span's ``reload.model_context.<key>`` is denied when ``<key>`` is, so the span never
+carries a model-context entry that the published ReloadEvent drops.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
+
+from schemas.reload_span import RELOAD_MODEL_CONTEXT_PREFIX
 
 _SEGMENT_START = r"(?:^|[._\-])"
 _SEGMENT_END = r"(?:$|[._\-])"
@@ -80,6 +84,8 @@ class Redactor:
         self.redacted_count = 0
 
     def _match(self, key: str) -> bool:
+        if key.startswith(RELOAD_MODEL_CONTEXT_PREFIX) and self._match(key[len(RELOAD_MODEL_CONTEXT_PREFIX) :]):
+            return True
         return any(pattern.search(key) for pattern in self._compiled)
 
     def is_denied(self, key: str) -> bool:
