@@ -1,0 +1,569 @@
+"""OTLP traces in and out: ``ExportTraceServiceRequest`` messages <-> contract Span records (pure).
+
+In: ``otlp_proto`` (binary protobuf) and ``otlp_json`` (OTLP/JSON: hex ids, enums as integers or
+names, 64-bit integers as strings or numbers, unknown fields ignored), as the Collector's
+kafkaexporter writes them; one message gives many spans. Resource ``service.name`` (default
+``unknown_service``) and ``service.instance.id`` (default '') become the contract fields, the other
+resource attributes ``resource_attributes``; ids become lowercase hex; kind and status become the
+contract enums (``SPAN_KIND_UNSPECIFIED`` is INTERNAL). Attribute values: string, bool, int and
+double as they are; bytes as base64 text; arrays and kvlists as compact JSON text (nested bytes as
+base64 strings, empty values as null); an attribute with no value is left out. Events, links,
+trace_state, scope name/version and dropped counts are kept (``Span.v2``). A span following the
+reload span convention (:mod:`schemas.reload_span`) also gives a ReloadEvent.
+
+Guarantees: a message that does not parse (or is over ``max_message_bytes``) raises
+:class:`~schemas.errors.DecodeError` and nothing else; otherwise every span is either returned
+valid by ``schemas.records.validate_span`` or reported as an :class:`OtlpSpanError` with its index
+in the message, and the good spans are kept. Out: enriched spans as ``otlp_proto``, one message per
+trace keyed by the hex trace id, the enrichment as ``reload.*`` span attributes (README).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanMessage
+
+from schemas.errors import DecodeError, DecodeErrorKind, InvalidRecordError
+from schemas.records import UNKNOWN_SERVICE, EnrichedSpan, ReloadEvent, Span, validate_span
+from schemas.reload_span import is_reload_span, reload_event_from_span
+
+OTLP_PROTO = "otlp_proto"
+OTLP_JSON = "otlp_json"
+OtlpEncoding = Literal["otlp_proto", "otlp_json"]
+ENCODINGS = (OTLP_PROTO, OTLP_JSON)
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+INVALID_SPAN = "invalid_record"
+INVALID_RELOAD_SPAN = "invalid_reload_span"
+_RECORD_NAME = "ExportTraceServiceRequest"
+_JSON_MAX_DEPTH = 64  # protobuf messages deep; each kvlist level is three
+
+# Enrichment attributes of OTLP out (the keys agreed with the store views).
+VERSION_PREFIX = "reload.version."
+VERSION_AT_END_PREFIX = "reload.version_at_end."
+RELOAD_ID_PREFIX = "reload.reload_id."
+MID_FLIGHT = "reload.mid_flight"
+MID_FLIGHT_RELOAD_IDS = "reload.mid_flight.reload_ids"
+ENRICHMENT_REVISION = "reload.enrichment_revision"
+
+_KINDS = ("INTERNAL", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")  # by SpanKind number
+_KIND_NUMBERS = {"INTERNAL": 1, "SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER": 5}
+_STATUSES = ("UNSET", "OK", "ERROR")  # by Status.StatusCode number
+_STATUS_NUMBERS = {"UNSET": 0, "OK": 1, "ERROR": 2}
+_KIND_NAMES = frozenset(SpanMessage.SpanKind.keys())
+_STATUS_NAMES = frozenset(Status.StatusCode.keys())
+_IDENTITY = ("service.name", "service.instance.id")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*").fullmatch
+_NO_VALUE = object()
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpSpanError:
+    """A span of a message that is not a valid contract span (or not a valid reload span).
+
+    ``index`` is the span's position in the message, 0-based, counting every span of every
+    resource and scope in message order; ``error_kind`` is ``invalid_record`` or
+    ``invalid_reload_span`` (the span itself is then kept; only its ReloadEvent is missing).
+    """
+
+    index: int
+    error_kind: str
+    error: str
+
+
+@dataclass(slots=True)
+class OtlpSpans:
+    """What one message held: the valid spans in message order, their reload events, the errors."""
+
+    spans: list[Span] = field(default_factory=list)
+    reloads: list[ReloadEvent] = field(default_factory=list)
+    errors: list[OtlpSpanError] = field(default_factory=list)
+    span_count: int = 0
+    """Spans in the message, valid or not."""
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpMessage:
+    """One Kafka message of OTLP out: the hex trace id as key, an ``otlp_proto`` request as value."""
+
+    key: bytes
+    value: bytes
+
+
+# --- values ------------------------------------------------------------------------------------
+
+
+def _plain(value: AnyValue) -> Any:
+    """An AnyValue as a JSON-ready Python value (inside arrays and kvlists)."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value
+    if which == "int_value":
+        return value.int_value
+    if which == "bool_value":
+        return value.bool_value
+    if which == "double_value":
+        return value.double_value
+    if which == "array_value":
+        return [_plain(item) for item in value.array_value.values]
+    if which == "kvlist_value":
+        return {item.key: _plain(item.value) for item in value.kvlist_value.values}
+    if which == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode("ascii")
+    return None
+
+
+def _json_text(value: Any) -> str:
+    # The same text gateway.convert makes of an SDK sequence, so both paths agree.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def attribute_value(value: AnyValue) -> Any:
+    """One OTLP attribute value as a contract value (``_NO_VALUE`` for an empty AnyValue)."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value
+    if which == "int_value":
+        return value.int_value
+    if which == "bool_value":
+        return value.bool_value
+    if which == "double_value":
+        return value.double_value
+    if which == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode("ascii")
+    if which == "array_value":
+        return _json_text([_plain(item) for item in value.array_value.values])
+    if which == "kvlist_value":
+        return _json_text({item.key: _plain(item.value) for item in value.kvlist_value.values})
+    return _NO_VALUE
+
+
+def _attributes(key_values: Iterable[KeyValue]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in key_values:
+        value = attribute_value(item.value)
+        if value is not _NO_VALUE:
+            out[item.key] = value
+    return out
+
+
+# --- proto -> contract ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ResourceView:
+    service_name: str
+    service_instance_id: str
+    resource_attributes: dict[str, Any] | None
+
+
+def _resource_view(resource: Resource) -> _ResourceView:
+    attributes = _attributes(resource.attributes)
+    service = attributes.pop("service.name", None)
+    instance = attributes.pop("service.instance.id", None)
+    return _ResourceView(str(service or UNKNOWN_SERVICE), str(instance or ""), attributes or None)
+
+
+def _span_record(resource: _ResourceView, scope: InstrumentationScope, span: SpanMessage) -> Span:
+    """The contract record of one OTLP span (validated by the caller)."""
+    kind = span.kind
+    if not 0 <= kind < len(_KINDS):
+        raise InvalidRecordError(f"kind {kind} is not an OTLP SpanKind", "kind")
+    code = span.status.code
+    if not 0 <= code < len(_STATUSES):
+        raise InvalidRecordError(f"status code {code} is not an OTLP StatusCode", "status_code")
+    return {
+        "trace_id": span.trace_id.hex(),
+        "span_id": span.span_id.hex(),
+        "parent_span_id": span.parent_span_id.hex() if span.parent_span_id else None,
+        "name": span.name,
+        "kind": _KINDS[kind],  # type: ignore[typeddict-item]
+        "service_name": resource.service_name,
+        "service_instance_id": resource.service_instance_id,
+        "start_time_unix_nano": span.start_time_unix_nano,
+        "end_time_unix_nano": span.end_time_unix_nano,
+        "status_code": _STATUSES[code],  # type: ignore[typeddict-item]
+        "status_message": span.status.message or None,
+        "attributes": _attributes(span.attributes),
+        "resource_attributes": dict(resource.resource_attributes) if resource.resource_attributes else None,
+        "trace_state": span.trace_state,
+        "scope_name": scope.name,
+        "scope_version": scope.version,
+        "events": [
+            {
+                "time_unix_nano": event.time_unix_nano,
+                "name": event.name,
+                "attributes": _attributes(event.attributes),
+                "dropped_attributes_count": event.dropped_attributes_count,
+            }
+            for event in span.events
+        ],
+        "links": [
+            {
+                "trace_id": link.trace_id.hex(),
+                "span_id": link.span_id.hex(),
+                "trace_state": link.trace_state,
+                "attributes": _attributes(link.attributes),
+                "dropped_attributes_count": link.dropped_attributes_count,
+            }
+            for link in span.links
+        ],
+        "dropped_attributes_count": span.dropped_attributes_count,
+        "dropped_events_count": span.dropped_events_count,
+        "dropped_links_count": span.dropped_links_count,
+    }
+
+
+def _add_span(result: OtlpSpans, index: int, resource: _ResourceView, scope: InstrumentationScope,
+              span: SpanMessage) -> None:
+    try:
+        record = _span_record(resource, scope, span)
+        # Attribute maps are built here from typed protobuf values: their types need no check.
+        validate_span(record, check_attributes=False)
+    except InvalidRecordError as error:
+        result.errors.append(OtlpSpanError(index, INVALID_SPAN, f"span {index}: {error}"))
+        return
+    result.spans.append(record)
+    if is_reload_span(record):
+        try:
+            result.reloads.append(reload_event_from_span(record))
+        except InvalidRecordError as error:
+            result.errors.append(OtlpSpanError(index, INVALID_RELOAD_SPAN, f"span {index}: reload span: {error}"))
+
+
+def _check_size(data: Any, max_message_bytes: int) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(DecodeErrorKind.MALFORMED, f"expected bytes, got {type(data).__name__}", _RECORD_NAME)
+    if len(data) > max_message_bytes:
+        raise DecodeError(
+            DecodeErrorKind.MALFORMED,
+            f"{len(data)} bytes is more than the {max_message_bytes}-byte limit of an OTLP message",
+            _RECORD_NAME,
+        )
+    return bytes(data)
+
+
+def decode_otlp_proto(data: bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> OtlpSpans:
+    """The spans (and reload events) of one binary ``ExportTraceServiceRequest``.
+
+    Raises:
+        DecodeError: the bytes are not such a message (kind ``malformed``), or too many.
+    """
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(_check_size(data, max_message_bytes))
+    except ProtobufDecodeError as error:
+        raise DecodeError(DecodeErrorKind.MALFORMED, f"not an OTLP {_RECORD_NAME}: {error}", _RECORD_NAME) from None
+    except Exception as error:  # noqa: BLE001 - any parser failure on hostile bytes is malformed input
+        raise DecodeError(DecodeErrorKind.MALFORMED, f"not an OTLP {_RECORD_NAME}: {error!r}", _RECORD_NAME) from None
+    result = OtlpSpans()
+    index = 0
+    for resource_spans in request.resource_spans:
+        resource = _resource_view(resource_spans.resource)
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope
+            for span in scope_spans.spans:
+                _add_span(result, index, resource, scope, span)
+                index += 1
+    result.span_count = index
+    return result
+
+
+# --- OTLP/JSON ------------------------------------------------------------------------------------
+
+
+def _field(obj: Mapping[str, Any], camel: str, snake: str) -> Any:
+    value = obj.get(camel)
+    return obj.get(snake) if value is None else value
+
+
+def _json_id(value: Any, name: str, size: int) -> str:
+    """An OTLP/JSON id (hex, any case) as the base64 protobuf's own JSON mapping expects."""
+    if not isinstance(value, str) or not _HEX(value):
+        hint = " (OTLP/JSON ids are hex, not base64)" if isinstance(value, str) and value.endswith("=") else ""
+        raise InvalidRecordError(f"{name} must be hex, got {value!r:.80}{hint}", name)
+    if value and len(value) != 2 * size:
+        raise InvalidRecordError(f"{name} must be {2 * size} hex digits, got {len(value)}", name)
+    return base64.b64encode(binascii.unhexlify(value)).decode("ascii")
+
+
+_SPAN_IDS = (("traceId", "trace_id", 16), ("spanId", "span_id", 8), ("parentSpanId", "parent_span_id", 8))
+_LINK_IDS = (("traceId", "trace_id", 16), ("spanId", "span_id", 8))
+
+
+def _with_json_ids(obj: Mapping[str, Any], ids: Sequence[tuple[str, str, int]]) -> dict[str, Any]:
+    copy = dict(obj)
+    for camel, snake, size in ids:
+        for name in (camel, snake):
+            if name in copy and copy[name] is not None:
+                copy[name] = _json_id(copy[name], camel, size)
+    return copy
+
+
+def _json_span(obj: Any) -> SpanMessage:
+    """One OTLP/JSON span as a protobuf Span.
+
+    Raises:
+        InvalidRecordError: not a span object, a bad id, an unknown enum name, a field of a wrong type.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidRecordError(f"a span must be a JSON object, got {type(obj).__name__}")
+    span = _with_json_ids(obj, _SPAN_IDS)
+    kind = _field(span, "kind", "kind")
+    if isinstance(kind, str) and kind not in _KIND_NAMES:
+        raise InvalidRecordError(f"kind {kind!r:.40} is not an OTLP SpanKind", "kind")
+    status = span.get("status")
+    if isinstance(status, dict):
+        code = status.get("code")
+        if isinstance(code, str) and code not in _STATUS_NAMES:
+            raise InvalidRecordError(f"status code {code!r:.40} is not an OTLP StatusCode", "status_code")
+    links = span.get("links")
+    if isinstance(links, list):
+        span["links"] = [_with_json_ids(link, _LINK_IDS) if isinstance(link, dict) else link for link in links]
+    return _parse_json(span, SpanMessage())
+
+
+def _short(text: str, limit: int = 400) -> str:
+    """``text`` cut in its middle: the mapper's messages name the path first and the cause last."""
+    return text if len(text) <= limit else f"{text[: limit // 3]} ... {text[-(2 * limit) // 3 :]}"
+
+
+def _parse_json(obj: Any, message: Any) -> Any:
+    try:
+        return json_format.ParseDict(obj, message, ignore_unknown_fields=True, max_recursion_depth=_JSON_MAX_DEPTH)
+    except json_format.ParseError as error:
+        raise InvalidRecordError(_short(str(error))) from None
+    except Exception as error:  # noqa: BLE001 - the JSON mapper raises many types on hostile values
+        raise InvalidRecordError(_short(f"{type(error).__name__}: {error}")) from None
+
+
+def _json_list(obj: Mapping[str, Any], camel: str, snake: str, where: str) -> list[Any]:
+    value = _field(obj, camel, snake)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DecodeError(DecodeErrorKind.MALFORMED, f"{where}{camel} must be a JSON array", _RECORD_NAME)
+    return value
+
+
+def decode_otlp_json(data: bytes | str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> OtlpSpans:
+    """The spans (and reload events) of one OTLP/JSON ``ExportTraceServiceRequest``.
+
+    A bad resource or scope makes each of its spans an error; a bad span is its own error.
+
+    Raises:
+        DecodeError: not UTF-8 JSON, not an object, a structural array that is not an array, or too large.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    try:
+        request = orjson.loads(_check_size(data, max_message_bytes))
+    except orjson.JSONDecodeError as error:
+        raise DecodeError(DecodeErrorKind.MALFORMED, f"not OTLP/JSON: {error}", _RECORD_NAME) from None
+    if not isinstance(request, dict):
+        raise DecodeError(
+            DecodeErrorKind.MALFORMED, f"OTLP/JSON must be an object, got {type(request).__name__}", _RECORD_NAME
+        )
+    result = OtlpSpans()
+    index = 0
+    for position, resource_spans in enumerate(_json_list(request, "resourceSpans", "resource_spans", "")):
+        where = f"resourceSpans[{position}]."
+        if not isinstance(resource_spans, dict):
+            raise DecodeError(DecodeErrorKind.MALFORMED, f"{where[:-1]} must be an object", _RECORD_NAME)
+        resource_error: str | None = None
+        try:
+            resource = _resource_view(_parse_json(resource_spans.get("resource") or {}, Resource()))
+        except InvalidRecordError as error:
+            resource_error, resource = f"{where}resource: {error}", _ResourceView("", "", None)
+        for scope_position, scope_spans in enumerate(_json_list(resource_spans, "scopeSpans", "scope_spans", where)):
+            scope_where = f"{where}scopeSpans[{scope_position}]."
+            if not isinstance(scope_spans, dict):
+                raise DecodeError(DecodeErrorKind.MALFORMED, f"{scope_where[:-1]} must be an object", _RECORD_NAME)
+            scope_error = resource_error
+            scope = InstrumentationScope()
+            if scope_error is None:
+                try:
+                    scope = _parse_json(scope_spans.get("scope") or {}, InstrumentationScope())
+                except InvalidRecordError as error:
+                    scope_error = f"{scope_where}scope: {error}"
+            for span_object in _json_list(scope_spans, "spans", "spans", scope_where):
+                if scope_error is not None:
+                    result.errors.append(OtlpSpanError(index, INVALID_SPAN, f"span {index}: {scope_error}"))
+                else:
+                    try:
+                        span = _json_span(span_object)
+                    except InvalidRecordError as error:
+                        result.errors.append(OtlpSpanError(index, INVALID_SPAN, f"span {index}: {error}"))
+                    else:
+                        _add_span(result, index, resource, scope, span)
+                index += 1
+    result.span_count = index
+    return result
+
+
+def decode_otlp(
+    data: bytes, encoding: OtlpEncoding, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> OtlpSpans:
+    """:func:`decode_otlp_proto` or :func:`decode_otlp_json`, by the kafkaexporter's encoding name.
+
+    Raises:
+        DecodeError: the message does not parse.
+        ValueError: ``encoding`` is neither ``otlp_proto`` nor ``otlp_json``.
+    """
+    if encoding == OTLP_PROTO:
+        return decode_otlp_proto(data, max_message_bytes=max_message_bytes)
+    if encoding == OTLP_JSON:
+        return decode_otlp_json(data, max_message_bytes=max_message_bytes)
+    raise ValueError(f"unknown OTLP encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+
+
+# --- contract -> proto (OTLP out) -------------------------------------------------------------------
+
+
+def _any_value(value: Any) -> AnyValue:
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, str):
+        return AnyValue(string_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, (list, tuple)):
+        return AnyValue(array_value={"values": [_any_value(item) for item in value]})
+    raise TypeError(f"cannot send {type(value).__name__} as an OTLP attribute value")
+
+
+def _key_values(attributes: Mapping[str, Any] | None) -> list[KeyValue]:
+    return [KeyValue(key=key, value=_any_value(value)) for key, value in (attributes or {}).items()]
+
+
+def enrichment_attributes(span: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``reload.*`` attributes that say an EnrichedSpan's answer (keys agreed with the store views)."""
+    attributes: dict[str, Any] = {}
+    for prefix, name in ((VERSION_PREFIX, "versions"), (VERSION_AT_END_PREFIX, "versions_at_end"),
+                         (RELOAD_ID_PREFIX, "reload_ids")):
+        for component, value in (span.get(name) or {}).items():
+            attributes[prefix + component] = value
+    attributes[MID_FLIGHT] = bool(span.get("mid_flight"))
+    attributes[MID_FLIGHT_RELOAD_IDS] = sorted(span.get("mid_flight_reload_ids") or ())
+    attributes[ENRICHMENT_REVISION] = int(span.get("enrichment_revision") or 0)
+    return attributes
+
+
+def _span_message(span: Mapping[str, Any]) -> SpanMessage:
+    parent = span.get("parent_span_id")
+    message = SpanMessage(
+        trace_id=bytes.fromhex(span["trace_id"]),
+        span_id=bytes.fromhex(span["span_id"]),
+        trace_state=span.get("trace_state") or "",
+        parent_span_id=bytes.fromhex(parent) if parent else b"",
+        name=span["name"],
+        kind=_KIND_NUMBERS[span["kind"]],
+        start_time_unix_nano=span["start_time_unix_nano"],
+        end_time_unix_nano=span["end_time_unix_nano"],
+        attributes=_key_values({**(span.get("attributes") or {}), **enrichment_attributes(span)}),
+        dropped_attributes_count=span.get("dropped_attributes_count") or 0,
+        dropped_events_count=span.get("dropped_events_count") or 0,
+        dropped_links_count=span.get("dropped_links_count") or 0,
+        status=Status(code=_STATUS_NUMBERS[span["status_code"]], message=span.get("status_message") or ""),
+    )
+    for event in span.get("events") or ():
+        message.events.add(
+            time_unix_nano=event["time_unix_nano"],
+            name=event["name"],
+            attributes=_key_values(event.get("attributes")),
+            dropped_attributes_count=event.get("dropped_attributes_count") or 0,
+        )
+    for link in span.get("links") or ():
+        message.links.add(
+            trace_id=bytes.fromhex(link["trace_id"]),
+            span_id=bytes.fromhex(link["span_id"]),
+            trace_state=link.get("trace_state") or "",
+            attributes=_key_values(link.get("attributes")),
+            dropped_attributes_count=link.get("dropped_attributes_count") or 0,
+        )
+    return message
+
+
+def _resource_key(span: Mapping[str, Any]) -> tuple[Any, ...]:
+    resource = span.get("resource_attributes") or {}
+    return (span["service_name"], span["service_instance_id"], tuple(sorted(resource.items(), key=lambda kv: kv[0])))
+
+
+def enriched_otlp_request(spans: Iterable[EnrichedSpan | Mapping[str, Any]]) -> ExportTraceServiceRequest:
+    """One request holding ``spans`` grouped by resource and scope, in first-seen order.
+
+    Raises:
+        KeyError, ValueError, TypeError: a span is not a valid EnrichedSpan record.
+    """
+    request = ExportTraceServiceRequest()
+    resources: dict[tuple[Any, ...], tuple[ResourceSpans, dict[tuple[str, str], ScopeSpans]]] = {}
+    for span in spans:
+        key = _resource_key(span)
+        entry = resources.get(key)
+        if entry is None:
+            resource_spans = request.resource_spans.add()
+            identity = {"service.name": span["service_name"]}
+            if span["service_instance_id"]:
+                identity["service.instance.id"] = span["service_instance_id"]
+            resource_attributes = {**dict(key[2]), **identity}
+            resource_spans.resource.attributes.extend(_key_values(resource_attributes))
+            entry = resources[key] = (resource_spans, {})
+        resource_spans, scopes = entry
+        scope_key = (span.get("scope_name") or "", span.get("scope_version") or "")
+        scope_spans = scopes.get(scope_key)
+        if scope_spans is None:
+            scope_spans = scopes[scope_key] = resource_spans.scope_spans.add()
+            scope_spans.scope.name, scope_spans.scope.version = scope_key
+        scope_spans.spans.append(_span_message(span))
+    return request
+
+
+def _hex_ids(obj: dict[str, Any], names: Sequence[str]) -> None:
+    for name in names:
+        if name in obj:
+            obj[name] = base64.b64decode(obj[name]).hex()
+
+
+def otlp_json_bytes(request: ExportTraceServiceRequest) -> bytes:
+    """A request as OTLP/JSON (hex ids, integer enums, 64-bit integers as strings), as the Collector writes it."""
+    document = json_format.MessageToDict(request, use_integers_for_enums=True)
+    for resource_spans in document.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            for span in scope_spans.get("spans", ()):
+                _hex_ids(span, ("traceId", "spanId", "parentSpanId"))
+                for link in span.get("links", ()):
+                    _hex_ids(link, ("traceId", "spanId"))
+    return orjson.dumps(document)
+
+
+def enriched_otlp_messages(spans: Iterable[EnrichedSpan | Mapping[str, Any]]) -> list[OtlpMessage]:
+    """``otlp_proto`` messages of enriched spans: one per trace, keyed by its hex trace id.
+
+    The key is what the Collector's kafkaexporter uses with ``partition_traces_by_id``, so a trace
+    stays on one partition whichever writer sent it.
+
+    Raises:
+        KeyError, ValueError, TypeError: a span is not a valid EnrichedSpan record.
+    """
+    by_trace: dict[str, list[Mapping[str, Any]]] = {}
+    for span in spans:
+        by_trace.setdefault(span["trace_id"], []).append(span)
+    return [
+        OtlpMessage(trace_id.encode("ascii"), enriched_otlp_request(trace_spans).SerializeToString())
+        for trace_id, trace_spans in by_trace.items()
+    ]
