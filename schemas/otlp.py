@@ -464,8 +464,9 @@ def enrichment_attributes(span: Mapping[str, Any]) -> dict[str, Any]:
     return attributes
 
 
-def _span_message(span: Mapping[str, Any]) -> SpanMessage:
+def _span_message(span: Mapping[str, Any], enriched: bool) -> SpanMessage:
     parent = span.get("parent_span_id")
+    attributes = span.get("attributes") or {}
     message = SpanMessage(
         trace_id=bytes.fromhex(span["trace_id"]),
         span_id=bytes.fromhex(span["span_id"]),
@@ -475,7 +476,7 @@ def _span_message(span: Mapping[str, Any]) -> SpanMessage:
         kind=_KIND_NUMBERS[span["kind"]],
         start_time_unix_nano=span["start_time_unix_nano"],
         end_time_unix_nano=span["end_time_unix_nano"],
-        attributes=_key_values({**(span.get("attributes") or {}), **enrichment_attributes(span)}),
+        attributes=_key_values({**attributes, **enrichment_attributes(span)} if enriched else attributes),
         dropped_attributes_count=span.get("dropped_attributes_count") or 0,
         dropped_events_count=span.get("dropped_events_count") or 0,
         dropped_links_count=span.get("dropped_links_count") or 0,
@@ -505,11 +506,25 @@ def _resource_key(span: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def enriched_otlp_request(spans: Iterable[EnrichedSpan | Mapping[str, Any]]) -> ExportTraceServiceRequest:
-    """One request holding ``spans`` grouped by resource and scope, in first-seen order.
+    """One request holding enriched ``spans`` (the answer as ``reload.*`` attributes), by resource and scope.
 
     Raises:
         KeyError, ValueError, TypeError: a span is not a valid EnrichedSpan record.
     """
+    return _request(spans, enriched=True)
+
+
+def span_otlp_request(spans: Iterable[Span | Mapping[str, Any]]) -> ExportTraceServiceRequest:
+    """One request holding contract ``spans`` as they are (to write OTLP files, or as a test's producer).
+
+    Raises:
+        KeyError, ValueError, TypeError: a span is not a valid Span record.
+    """
+    return _request(spans, enriched=False)
+
+
+def _request(spans: Iterable[Mapping[str, Any]], *, enriched: bool) -> ExportTraceServiceRequest:
+    """``spans`` grouped by resource and then scope, each group in first-seen order."""
     request = ExportTraceServiceRequest()
     resources: dict[tuple[Any, ...], tuple[ResourceSpans, dict[tuple[str, str], ScopeSpans]]] = {}
     for span in spans:
@@ -529,7 +544,7 @@ def enriched_otlp_request(spans: Iterable[EnrichedSpan | Mapping[str, Any]]) -> 
         if scope_spans is None:
             scope_spans = scopes[scope_key] = resource_spans.scope_spans.add()
             scope_spans.scope.name, scope_spans.scope.version = scope_key
-        scope_spans.spans.append(_span_message(span))
+        scope_spans.spans.append(_span_message(span, enriched))
     return request
 
 
