@@ -31,7 +31,6 @@ from schemas.reload_span import (
     RELOAD_COMPONENT,
     RELOAD_ID,
     RELOAD_NEW_VERSION,
-    RELOAD_REQUESTED_TIME,
     RELOAD_SCOPE,
     RELOAD_SOURCE,
     SCOPE_INSTANCE,
@@ -169,7 +168,6 @@ class ReloadHandle:
                 RELOAD_SOURCE: source,
                 RELOAD_NEW_VERSION: candidate.version,
                 RELOAD_SCOPE: SCOPE_INSTANCE if instance_scoped else SCOPE_SERVICE,
-                RELOAD_REQUESTED_TIME: requested,
             },
         )
         return candidate, span
@@ -207,7 +205,12 @@ class ReloadHandle:
             model_context=dict(candidate.model_context),
             changed_keys=keys,
         )
-        span.set_attributes(reload_span_attributes(event))
+        # The span runs from the request to the swap: its own times say them (the convention's defaults).
+        span.set_attributes(
+            reload_span_attributes(
+                event, start_time_unix_nano=candidate.effective_time_unix_nano, end_time_unix_nano=effective
+            )
+        )
         if error is None:
             span.set_status(Status(StatusCode.OK))
         else:

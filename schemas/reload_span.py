@@ -45,8 +45,14 @@ def is_reload_span(span: Mapping[str, Any]) -> bool:
     return isinstance(attributes, Mapping) and RELOAD_ID in attributes
 
 
-def reload_span_attributes(event: ReloadEvent) -> dict[str, str | int | tuple[str, ...]]:
-    """The span attributes that say ``event`` (an OTel SDK accepts them as they are)."""
+def reload_span_attributes(
+    event: ReloadEvent, *, start_time_unix_nano: int | None = None, end_time_unix_nano: int | None = None
+) -> dict[str, str | int | tuple[str, ...]]:
+    """The span attributes that say ``event`` (an OTel SDK accepts them as they are).
+
+    A time equal to the span's start (requested) or end (effective) is left to that default, so a
+    span moved in time as a whole (a backfill) still says the right times.
+    """
     attributes: dict[str, str | int | tuple[str, ...]] = {
         RELOAD_ID: event.reload_id,
         RELOAD_COMPONENT: event.component,
@@ -55,9 +61,11 @@ def reload_span_attributes(event: ReloadEvent) -> dict[str, str | int | tuple[st
         RELOAD_SOURCE: event.source,
         RELOAD_SCOPE: SCOPE_SERVICE if event.service_instance_id is None else SCOPE_INSTANCE,
         RELOAD_CHANGED_KEYS: tuple(event.changed_keys),
-        RELOAD_REQUESTED_TIME: event.requested_time_unix_nano,
-        RELOAD_EFFECTIVE_TIME: event.effective_time_unix_nano,
     }
+    if event.requested_time_unix_nano != start_time_unix_nano:
+        attributes[RELOAD_REQUESTED_TIME] = event.requested_time_unix_nano
+    if event.effective_time_unix_nano != end_time_unix_nano:
+        attributes[RELOAD_EFFECTIVE_TIME] = event.effective_time_unix_nano
     if event.old_version is not None:
         attributes[RELOAD_OLD_VERSION] = event.old_version
     for key, value in event.model_context.items():

@@ -97,3 +97,12 @@ def test_attributes_written_for_an_event_read_back_as_that_event(record: dict) -
         start_time_unix_nano=0, end_time_unix_nano=0, status_code="UNSET",
     )
     assert reload_event_from_span(span) == event
+    # Written for a span running from the request to the swap, the times are the span's own (defaults).
+    timed = reload_span_attributes(event, start_time_unix_nano=event.requested_time_unix_nano,
+                                   end_time_unix_nano=event.effective_time_unix_nano)
+    assert "reload.requested_time_unix_nano" not in timed and "reload.effective_time_unix_nano" not in timed
+    moved = span | {"start_time_unix_nano": event.requested_time_unix_nano,
+                    "end_time_unix_nano": event.effective_time_unix_nano,
+                    "attributes": {key: list(value) if isinstance(value, tuple) else value
+                                   for key, value in timed.items()}}
+    assert reload_event_from_span(moved) == event
