@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
 import orjson
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -231,7 +232,16 @@ def _add_span(result: OtlpSpans, index: int, resource: _ResourceView, scope: Ins
               span: SpanMessage) -> None:
     try:
         record = _span_record(resource, scope, span)
-        # Attribute maps are built here from typed protobuf values: their types need no check.
+    except InvalidRecordError as error:
+        result.errors.append(OtlpSpanError(index, INVALID_SPAN, f"span {index}: {error}"))
+        return
+    _keep(result, index, record)
+
+
+def _keep(result: OtlpSpans, index: int, record: Span) -> None:
+    """Validate a mapped span; keep it (and its reload event) or report it."""
+    try:
+        # Attribute maps are built from typed values (protobuf, or JSON checked value by value).
         validate_span(record, check_attributes=False)
     except InvalidRecordError as error:
         result.errors.append(OtlpSpanError(index, INVALID_SPAN, f"span {index}: {error}"))
@@ -350,6 +360,279 @@ def _parse_json(obj: Any, message: Any) -> Any:
         raise InvalidRecordError(_short(f"{type(error).__name__}: {error}")) from None
 
 
+# The fast path of OTLP/JSON: a whole message in the shape the Collector writes (camelCase keys, hex
+# ids, integer enums, 64-bit integers as strings, canonical base64, no unknown field), decoded by
+# msgspec into the typed structs below (C speed, no cyclic-GC load) and mapped straight to contract
+# values. Any other shape raises _Unusual (or fails msgspec's typing) and the message is read span by
+# span with the protobuf JSON mapper instead, which decides what is valid and says why; a test holds
+# the two paths to the same answers.
+
+
+class _Unusual(Exception):
+    """A JSON shape the fast path leaves to the protobuf JSON mapper."""
+
+
+class _JAnyValue(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    stringValue: str | None = None
+    boolValue: bool | None = None
+    intValue: int | str | None = None
+    doubleValue: float | None = None
+    bytesValue: str | None = None
+    arrayValue: _JArrayValue | None = None
+    kvlistValue: _JKeyValueList | None = None
+
+
+class _JKeyValue(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    key: str = ""
+    value: _JAnyValue | None = None
+
+
+class _JArrayValue(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    values: list[_JAnyValue] = []
+
+
+class _JKeyValueList(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    values: list[_JKeyValue] = []
+
+
+class _JEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    timeUnixNano: int | str = 0
+    name: str = ""
+    attributes: list[_JKeyValue] = []
+    droppedAttributesCount: int = 0
+
+
+class _JLink(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    traceId: str = ""
+    spanId: str = ""
+    traceState: str = ""
+    attributes: list[_JKeyValue] = []
+    droppedAttributesCount: int = 0
+    flags: int = 0
+
+
+class _JStatus(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    code: int = 0
+    message: str = ""
+
+
+class _JSpan(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    traceId: str = ""
+    spanId: str = ""
+    traceState: str = ""
+    parentSpanId: str = ""
+    flags: int = 0
+    name: str = ""
+    kind: int = 0
+    startTimeUnixNano: int | str = 0
+    endTimeUnixNano: int | str = 0
+    attributes: list[_JKeyValue] = []
+    droppedAttributesCount: int = 0
+    events: list[_JEvent] = []
+    droppedEventsCount: int = 0
+    links: list[_JLink] = []
+    droppedLinksCount: int = 0
+    status: _JStatus | None = None
+
+
+class _JScope(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    name: str = ""
+    version: str = ""
+    attributes: list[_JKeyValue] = []
+    droppedAttributesCount: int = 0
+
+
+class _JResource(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    attributes: list[_JKeyValue] = []
+    droppedAttributesCount: int = 0
+
+
+class _JScopeSpans(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    scope: _JScope | None = None
+    spans: list[_JSpan] = []
+    schemaUrl: str = ""
+
+
+class _JResourceSpans(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    resource: _JResource | None = None
+    scopeSpans: list[_JScopeSpans] = []
+    schemaUrl: str = ""
+
+
+class _JRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    resourceSpans: list[_JResourceSpans] = []
+
+
+_JSON_DECODER = msgspec.json.Decoder(_JRequest)
+_UINT64_TEXT = re.compile(r"[0-9]{1,20}").fullmatch
+_INT64_TEXT = re.compile(r"-?[0-9]{1,19}").fullmatch
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?").fullmatch
+_FAST_MAX_DEPTH = 16
+_UINT32_MAX, _UINT64_MAX, _INT64_MIN, _INT64_MAX = 2**32 - 1, 2**64 - 1, -(2**63), 2**63 - 1
+
+
+def _fast_uint(value: int | str, maximum: int) -> int:
+    if type(value) is str and _UINT64_TEXT(value):
+        value = int(value)
+    if type(value) is not int or not 0 <= value <= maximum:
+        raise _Unusual
+    return value
+
+
+def _fast_id(value: str, size: int) -> str:
+    if (value and len(value) != 2 * size) or not _HEX(value):
+        raise _Unusual
+    return value.lower()
+
+
+def _fast_plain(value: _JAnyValue | None, depth: int) -> Any:
+    """A JSON AnyValue as a JSON-ready Python value (as ``_plain`` does for a protobuf one); _NO_VALUE if empty."""
+    if value is None:
+        return _NO_VALUE
+    if depth > _FAST_MAX_DEPTH:
+        raise _Unusual
+    found = _NO_VALUE
+    for kind, item in (("s", value.stringValue), ("b", value.boolValue), ("i", value.intValue),
+                       ("d", value.doubleValue), ("y", value.bytesValue), ("a", value.arrayValue),
+                       ("k", value.kvlistValue)):
+        if item is None:
+            continue
+        if found is not _NO_VALUE:
+            raise _Unusual  # two members of the oneof: the mapper says so
+        if kind == "i":
+            if type(item) is str:
+                if not _INT64_TEXT(item):
+                    raise _Unusual
+                item = int(item)
+            if not _INT64_MIN <= item <= _INT64_MAX:
+                raise _Unusual
+        elif kind == "d":
+            item = float(item)
+        elif kind == "y":
+            if not _BASE64(item):
+                raise _Unusual
+            item = base64.b64encode(base64.b64decode(item)).decode("ascii")
+        elif kind == "a":
+            item = [_none_if_empty(_fast_plain(element, depth + 1)) for element in item.values]
+        elif kind == "k":
+            item = {pair.key: _none_if_empty(_fast_plain(pair.value, depth + 1)) for pair in item.values}
+        found = item
+    return found
+
+
+def _none_if_empty(value: Any) -> Any:
+    return None if value is _NO_VALUE else value
+
+
+def _fast_attributes(pairs: list[_JKeyValue]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        value = pair.value
+        if value is not None:
+            text = value.stringValue  # the common case, in line
+            if (text is not None and value.intValue is None and value.boolValue is None
+                    and value.doubleValue is None and value.bytesValue is None and value.arrayValue is None
+                    and value.kvlistValue is None):
+                out[pair.key] = text
+                continue
+        plain = _fast_plain(value, 1)
+        if plain is _NO_VALUE:
+            continue
+        out[pair.key] = _json_text(plain) if isinstance(plain, (list, dict)) else plain
+    return out
+
+
+def _fast_resource(resource: _JResource | None) -> _ResourceView:
+    if resource is None:
+        return _ResourceView(UNKNOWN_SERVICE, "", None)
+    attributes = _fast_attributes(resource.attributes)
+    _fast_uint(resource.droppedAttributesCount, _UINT32_MAX)
+    service = attributes.pop("service.name", None)
+    instance = attributes.pop("service.instance.id", None)
+    return _ResourceView(str(service or UNKNOWN_SERVICE), str(instance or ""), attributes or None)
+
+
+def _fast_scope(scope: _JScope | None) -> InstrumentationScope:
+    if scope is None:
+        return InstrumentationScope()
+    _fast_attributes(scope.attributes)  # not kept, but checked as the mapper would
+    _fast_uint(scope.droppedAttributesCount, _UINT32_MAX)
+    return InstrumentationScope(name=scope.name, version=scope.version)
+
+
+def _fast_span_record(resource: _ResourceView, scope: InstrumentationScope, span: _JSpan) -> Span:
+    """The contract record of one span of the fast path (``_span_record``'s twin)."""
+    status = span.status or _JStatus()
+    kind, code = span.kind, status.code
+    if not 0 <= kind < len(_KINDS):
+        raise InvalidRecordError(f"kind {kind} is not an OTLP SpanKind", "kind")
+    if not 0 <= code < len(_STATUSES):
+        raise InvalidRecordError(f"status code {code} is not an OTLP StatusCode", "status_code")
+    _fast_uint(span.flags, _UINT32_MAX)
+    parent = _fast_id(span.parentSpanId, 8)
+    links = []
+    for link in span.links:
+        _fast_uint(link.flags, _UINT32_MAX)
+        links.append({
+            "trace_id": _fast_id(link.traceId, 16),
+            "span_id": _fast_id(link.spanId, 8),
+            "trace_state": link.traceState,
+            "attributes": _fast_attributes(link.attributes),
+            "dropped_attributes_count": _fast_uint(link.droppedAttributesCount, _UINT32_MAX),
+        })
+    return {
+        "trace_id": _fast_id(span.traceId, 16),
+        "span_id": _fast_id(span.spanId, 8),
+        "parent_span_id": parent or None,
+        "name": span.name,
+        "kind": _KINDS[kind],  # type: ignore[typeddict-item]
+        "service_name": resource.service_name,
+        "service_instance_id": resource.service_instance_id,
+        "start_time_unix_nano": _fast_uint(span.startTimeUnixNano, _UINT64_MAX),
+        "end_time_unix_nano": _fast_uint(span.endTimeUnixNano, _UINT64_MAX),
+        "status_code": _STATUSES[code],  # type: ignore[typeddict-item]
+        "status_message": status.message or None,
+        "attributes": _fast_attributes(span.attributes),
+        "resource_attributes": dict(resource.resource_attributes) if resource.resource_attributes else None,
+        "trace_state": span.traceState,
+        "scope_name": scope.name,
+        "scope_version": scope.version,
+        "events": [
+            {
+                "time_unix_nano": _fast_uint(event.timeUnixNano, _UINT64_MAX),
+                "name": event.name,
+                "attributes": _fast_attributes(event.attributes),
+                "dropped_attributes_count": _fast_uint(event.droppedAttributesCount, _UINT32_MAX),
+            }
+            for event in span.events
+        ],
+        "links": links,
+        "dropped_attributes_count": _fast_uint(span.droppedAttributesCount, _UINT32_MAX),
+        "dropped_events_count": _fast_uint(span.droppedEventsCount, _UINT32_MAX),
+        "dropped_links_count": _fast_uint(span.droppedLinksCount, _UINT32_MAX),
+    }
+
+
+def _fast_request(request: _JRequest) -> OtlpSpans:
+    """A message of the fast path's shape, mapped (raises _Unusual at the first shape it leaves to the mapper)."""
+    result = OtlpSpans()
+    index = 0
+    for resource_spans in request.resourceSpans:
+        resource = _fast_resource(resource_spans.resource)
+        for scope_spans in resource_spans.scopeSpans:
+            scope = _fast_scope(scope_spans.scope)
+            for span in scope_spans.spans:
+                try:
+                    record = _fast_span_record(resource, scope, span)
+                except InvalidRecordError as error:
+                    result.errors.append(OtlpSpanError(index, INVALID_SPAN, f"span {index}: {error}"))
+                else:
+                    _keep(result, index, record)
+                index += 1
+    result.span_count = index
+    return result
+
+
 def _json_list(obj: Mapping[str, Any], camel: str, snake: str, where: str) -> list[Any]:
     value = _field(obj, camel, snake)
     if value is None:
@@ -369,8 +652,18 @@ def decode_otlp_json(data: bytes | str, *, max_message_bytes: int = DEFAULT_MAX_
     """
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
+    data = _check_size(data, max_message_bytes)
     try:
-        request = orjson.loads(_check_size(data, max_message_bytes))
+        return _fast_request(_JSON_DECODER.decode(data))
+    except Exception:  # noqa: BLE001 - _Unusual, msgspec's typing, bad UTF-8: the per-span path says what is wrong
+        pass
+    return _mapped_json(data)
+
+
+def _mapped_json(data: bytes) -> OtlpSpans:
+    """The per-span path: orjson, then the protobuf JSON mapper on each resource, scope and span."""
+    try:
+        request = orjson.loads(data)
     except orjson.JSONDecodeError as error:
         raise DecodeError(DecodeErrorKind.MALFORMED, f"not OTLP/JSON: {error}", _RECORD_NAME) from None
     if not isinstance(request, dict):

@@ -433,3 +433,88 @@ def test_otlp_out_types_and_the_derived_answer_wins() -> None:
     assert attributes["reload.version_at_end.model"] == AnyValue(string_value="m3")
     assert attributes["reload.reload_id.model"] == AnyValue(string_value="r2")
     assert attributes["x"] == AnyValue(int_value=1)
+
+
+# --- the fast OTLP/JSON path gives exactly the protobuf mapper's answers -------------------------------------
+
+scalars = st.one_of(
+    st.builds(lambda v: AnyValue(string_value=v), st.text(max_size=8)),
+    st.builds(lambda v: AnyValue(int_value=v), st.integers(-(2**63), 2**63 - 1)),
+    st.builds(lambda v: AnyValue(double_value=v), st.floats(allow_nan=False, allow_infinity=False)),
+    st.builds(lambda v: AnyValue(bool_value=v), st.booleans()),
+    st.builds(lambda v: AnyValue(bytes_value=v), st.binary(max_size=8)),
+    st.just(AnyValue()),
+)
+any_values = st.recursive(scalars, lambda inner: st.one_of(
+    st.builds(lambda vs: AnyValue(array_value=ArrayValue(values=vs)), st.lists(inner, max_size=3)),
+    st.builds(lambda kvs: AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key=k, value=v) for k, v in kvs])),
+              st.lists(st.tuples(st.text(max_size=4), inner), max_size=3)),
+), max_leaves=6)
+key_values = st.lists(st.builds(lambda k, v: KeyValue(key=k, value=v), st.sampled_from(["a", "b", "service.name", "x.y"]),
+                                any_values), max_size=4)
+ids16, ids8 = st.binary(min_size=16, max_size=16), st.binary(min_size=8, max_size=8)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    for _ in range(draw(st.integers(1, 2))):
+        resource_spans = request.resource_spans.add()
+        resource_spans.resource.attributes.extend(draw(key_values))
+        resource_spans.resource.dropped_attributes_count = draw(st.integers(0, 3))
+        for _ in range(draw(st.integers(1, 2))):
+            scope_spans = resource_spans.scope_spans.add()
+            scope_spans.scope.name, scope_spans.scope.version = draw(st.text(max_size=5)), draw(st.text(max_size=3))
+            for _ in range(draw(st.integers(0, 3))):
+                start = draw(st.integers(0, 2**64 - 1))
+                span = scope_spans.spans.add(
+                    trace_id=draw(ids16 | st.just(b"")), span_id=draw(ids8), parent_span_id=draw(ids8 | st.just(b"")),
+                    name=draw(st.text(max_size=6)), kind=draw(st.integers(0, 7)), trace_state=draw(st.text(max_size=5)),
+                    start_time_unix_nano=start, end_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+                    dropped_attributes_count=draw(st.integers(0, 2**32 - 1)), flags=draw(st.integers(0, 2**32 - 1)),
+                )
+                span.attributes.extend(draw(key_values))
+                span.status.code, span.status.message = draw(st.integers(0, 3)), draw(st.text(max_size=5))
+                for _ in range(draw(st.integers(0, 2))):
+                    span.events.add(time_unix_nano=draw(st.integers(0, 2**64 - 1)), name=draw(st.text(max_size=4)),
+                                    attributes=draw(key_values))
+                for _ in range(draw(st.integers(0, 2))):
+                    span.links.add(trace_id=draw(ids16), span_id=draw(ids8), trace_state=draw(st.text(max_size=4)),
+                                   attributes=draw(key_values), dropped_attributes_count=draw(st.integers(0, 9)))
+    return request
+
+
+def _slow_json(monkeypatch: pytest.MonkeyPatch):
+    import schemas.otlp as otlp
+
+    def unusual(*_args):
+        raise otlp._Unusual
+
+    for name in ("_fast_span_record", "_fast_resource", "_fast_scope"):
+        monkeypatch.setattr(otlp, name, unusual)
+
+
+def _answers(decoded) -> tuple:
+    return decoded.spans, decoded.reloads, [(error.index, error.error_kind) for error in decoded.errors]
+
+
+@settings(max_examples=300)
+@given(request=requests())
+def test_fast_json_equals_the_protobuf_mapper_and_the_binary_decode(request: ExportTraceServiceRequest) -> None:
+    data = otlp_json_bytes(request)
+    fast = decode_otlp_json(data)
+    assert _answers(fast) == _answers(decode_otlp_proto(request.SerializeToString()))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _slow_json(monkeypatch)
+        assert _answers(decode_otlp_json(data)) == _answers(fast)
+
+
+def test_the_collector_json_shape_never_needs_the_protobuf_mapper(monkeypatch: pytest.MonkeyPatch) -> None:
+    import schemas.otlp as otlp
+
+    def refuse(*_args):
+        raise AssertionError("the fast path fell back")
+
+    monkeypatch.setattr(otlp, "_parse_json", refuse)
+    decoded = decode_otlp_json(REAL_JSON)
+    assert decoded.errors == [] and len(decoded.spans) == len(record_traffic().spans)
