@@ -1,21 +1,18 @@
 """OTLP traces in and out: ``ExportTraceServiceRequest`` messages <-> contract Span records (pure).
 
-In: ``otlp_proto`` (binary protobuf) and ``otlp_json`` (OTLP/JSON: hex ids, enums as integers or
-names, 64-bit integers as strings or numbers, unknown fields ignored), as the Collector's
-kafkaexporter writes them; one message gives many spans. Resource ``service.name`` (default
-``unknown_service``) and ``service.instance.id`` (default '') become the contract fields, the other
-resource attributes ``resource_attributes``; ids become lowercase hex; kind and status become the
-contract enums (``SPAN_KIND_UNSPECIFIED`` is INTERNAL). Attribute values: string, bool, int and
-double as they are; bytes as base64 text; arrays and kvlists as compact JSON text (nested bytes as
-base64 strings, empty values as null); an attribute with no value is left out. Events, links,
-trace_state, scope name/version and dropped counts are kept (``Span.v2``). A span following the
-reload span convention (:mod:`schemas.reload_span`) also gives a ReloadEvent.
+In: ``otlp_proto`` and ``otlp_json`` (hex ids, enums as numbers or names, 64-bit integers as strings
+or numbers, unknown fields ignored) as the Collector's kafkaexporter writes them; one message, many
+spans. Resource ``service.name`` (default ``unknown_service``) and ``service.instance.id`` (default
+'') become the contract fields, the rest ``resource_attributes``; ids lowercase hex; kind and status
+the contract enums (UNSPECIFIED kind is INTERNAL). Values: string, bool, int, double as they are;
+bytes as base64; arrays and kvlists as compact JSON text; a value-less attribute is left out.
+Events, links, trace_state, scope and dropped counts are kept (``Span.v2``); a reload span
+(:mod:`schemas.reload_span`) also gives a ReloadEvent. Out: enriched spans as ``otlp_proto``, one
+message per trace keyed by its hex id, the answer as ``reload.*`` attributes.
 
-Guarantees: a message that does not parse (or is over ``max_message_bytes``) raises
-:class:`~schemas.errors.DecodeError` and nothing else; otherwise every span is either returned
-valid by ``schemas.records.validate_span`` or reported as an :class:`OtlpSpanError` with its index
-in the message, and the good spans are kept. Out: enriched spans as ``otlp_proto``, one message per
-trace keyed by the hex trace id, the enrichment as ``reload.*`` span attributes (README).
+Guarantees: a message that does not parse (or exceeds ``max_message_bytes``) raises
+:class:`~schemas.errors.DecodeError` and nothing else; otherwise each span is returned valid by
+``validate_span`` or reported as an :class:`OtlpSpanError` with its index, the good spans kept.
 """
 
 from __future__ import annotations

@@ -197,6 +197,8 @@ class Collector:
         http_port / grpc_port: the OTLP receiver's ports, when the config has one (for readiness
             and :attr:`otlp_http_endpoint`).
         binary: default the built one.
+        extra_config_paths: more config files, merged over ``config`` by the Collector (maps merge, lists
+            are replaced), e.g. a snippet a user pastes.
     """
 
     config: dict[str, Any]
@@ -204,6 +206,7 @@ class Collector:
     http_port: int | None = None
     grpc_port: int | None = None
     binary: Path = BINARY
+    extra_config_paths: tuple[Path, ...] = ()
     _process: ManagedProcess | None = field(default=None, init=False, repr=False)
 
     @property
@@ -232,7 +235,10 @@ class Collector:
         work_dir.mkdir(parents=True, exist_ok=True)
         config_path = work_dir / "config.yaml"
         config_path.write_text(json.dumps(self.config, indent=2))
-        self._process = ManagedProcess([str(self.binary), "--config", f"file:{config_path}"], log_path=self.log_path)
+        command = [str(self.binary), "--config", f"file:{config_path}"]
+        for extra in self.extra_config_paths:
+            command += ["--config", f"file:{Path(extra).resolve()}"]
+        self._process = ManagedProcess(command, log_path=self.log_path)
         self._process.start()
         deadline = time.monotonic() + timeout_s
         while True:
