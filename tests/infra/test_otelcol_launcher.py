@@ -21,7 +21,8 @@ def test_config_builders_refuse_unknown_encodings_and_split_brokers() -> None:
     with pytest.raises(ValueError, match="encoding"):
         kafka_receiver("127.0.0.1:9092", topic="t", encoding="json", group_id="g")
     exporter = kafka_exporter(" a:1, b:2 ", encoding="otlp_json", partition_traces_by_id=True)
-    assert exporter["brokers"] == ["a:1", "b:2"] and exporter["traces"] == {"topic": "otlp_spans", "encoding": "otlp_json"}
+    assert exporter["brokers"] == ["a:1", "b:2"]
+    assert exporter["traces"] == {"topic": "otlp_spans", "encoding": "otlp_json"}
     config = collector_config({"otlp": {}}, {"kafka": exporter}, {"traces": (["otlp"], ["kafka"])})
     assert config["service"]["pipelines"] == {"traces": {"receivers": ["otlp"], "exporters": ["kafka"]}}
     assert config["service"]["telemetry"]["metrics"] == {"level": "none"}  # no port 8888 to collide on

@@ -36,7 +36,9 @@ def collector_binary() -> Path:
 
 
 @pytest.fixture
-def start_collector(collector_binary: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[Collector], Collector]]:
+def start_collector(
+    collector_binary: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[Collector], Collector]]:
     """``start(collector)`` starts it and registers it to be stopped after the test."""
     started: list[Collector] = []
 

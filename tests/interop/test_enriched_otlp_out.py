@@ -56,12 +56,13 @@ def test_the_collector_kafkareceiver_reads_enriched_spans_with_their_versions(
         assert attributes["reload.version_at_end.model"] == span["versions_at_end"]["model"]
         assert attributes["reload.reload_id.model"] == span["reload_ids"]["model"]
         assert attributes[MID_FLIGHT] is span["mid_flight"]
-        assert attributes[MID_FLIGHT_RELOAD_IDS] == ('["%s"]' % span["mid_flight_reload_ids"][0]
-                                                     if span["mid_flight"] else "[]")
+        ids = f'["{span["mid_flight_reload_ids"][0]}"]' if span["mid_flight"] else "[]"
+        assert attributes[MID_FLIGHT_RELOAD_IDS] == ids
         assert attributes[ENRICHMENT_REVISION] == span["enrichment_revision"]
         assert attributes["gen_ai.request.model"] == span["attributes"]["gen_ai.request.model"]
         assert (back["trace_state"], back["scope_name"], back["events"][0]["name"]) == ("rojo=1", "gw", "e")
-        assert (back["service_name"], back["service_instance_id"]) == (span["service_name"], span["service_instance_id"])
+        identity = (span["service_name"], span["service_instance_id"])
+        assert (back["service_name"], back["service_instance_id"]) == identity
     log = collector.log_text()  # the debug exporter prints every attribute with its OTLP type
     assert "reload.version.model: Str(m1)" in log and "reload.mid_flight: Bool(true)" in log
     assert "reload.enrichment_revision: Int(3)" in log and "reload.mid_flight.reload_ids: Slice" in log

@@ -450,8 +450,8 @@ any_values = st.recursive(scalars, lambda inner: st.one_of(
     st.builds(lambda kvs: AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key=k, value=v) for k, v in kvs])),
               st.lists(st.tuples(st.text(max_size=4), inner), max_size=3)),
 ), max_leaves=6)
-key_values = st.lists(st.builds(lambda k, v: KeyValue(key=k, value=v), st.sampled_from(["a", "b", "service.name", "x.y"]),
-                                any_values), max_size=4)
+attribute_keys = st.sampled_from(["a", "b", "service.name", "x.y"])
+key_values = st.lists(st.builds(lambda k, v: KeyValue(key=k, value=v), attribute_keys, any_values), max_size=4)
 ids16, ids8 = st.binary(min_size=16, max_size=16), st.binary(min_size=8, max_size=8)
 
 
