@@ -42,3 +42,14 @@ def test_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
     collector = Collector({}, tmp_path, binary=tmp_path / "nope")
     with pytest.raises(CollectorError, match="python -m infra.otelcol build"):
         collector.start()
+
+
+def test_a_failed_build_does_not_stop_make_test_but_is_reported(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def failing(**_kwargs):
+        raise CollectorError("go build of the Collector failed (exit 1): module lookup disabled")
+
+    monkeypatch.setattr(launcher, "go_binary", lambda: "/usr/bin/go")
+    monkeypatch.setattr(launcher, "build", failing)
+    assert launcher.main(["build", "--if-go"]) == 0
+    assert "the interop tests will fail with it" in capsys.readouterr().err
+    assert launcher.main(["build"]) == 1
