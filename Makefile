@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCH ?=
 DEMO_ARGS ?=
 
-.PHONY: help venv jars up down status test demo bench fuzz clean
+.PHONY: help venv jars interop up down status test demo bench fuzz clean
 
 help:
 	@echo "make demo    run the pipeline end to end on the embedded defaults"
@@ -30,6 +30,18 @@ $(VENV)/.installed: pyproject.toml
 jars: venv
 	$(BIN)/python -m infra.kafka jars
 
+# What tests/interop needs beyond Python: the OpenTelemetry Collector built from infra/otelcol with the
+# machine's Go (reused while its sources are unchanged), and the JavaScript SDK from npm. Without Go or
+# npm this says so and the tests that need them skip.
+NODE_SDK := tests/interop/node/node_modules/.installed
+interop: venv $(NODE_SDK)
+	$(BIN)/python -m infra.otelcol build --if-go
+
+$(NODE_SDK): tests/interop/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/interop/node --no-audit --no-fund --prefer-offline --loglevel=error && touch $@; \
+	else echo "interop: npm is not on PATH; the second-SDK (Node) test will skip"; fi
+
 up: jars
 	$(BIN)/python -m infra.kafka up --port $(KAFKA_PORT) --data-dir $(KAFKA_DATA_DIR) --partitions $(PARTITIONS)
 
@@ -40,7 +52,7 @@ status: venv
 	$(BIN)/python -m infra.kafka status --port $(KAFKA_PORT) --data-dir $(KAFKA_DATA_DIR)
 
 # A fresh broker on a free port just for the tests, stopped afterwards even when tests fail.
-test: jars
+test: jars interop
 	$(BIN)/python -m infra.kafka run --port 0 --data-dir .kafka-test --fresh -- \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -58,4 +70,4 @@ demo: jars
 	$(BIN)/python -m infra.demo $(DEMO_ARGS)
 
 clean:
-	rm -rf .kafka-test .kafka-bench .kafka-demo data/demo out/demo .pytest_cache build *.egg-info
+	rm -rf .kafka-test .kafka-bench .kafka-demo data/demo out/demo .pytest_cache build *.egg-info infra/otelcol/build

@@ -2,7 +2,8 @@
 
 ``ReloadRegistry`` gathers the handles of one service instance; every reload attempt becomes a
 :class:`~schemas.records.ReloadEvent` handed to the registry's listeners (e.g. a ``ReloadPublisher``)
-and a ``reload <component>`` span.
+and a ``reload <component>`` span whose attributes follow the reload span convention
+(:mod:`schemas.reload_span`): converted back, the span gives the same event.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ from gateway.errors import ReloadRejectedError, UnknownComponentError
 from gateway.pinning import Pinned, current_pin
 from gateway.versioning import Snapshot, changed_keys, content_version, freeze, model_context_of
 from schemas.records import FAILED, SUCCEEDED, ReloadEvent
+from schemas.reload_span import (
+    RELOAD_COMPONENT,
+    RELOAD_ID,
+    RELOAD_NEW_VERSION,
+    RELOAD_SCOPE,
+    RELOAD_SOURCE,
+    SCOPE_INSTANCE,
+    SCOPE_SERVICE,
+    reload_span_attributes,
+)
 
 _LOG = logging.getLogger(__name__)
 _DEFAULT_RELOAD_LOG_SIZE = 4096
@@ -38,9 +49,9 @@ Validator = Callable[[Any], Any]
 HealthCheck = Callable[[Snapshot], Any]
 ReloadListener = Callable[[ReloadEvent], None]
 
-# Attributes of the reload span (control plane).
-RELOAD_ID_ATTRIBUTE = "reload.id"
-RELOAD_COMPONENT_ATTRIBUTE = "reload.component"
+# Attributes of the reload span (control plane): the convention of schemas.reload_span.
+RELOAD_ID_ATTRIBUTE = RELOAD_ID
+RELOAD_COMPONENT_ATTRIBUTE = RELOAD_COMPONENT
 
 
 def _span_ids(span: trace.Span) -> tuple[str | None, str | None]:
@@ -143,6 +154,7 @@ class ReloadHandle:
         reload_id: str | None,
         context: context_api.Context | None,
         carrier: Mapping[str, str] | None,
+        instance_scoped: bool,
     ) -> tuple[Snapshot, trace.Span]:
         requested = self.registry.clock()
         candidate = self._candidate(new_value, version, reload_id or self.registry.new_reload_id(), requested)
@@ -151,11 +163,12 @@ class ReloadHandle:
             context=self.registry.reload_parent_context(context, carrier),
             kind=SpanKind.INTERNAL,
             start_time=requested,
-            attributes={
-                RELOAD_ID_ATTRIBUTE: candidate.reload_id or "",
-                RELOAD_COMPONENT_ATTRIBUTE: self.component,
-                "reload.source": source,
-                "reload.new_version": candidate.version,
+            attributes={  # the rest, known at the end, comes from the event (reload_span_attributes)
+                RELOAD_ID: candidate.reload_id or "",
+                RELOAD_COMPONENT: self.component,
+                RELOAD_SOURCE: source,
+                RELOAD_NEW_VERSION: candidate.version,
+                RELOAD_SCOPE: SCOPE_INSTANCE if instance_scoped else SCOPE_SERVICE,
             },
         )
         return candidate, span
@@ -176,16 +189,7 @@ class ReloadHandle:
             effective = self.registry.clock()
             status = FAILED
         keys = changed_keys(old.value, candidate.value)
-        span.set_attributes(
-            {"reload.old_version": old.version, "reload.status": status, "reload.changed_keys": list(keys)}
-        )
-        if error is None:
-            span.set_status(Status(StatusCode.OK))
-        else:
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-            span.record_exception(error, timestamp=effective)
         trace_id, span_id = _span_ids(span)
-        span.end(end_time=effective)
         event = ReloadEvent(
             reload_id=candidate.reload_id or "",
             service_name=self.registry.service_name,
@@ -202,6 +206,18 @@ class ReloadHandle:
             model_context=dict(candidate.model_context),
             changed_keys=keys,
         )
+        # The span runs from the request to the swap: its own times say them (the convention's defaults).
+        span.set_attributes(
+            reload_span_attributes(
+                event, start_time_unix_nano=candidate.effective_time_unix_nano, end_time_unix_nano=effective
+            )
+        )
+        if error is None:
+            span.set_status(Status(StatusCode.OK))
+        else:
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            span.record_exception(error, timestamp=effective)
+        span.end(end_time=effective)
         self.registry._emit(event, error)
         return event
 
@@ -237,7 +253,7 @@ class ReloadHandle:
             ValueError: ``instance_scoped`` on a registry without an instance id.
         """
         self._check_scope(instance_scoped)
-        candidate, span = self._begin(new_value, version, source, reload_id, context, carrier)
+        candidate, span = self._begin(new_value, version, source, reload_id, context, carrier, instance_scoped)
         error: BaseException | None = None
         try:
             self._check(candidate)
@@ -261,7 +277,7 @@ class ReloadHandle:
         The swap itself never awaits, so concurrent tasks see the old or the new snapshot, never a mix.
         """
         self._check_scope(instance_scoped)
-        candidate, span = self._begin(new_value, version, source, reload_id, context, carrier)
+        candidate, span = self._begin(new_value, version, source, reload_id, context, carrier, instance_scoped)
         error: BaseException | None = None
         try:
             await self._check_async(candidate)

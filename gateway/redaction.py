@@ -11,6 +11,8 @@ span names): the password of a URL's userinfo (``https://user:pw@host``, DSNs su
 deny-list denies (URL query parameters, ``password=...`` in libpq DSNs or messages) and the token
 after ``Bearer`` are replaced (``redacted``, or the salted hash). Secrets in free text with no such
 shape are not found.
+A reload span's ``reload.model_context.<key>`` is denied when ``<key>`` is, so the span never
+carries a model-context entry that the published ReloadEvent drops.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
+
+from schemas.reload_span import RELOAD_MODEL_CONTEXT_PREFIX
 
 _SEGMENT_START = r"(?:^|[._\-])"
 _SEGMENT_END = r"(?:$|[._\-])"
@@ -104,6 +108,8 @@ class Redactor:
     def _match(self, key: str) -> bool:
         if _VERSION_KEYS.match(key):
             return False
+        if key.startswith(RELOAD_MODEL_CONTEXT_PREFIX) and self._match(key[len(RELOAD_MODEL_CONTEXT_PREFIX) :]):
+            return True
         words = _CAMEL_BOUNDARY.sub("_", key)
         return any(pattern.search(key) or pattern.search(words) for pattern in self._compiled)
 

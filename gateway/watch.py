@@ -1,7 +1,8 @@
 """Driving a reload handle from a watched file (a mounted ConfigMap, a file synced from Consul or etcd).
 
 Each poll is traced: a ``fetch <component>`` span (its own trace), parent of the ``reload <component>``
-span when the content changed, so the control-plane trace shows where a version came from.
+span when the content changed, so the control-plane trace shows where a version came from. The fetch
+span carries no ``reload.*`` attribute: that namespace belongs to reload spans (``schemas.reload_span``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class FileWatch:
         with tracer.start_as_current_span(
             f"fetch {self.handle.component}",
             context=context_api.Context(),
-            attributes={"reload.component": self.handle.component, "file.path": str(self.path)},
+            attributes={"fetch.component": self.handle.component, "file.path": str(self.path)},
         ) as span:
             try:
                 data = self.path.read_bytes()

@@ -22,6 +22,8 @@ RELOAD_STATUSES = ("SUCCEEDED", "FAILED")
 SEVERITIES = ("INFO", "WARNING", "CRITICAL")
 SUCCEEDED = "SUCCEEDED"
 FAILED = "FAILED"
+UNKNOWN_SERVICE = "unknown_service"
+"""``service_name`` of a span whose resource has no ``service.name`` (the OpenTelemetry SDK default)."""
 
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
@@ -30,8 +32,27 @@ _INT64_MAX = 2**63 - 1
 AttributeValue = str | bool | int | float
 
 
+class SpanEvent(TypedDict):
+    """A time-stamped annotation of a span (``Span.v2``: ``events``)."""
+
+    time_unix_nano: int
+    name: str
+    attributes: dict[str, AttributeValue]
+    dropped_attributes_count: int
+
+
+class SpanLink(TypedDict):
+    """A link from a span to another span (``Span.v2``: ``links``)."""
+
+    trace_id: str
+    span_id: str
+    trace_state: str
+    attributes: dict[str, AttributeValue]
+    dropped_attributes_count: int
+
+
 class Span(TypedDict):
-    """A finished span (see ``schemas/avro/Span.v1.avsc``)."""
+    """A finished span (see ``schemas/avro/Span.v2.avsc``; the v2 fields may be absent: their defaults)."""
 
     trace_id: str
     span_id: str
@@ -46,10 +67,18 @@ class Span(TypedDict):
     status_message: str | None
     attributes: dict[str, AttributeValue]
     resource_attributes: NotRequired[dict[str, AttributeValue] | None]
+    trace_state: NotRequired[str]
+    scope_name: NotRequired[str]
+    scope_version: NotRequired[str]
+    events: NotRequired[list[SpanEvent]]
+    links: NotRequired[list[SpanLink]]
+    dropped_attributes_count: NotRequired[int]
+    dropped_events_count: NotRequired[int]
+    dropped_links_count: NotRequired[int]
 
 
 class EnrichedSpan(Span):
-    """A span with the versions active when it ran (see ``EnrichedSpan.v1.avsc``)."""
+    """A span with the versions active when it ran (see ``EnrichedSpan.v2.avsc``)."""
 
     versions: dict[str, str]
     versions_at_end: dict[str, str]
@@ -67,6 +96,34 @@ ENRICHMENT_FIELDS = (
     "mid_flight_reload_ids",
     "enrichment_revision",
 )
+
+
+LOSSLESS_FIELDS = (
+    "trace_state",
+    "scope_name",
+    "scope_version",
+    "events",
+    "links",
+    "dropped_attributes_count",
+    "dropped_events_count",
+    "dropped_links_count",
+)
+"""The fields ``Span.v2`` added (all with defaults: see :func:`lossless_defaults`)."""
+_LOSSLESS = frozenset(LOSSLESS_FIELDS)
+
+
+def lossless_defaults() -> dict[str, Any]:
+    """The ``Span.v2`` fields at their schema defaults (fresh lists each call)."""
+    return {
+        "trace_state": "",
+        "scope_name": "",
+        "scope_version": "",
+        "events": [],
+        "links": [],
+        "dropped_attributes_count": 0,
+        "dropped_events_count": 0,
+        "dropped_links_count": 0,
+    }
 
 
 def is_trace_id(value: object) -> bool:
@@ -104,8 +161,60 @@ def _check_attributes(record: Mapping[str, Any], name: str, *, optional: bool) -
             raise InvalidRecordError(f"{name}[{bounded_repr(key)}] must map a string to string/int/float/bool", name)
 
 
+def _check_count(record: Mapping[str, Any], name: str, where: str = "", field: str = "") -> None:
+    value = record.get(name, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _INT64_MAX:
+        raise InvalidRecordError(f"{where}{name} must be a count (integer >= 0), got {value!r}", field or name)
+
+
+def _check_text(record: Mapping[str, Any], name: str, where: str = "", field: str = "") -> None:
+    value = record.get(name, "")
+    if not isinstance(value, str):
+        raise InvalidRecordError(f"{where}{name} must be a string, got {type(value).__name__}", field or name)
+
+
+def _check_lossless(span: Mapping[str, Any], check_attributes: bool) -> None:
+    """The ``Span.v2`` fields, when present: texts, counts, and well-formed events and links."""
+    for name in ("trace_state", "scope_name", "scope_version"):
+        _check_text(span, name)
+    for name in ("dropped_attributes_count", "dropped_events_count", "dropped_links_count"):
+        _check_count(span, name)
+    for list_name in ("events", "links"):
+        items = span.get(list_name, ())
+        if not isinstance(items, (list, tuple)):
+            raise InvalidRecordError(f"{list_name} must be a list, got {type(items).__name__}", list_name)
+        for index, item in enumerate(items):
+            where = f"{list_name}[{index}]."
+            if not isinstance(item, Mapping):
+                raise InvalidRecordError(f"{list_name}[{index}] must be a record, got {type(item).__name__}", list_name)
+            if list_name == "events":
+                try:
+                    _require_int(item, "time_unix_nano")
+                    _require_text(item, "name", allow_empty=True)
+                except InvalidRecordError as error:
+                    raise InvalidRecordError(f"{where}{error}", list_name) from None
+            else:
+                trace_id, span_id = item.get("trace_id"), item.get("span_id")
+                if not is_trace_id(trace_id):
+                    message = f"{where}trace_id must be 32 lowercase hex, not all zero: {trace_id!r}"
+                    raise InvalidRecordError(message, list_name)
+                if not is_span_id(span_id):
+                    message = f"{where}span_id must be 16 lowercase hex, not all zero: {span_id!r}"
+                    raise InvalidRecordError(message, list_name)
+                _check_text(item, "trace_state", where, list_name)
+            _check_count(item, "dropped_attributes_count", where, list_name)
+            if check_attributes and "attributes" in item:
+                try:
+                    _check_attributes(item, "attributes", optional=False)
+                except InvalidRecordError as error:
+                    raise InvalidRecordError(f"{where}{error}", list_name) from None
+
+
 def validate_span(span: Mapping[str, Any], *, check_attributes: bool = True) -> None:
     """Check the contract rules a span must follow beyond its Avro types.
+
+    The ``Span.v2`` fields are checked when present (absent ones mean their defaults): link ids
+    follow the span id rules, event times the timestamp rules, counts are >= 0.
 
     Args:
         check_attributes: False for a span whose attribute maps were parsed (and skipped) by an
@@ -138,6 +247,8 @@ def validate_span(span: Mapping[str, Any], *, check_attributes: bool = True) -> 
     if check_attributes:
         _check_attributes(span, "attributes", optional=False)
         _check_attributes(span, "resource_attributes", optional=True)
+    if not _LOSSLESS.isdisjoint(span.keys()):
+        _check_lossless(span, check_attributes)
 
 
 def check_time_plausible(

@@ -58,6 +58,16 @@ def container(schema: SchemaVersion, bodies: Sequence[bytes]) -> bytes:
     return b"".join((header, _varint(len(bodies)), _varint(len(data)), data, sync))
 
 
+def landing_table(table: str, writer: SchemaVersion) -> str:
+    """The Null table through which ``writer``'s bodies land in ``table`` (``schemas/clickhouse``).
+
+    Version 1 (and a registry schema the store does not know, matched by field names) lands in
+    ``<table>_avro``; version N >= 2 in ``<table>_vN_avro``, which its DDL file adds beside the
+    older ones, so an existing store gains a writer version without changing a shipped statement.
+    """
+    return f"{table}_v{writer.version}_avro" if writer.version >= 2 else f"{table}_avro"
+
+
 def latest_schema(table: str) -> SchemaVersion:
     """The newest contract schema of the records of ``table``."""
     return default_store().latest(TABLE_RECORDS[table])

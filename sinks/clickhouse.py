@@ -28,7 +28,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError, ProgrammingError
 
 from schemas.text import bounded_text
-from sinks.avro_blocks import body_problem, container, encode_body, latest_schema
+from sinks.avro_blocks import body_problem, container, encode_body, landing_table, latest_schema
 from sinks.base import BatchingSink, KafkaRows, SinkBatch, SinkRecord
 from sinks.ddl import apply_schema
 from sinks.errors import (
@@ -72,14 +72,13 @@ _UNREADABLE_INPUT_CODES = frozenset({33, 117, 27, 32, 3, 131, 173, 1001, 1002})
 def _insert_settings(token: str) -> dict[str, Any]:
     """Settings of every insert: the batch's deduplication token, honoured by the views' targets too,
     and no collapsing inside the inserted block (``optimize_on_insert = 0``: measured 3-4x cheaper
-    for spans_enriched; replacing still happens in merges and under FINAL), and fields an older writer
-    schema lacks take the column's default (Avro's resolution of a field added with a default: a
-    DeadLetter.v1 message lands in the v2 columns as NULL / false)."""
+    for spans_enriched; replacing still happens in merges and under FINAL). Each writer version lands
+    through a landing table of its own (:func:`sinks.avro_blocks.landing_table`), so no field is ever
+    missing from a container."""
     return {
         "insert_deduplication_token": token,
         "deduplicate_blocks_in_dependent_materialized_views": 1,
         "optimize_on_insert": 0,
-        "input_format_avro_allow_missing_fields": 1,
     }
 
 
@@ -194,7 +193,8 @@ class ClickHouseSink(BatchingSink):
             self.client.database = self.database
 
     def write(self, batch: SinkBatch) -> None:
-        """Insert the batch's Avro bodies as one container per writer schema into ``<table>_avro``.
+        """Insert the batch's Avro bodies as one container per writer schema into its landing table
+        (``<table>_avro`` for v1, ``<table>_vN_avro`` for vN: :func:`sinks.avro_blocks.landing_table`).
 
         A block ClickHouse refuses as undecodable is checked record by record in Python; the
         records to blame are raised as :class:`UnconvertibleRecordError` (dead-lettered by the
@@ -205,7 +205,7 @@ class ClickHouseSink(BatchingSink):
             token = batch.dedup_token if len(groups) == 1 else f"{batch.dedup_token}#{part}"
             try:
                 self.client.raw_insert(
-                    f"{self.database}.{batch.table}_avro",
+                    f"{self.database}.{landing_table(batch.table, schema)}",
                     None,
                     container(schema, bodies),
                     fmt="Avro",

@@ -67,12 +67,19 @@ def worker(
 
 @app.command()
 def replay(
-    spans: str = typer.Option(..., "--spans", help="Span file (.jsonl or .avro), any order"),
-    reloads: str = typer.Option(..., "--reloads", help="Reload event file (.jsonl or .avro), any order"),
+    spans: str = typer.Option(
+        ..., "--spans", help="Span file (.jsonl, .avro, or OTLP: .otlp.jsonl, .otlp.pb), any order"
+    ),
+    reloads: str = typer.Option(
+        None, "--reloads", help="Reload event file (.jsonl, .avro, or OTLP reload spans); optional with OTLP spans"
+    ),
     out: str = typer.Option(..., "--out", help="Output directory: enriched_spans.jsonl and anomalies.jsonl"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar [default: on a terminal]"),
 ) -> None:
-    """Enrich a span file offline with every reload known, and judge every reload."""
+    """Enrich a span file offline with every reload known, and judge every reload.
+
+    The reload spans of OTLP files (reload.* attributes) are reload events too.
+    """
     from streams.replay import RecordFileError, ReplayError, print_summary, run_replay
 
     try:

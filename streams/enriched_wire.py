@@ -1,15 +1,18 @@
 """Enriched-span messages built from the span's own Avro body plus the encoded enrichment fields.
 
-An EnrichedSpan is a Span followed by six fields (see ``EnrichedSpan.v1.avsc``), and Avro encodes
+An EnrichedSpan is a Span followed by six fields (see ``EnrichedSpan.v2.avsc``), and Avro encodes
 a record as the concatenation of its fields. So when a span message was written with the newest
 Span schema, its body is already the first part of the EnrichedSpan body: the worker appends the
 enrichment fields (memoised, since many spans share one answer) instead of re-encoding the span.
+An older writer whose fields are a prefix of it (``Span.v1``) gets, between body and enrichment,
+the encoded defaults of the fields it lacks: the bytes the slow path would write for them.
 Spans from other writer versions take the slow path (decode, merge, encode).
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +24,20 @@ from schemas.codec import Codec
 from schemas.records import ENRICHMENT_FIELDS
 
 _TAIL_CACHE_LIMIT = 65_536
+_UNKNOWN = object()
+
+
+def _field_shape(field: Mapping[str, Any]) -> tuple[Any, str]:
+    """A field's name and type, as canonical JSON (docs and defaults do not change the bytes)."""
+    return field.get("name"), json.dumps(_without_docs(field.get("type")), sort_keys=True)
+
+
+def _without_docs(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {key: _without_docs(value) for key, value in schema.items() if key not in ("doc", "default")}
+    if isinstance(schema, list):
+        return [_without_docs(item) for item in schema]
+    return schema
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +109,13 @@ class EnrichedEncoder:
         self._enriched_codec = enriched_codec
         span_fields = span_codec.schema.raw["fields"]
         enriched_fields = enriched_codec.schema.raw["fields"]
-        prefix_matches = [field["name"] for field in enriched_fields[: len(span_fields)]] == [
-            field["name"] for field in span_fields
+        prefix_matches = [_field_shape(field) for field in enriched_fields[: len(span_fields)]] == [
+            _field_shape(field) for field in span_fields
         ] and [field["name"] for field in enriched_fields[len(span_fields) :]] == list(ENRICHMENT_FIELDS)
-        self._fast_fingerprint = span_codec.schema.fingerprint if prefix_matches else None
+        self._span_fields = span_fields if prefix_matches else None
+        self._enriched_raw = enriched_codec.schema.raw
+        # writer fingerprint -> bytes between its body and the enrichment tail (None: slow path)
+        self._paddings: dict[bytes, bytes | None] = {}
         self._tail_schema = fastavro.parse_schema(
             {
                 "type": "record",
@@ -121,6 +141,34 @@ class EnrichedEncoder:
             tail = self._tails[key] = buffer.getvalue()
         return tail
 
+    def _padding(self, writer_raw: Mapping[str, Any]) -> bytes | None:
+        """The encoded defaults of the newest Span fields a writer lacks, or None when its body is no prefix."""
+        span_fields = self._span_fields
+        writer_fields = writer_raw.get("fields") if isinstance(writer_raw, Mapping) else None
+        if span_fields is None or not isinstance(writer_fields, list) or len(writer_fields) > len(span_fields):
+            return None
+        # Same names and same types, field by field (a promoted or renamed field re-encodes differently).
+        if any(
+            _field_shape(mine) != _field_shape(theirs) for mine, theirs in zip(span_fields, writer_fields, strict=False)
+        ):
+            return None
+        missing = span_fields[len(writer_fields) :]
+        if not missing:
+            return b""
+        if any("default" not in field for field in missing):
+            return None
+        try:
+            padding_schema = fastavro.parse_schema(
+                {"type": "record", "name": "SpanPadding", "namespace": self._enriched_raw.get("namespace", ""),
+                 "fields": missing},
+                named_schemas={},
+            )
+            buffer = io.BytesIO()
+            schemaless_writer(buffer, padding_schema, {field["name"]: field["default"] for field in missing})
+        except Exception:  # noqa: BLE001 - e.g. a type named in an earlier field: the slow path still works
+            return None
+        return buffer.getvalue()
+
     def encode(self, span_message: bytes, enrichment: Enrichment, revision: int) -> bytes:
         """The EnrichedSpan message for a span message that decodes (callers validated it).
 
@@ -128,9 +176,12 @@ class EnrichedEncoder:
             DecodeError: the span message does not decode.
         """
         writer, offset = self._span_codec.split(span_message)
-        if writer.fingerprint == self._fast_fingerprint:
+        padding = self._paddings.get(writer.fingerprint, _UNKNOWN)
+        if padding is _UNKNOWN:
+            padding = self._paddings[writer.fingerprint] = self._padding(writer.raw)
+        if padding is not None:
             self.fast_path += 1
-            return self._enriched_codec.frame(span_message[offset:] + self._tail(enrichment, revision))
+            return self._enriched_codec.frame(span_message[offset:] + padding + self._tail(enrichment, revision))
         self.slow_path += 1
         merged = {**self._span_codec.decode(span_message), **enrichment.fields(revision)}
         # Fields the EnrichedSpan schema does not know (a newer Span) are not carried.

@@ -1,13 +1,16 @@
 """Offline replay: enrich a file of spans with a file of reloads, every reload known (``reloadtrace replay``).
 
-Reads spans and reloads from JSON Lines or Avro container files (format by extension, in any
-order), loads every reload into a :class:`~streams.timeline.VersionTimeline` first, then streams
-the spans once, in file order, writing ``enriched_spans.jsonl`` (revision 0: with all reloads known
-there is nothing to correct) and ``anomalies.jsonl``. The answers are those the streaming worker
-converges to (same :func:`~streams.enriched_wire.enrichment_of`).
+Reads spans and reloads from JSON Lines or Avro container files, or spans from OTLP files
+(``.otlp.jsonl``, ``.otlp.pb``: :mod:`schemas.otlp_files`), whose reload spans are reload events
+too (format by name, records in any order). Loads every reload into a
+:class:`~streams.timeline.VersionTimeline` first, then streams the spans once, in file order,
+writing ``enriched_spans.jsonl`` (revision 0: with all reloads known there is nothing to correct)
+and ``anomalies.jsonl``. The answers are those the streaming worker converges to (same
+:func:`~streams.enriched_wire.enrichment_of`).
 
-Guarantees: every input record is either written or reported as skipped (file, line or record
-number, reason); the output holds spans in input order. Non-guarantees: a reload_id present twice
+Guarantees: every input record is either written or reported as skipped (file, line, record or
+message number, reason; an OTLP span also by its index in the message); the output holds spans in
+input order. Non-guarantees: a reload_id present twice
 with different content keeps its first occurrence in file order (the worker keeps the first in
 arrival order); timestamps are not checked against a clock (there is none offline).
 
@@ -33,7 +36,17 @@ import orjson
 
 from schemas.errors import InvalidRecordError, ReloadtraceError
 from schemas.files import SUFFIXES, RecordFileError, read_records
-from schemas.records import ENRICHMENT_FIELDS, SPAN_KINDS, STATUS_CODES, ReloadEvent, Span, validate_span
+from schemas.otlp import INVALID_SPAN
+from schemas.otlp_files import OTLP_SUFFIXES, otlp_suffix, read_otlp_messages
+from schemas.records import (
+    ENRICHMENT_FIELDS,
+    LOSSLESS_FIELDS,
+    SPAN_KINDS,
+    STATUS_CODES,
+    ReloadEvent,
+    Span,
+    validate_span,
+)
 from schemas.text import bounded_repr, safe_text
 from streams.enriched_wire import enrichment_of
 from streams.timeline import VersionTimeline
@@ -51,6 +64,9 @@ _ZERO_TRACE_ID, _ZERO_SPAN_ID = "0" * 32, "0" * 16
 _KINDS, _STATUS_CODES = frozenset(SPAN_KINDS), frozenset(STATUS_CODES)
 _ATTRIBUTE_TYPES = frozenset((str, bool, int, float))
 _INT64_MAX = 2**63 - 1
+_V1_FIELD_COUNT = _SPAN_FIELD_COUNT - len(LOSSLESS_FIELDS)
+_LOSSLESS_TEXTS = ("trace_state", "scope_name", "scope_version")
+_LOSSLESS_COUNTS = ("dropped_attributes_count", "dropped_events_count", "dropped_links_count")
 
 
 def plainly_valid(span: dict[str, Any]) -> bool:
@@ -93,7 +109,48 @@ def plainly_valid(span: dict[str, Any]) -> bool:
         for key, value in resource.items():
             if type(key) is not str or type(value) not in types:
                 return False
+    if len(span) > _V1_FIELD_COUNT:  # the Span.v2 fields (absent ones are their defaults)
+        for name in _LOSSLESS_TEXTS:
+            if type(get(name, "")) is not str:
+                return False
+        for name in _LOSSLESS_COUNTS:
+            count = get(name, 0)
+            if type(count) is not int or not 0 <= count <= _INT64_MAX:
+                return False
+        events, links = get("events", ()), get("links", ())
+        if type(events) not in (list, tuple) or type(links) not in (list, tuple):
+            return False
+        for event in events:
+            if type(event) is not dict:
+                return False
+            time_unix_nano, name = event.get("time_unix_nano"), event.get("name")
+            count = event.get("dropped_attributes_count", 0)
+            if type(time_unix_nano) is not int or not 0 <= time_unix_nano <= _INT64_MAX or type(name) is not str:
+                return False
+            if type(count) is not int or not 0 <= count <= _INT64_MAX or not _plain_map(event.get("attributes", {})):
+                return False
+        for link in links:
+            if type(link) is not dict:
+                return False
+            trace_id, span_id = link.get("trace_id"), link.get("span_id")
+            count = link.get("dropped_attributes_count", 0)
+            if type(trace_id) is not str or not _TRACE_ID(trace_id) or trace_id == _ZERO_TRACE_ID:
+                return False
+            if type(span_id) is not str or not _SPAN_ID(span_id) or span_id == _ZERO_SPAN_ID:
+                return False
+            if type(link.get("trace_state", "")) is not str or type(count) is not int or not 0 <= count <= _INT64_MAX:
+                return False
+            if not _plain_map(link.get("attributes", {})):
+                return False
     return True
+
+
+def _plain_map(attributes: Any) -> bool:
+    """A dict of str to str/bool/int/float (the attribute rule of validate_span)."""
+    if type(attributes) is not dict:
+        return False
+    types = _ATTRIBUTE_TYPES
+    return all(type(key) is str and type(value) in types for key, value in attributes.items())
 
 
 class ReplayError(ReloadtraceError):
@@ -146,14 +203,34 @@ class ReplaySummary:
             self.skipped.append(SkippedRecord(str(path), position, reason))
 
 
-def load_reloads(path: Path | str, summary: ReplaySummary | None = None) -> VersionTimeline:
+def load_reloads(
+    path: Path | str | None, summary: ReplaySummary | None = None, timeline: VersionTimeline | None = None
+) -> VersionTimeline:
     """Every valid reload of a file in a timeline; invalid and conflicting ones are reported in ``summary``.
+
+    An OTLP file gives the reload events of its reload spans (``schemas.reload_span``); None, no reloads.
 
     Raises:
         RecordFileError: the file is unreadable.
     """
+    timeline = timeline if timeline is not None else VersionTimeline()
+    if path is None:
+        return timeline
     path = Path(path)
-    timeline = VersionTimeline()
+    if otlp_suffix(path) is not None:
+        for message in read_otlp_messages(path):
+            if message.decoded is None:
+                continue  # reported once, with the spans, when the file is also the span file
+            for reload in message.decoded.reloads:
+                if summary is not None:
+                    summary.reloads_read += 1
+                _add_reload(timeline, reload, summary, path, message.position)
+            for error in message.decoded.errors:
+                if error.error_kind != INVALID_SPAN:
+                    if summary is not None:
+                        summary.reloads_read += 1
+                    _count_skipped_reload(summary, path, message.position, error.error)
+        return timeline
     for item in read_records(path):
         if summary is not None:
             summary.reloads_read += 1
@@ -165,19 +242,25 @@ def load_reloads(path: Path | str, summary: ReplaySummary | None = None) -> Vers
         except InvalidRecordError as error:
             _count_skipped_reload(summary, path, item.position, f"invalid reload: {error}")
             continue
-        try:
-            added = timeline.add(reload)
-        except ValueError as error:
-            _count_skipped_reload(summary, path, item.position, f"conflicting reload: {error}")
-            if summary is not None:
-                summary.conflicting_reloads += 1
-            continue
-        if summary is not None:
-            if added:
-                summary.reloads_used += 1
-            else:
-                summary.duplicate_reloads += 1
+        _add_reload(timeline, reload, summary, path, item.position)
     return timeline
+
+
+def _add_reload(
+    timeline: VersionTimeline, reload: ReloadEvent, summary: ReplaySummary | None, path: Path, position: int
+) -> None:
+    try:
+        added = timeline.add(reload)
+    except ValueError as error:
+        _count_skipped_reload(summary, path, position, f"conflicting reload: {error}")
+        if summary is not None:
+            summary.conflicting_reloads += 1
+        return
+    if summary is not None:
+        if added:
+            summary.reloads_used += 1
+        else:
+            summary.duplicate_reloads += 1
 
 
 def _count_skipped_reload(summary: ReplaySummary | None, path: Path, position: int, reason: str) -> None:
@@ -200,9 +283,27 @@ def _avro_records(path: Path, handle: BinaryIO) -> Iterator[dict[str, Any]]:
         raise RecordFileError(f"{path}: not a readable Avro container file (after record {position}): {bounded_repr(error)}") from error
 
 
+def _otlp_spans(path: Path, handle: BinaryIO, summary: ReplaySummary) -> Iterator[dict[str, Any]]:
+    """The valid spans of an OTLP file; unparsable messages and invalid spans are reported as skipped."""
+    for message in read_otlp_messages(path, handle):
+        if message.decoded is None:
+            summary.spans_read += 1
+            summary.spans_skipped += 1
+            summary._skip(path, message.position, f"not an OTLP message: {message.error}")
+            continue
+        for error in message.decoded.errors:
+            if error.error_kind == INVALID_SPAN:
+                summary.spans_read += 1
+                summary.spans_skipped += 1
+                summary._skip(path, message.position, f"invalid span: {error.error}")
+        yield from message.decoded.spans
+
+
 def _open_input(path: Path) -> BinaryIO:
-    if path.suffix.lower() not in SUFFIXES:
-        raise RecordFileError(f"{path}: unknown extension {path.suffix!r}; use .jsonl or .avro")
+    if path.suffix.lower() not in SUFFIXES and otlp_suffix(path) is None:
+        raise RecordFileError(
+            f"{path}: unknown extension {path.suffix!r}; use .jsonl, .avro, {' or '.join(OTLP_SUFFIXES)}"
+        )
     try:
         return path.open("rb")
     except OSError as error:
@@ -225,13 +326,15 @@ def _enrichment_tail(answer: Any) -> bytes:
 
 def run_replay(
     spans_path: Path | str,
-    reloads_path: Path | str,
+    reloads_path: Path | str | None,
     out_dir: Path | str,
     *,
     progress: bool | None = None,
     detect: bool = True,
 ) -> ReplaySummary:
     """Enrich every span of ``spans_path`` with every reload of ``reloads_path`` into ``out_dir``.
+
+    The reload spans of an OTLP ``spans_path`` are reloads too; ``reloads_path`` may then be None.
 
     Args:
         progress: show a progress bar; default: only when stderr is a terminal.
@@ -241,11 +344,18 @@ def run_replay(
         RecordFileError: an input file cannot be read (missing, unknown extension, corrupt Avro).
         ReplayError: the output directory cannot be written, or detection refused the input.
     """
-    spans_path, reloads_path, out = Path(spans_path), Path(reloads_path), Path(out_dir)
-    summary = ReplaySummary(spans_path, reloads_path, out / ENRICHED_FILE, out / ANOMALIES_FILE)
+    spans_path, out = Path(spans_path), Path(out_dir)
+    reloads = Path(reloads_path) if reloads_path is not None else None
+    summary = ReplaySummary(spans_path, reloads or spans_path, out / ENRICHED_FILE, out / ANOMALIES_FILE)
     started = time.perf_counter()
-    timeline = load_reloads(reloads_path, summary)
+    timeline = load_reloads(reloads, summary)
     handle = _open_input(spans_path)
+    if otlp_suffix(spans_path) is not None and spans_path != reloads:
+        try:
+            load_reloads(spans_path, summary, timeline)
+        except RecordFileError:
+            handle.close()
+            raise
     try:
         out.mkdir(parents=True, exist_ok=True)
         output = summary.enriched_path.open("wb")
@@ -294,14 +404,15 @@ def _enrich_all(
 ) -> None:
     # The hot loop: locals only, one dict per span (the decoded record), no per-span objects;
     # JSON lines are parsed inline (no generator), output lines are joined and written in chunks.
-    jsonl = path.suffix.lower() == ".jsonl"
+    otlp = otlp_suffix(path) is not None
+    jsonl = not otlp and path.suffix.lower() == ".jsonl"
     loads, dumps, validate, plainly = orjson.loads, orjson.dumps, validate_span, plainly_valid
     json_error = orjson.JSONDecodeError
     cache: dict[tuple[str, str], tuple[list[int], dict[tuple[int, int], bytes]]] = {}
     bar = _ProgressBar(path) if show_progress else None
     chunk: list[bytes] = []
     append = chunk.append
-    source: Any = handle if jsonl else _avro_records(path, handle)
+    source: Any = _otlp_spans(path, handle, summary) if otlp else handle if jsonl else _avro_records(path, handle)
     span_fields = _SPAN_FIELD_COUNT
     position = written = 0
     try:
@@ -407,7 +518,8 @@ def print_summary(summary: ReplaySummary, *, shown: int = 20) -> None:
         if count:
             errors.print(safe_text(f"skipped {count} invalid {label} in {path}:"))
     for skipped in summary.skipped[:shown]:
-        unit = "line" if skipped.path.lower().endswith(".jsonl") else "record"
+        name = skipped.path.lower()
+        unit = "message" if name.endswith(".otlp.pb") else "line" if name.endswith(".jsonl") else "record"
         errors.print(safe_text(f"  {skipped.path} {unit} {skipped.position}: {skipped.reason}", 2_000))
     if len(summary.skipped) > shown or summary.spans_skipped + summary.reloads_skipped > len(summary.skipped[:shown]):
         rest = summary.spans_skipped + summary.reloads_skipped - min(shown, len(summary.skipped))

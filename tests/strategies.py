@@ -25,8 +25,51 @@ attribute_maps = st.dictionaries(keys, attribute_values, max_size=8)
 timestamps = st.integers(min_value=0, max_value=2**62)
 
 
+counts = st.integers(min_value=0, max_value=2**32 - 1)
+trace_states = st.sampled_from(["", "rojo=00f067aa0ba902b7", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"])
+span_events = st.fixed_dictionaries(
+    {
+        "time_unix_nano": timestamps,
+        "name": st.text(max_size=20),
+        "attributes": attribute_maps,
+        "dropped_attributes_count": counts,
+    }
+)
+span_links = st.fixed_dictionaries(
+    {
+        "trace_id": trace_ids,
+        "span_id": span_ids,
+        "trace_state": trace_states,
+        "attributes": attribute_maps,
+        "dropped_attributes_count": counts,
+    }
+)
+
+
+@st.composite
+def lossless_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """The ``Span.v2`` fields: events, links, trace_state, scope, dropped counts."""
+    return {
+        "trace_state": draw(trace_states),
+        "scope_name": draw(st.text(max_size=20)),
+        "scope_version": draw(st.text(max_size=10)),
+        "events": draw(st.lists(span_events, max_size=3)),
+        "links": draw(st.lists(span_links, max_size=2)),
+        "dropped_attributes_count": draw(counts),
+        "dropped_events_count": draw(counts),
+        "dropped_links_count": draw(counts),
+    }
+
+
 @st.composite
 def spans(draw: st.DrawFn) -> dict[str, Any]:
+    """A ``Span.v2`` record with every field (so a decode gives it back whole)."""
+    return {**draw(spans_v1()), **draw(lossless_fields())}
+
+
+@st.composite
+def spans_v1(draw: st.DrawFn) -> dict[str, Any]:
+    """A record with the ``Span.v1`` fields only (what an old producer writes)."""
     start = draw(timestamps)
     return {
         "trace_id": draw(trace_ids),
@@ -66,11 +109,16 @@ def reload_events(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+def enriched_spans_v1() -> st.SearchStrategy[dict[str, Any]]:
+    """A record with the ``EnrichedSpan.v1`` fields only."""
+    return enriched_spans(spans_v1())
+
+
 @st.composite
-def enriched_spans(draw: st.DrawFn) -> dict[str, Any]:
+def enriched_spans(draw: st.DrawFn, span_records: st.SearchStrategy[dict[str, Any]] | None = None) -> dict[str, Any]:
     versions = st.dictionaries(keys, names, max_size=4)
     return {
-        **draw(spans()),
+        **draw(span_records if span_records is not None else spans()),
         "versions": draw(versions),
         "versions_at_end": draw(versions),
         "reload_ids": draw(versions),

@@ -2,19 +2,33 @@
 -- to be carried whole keeps only a prefix of its bytes (raw_key / raw_value), with
 -- raw_key_length, raw_value_length, raw_value_sha256 (lowercase hex of the whole value) and
 -- truncated = true. Rows from DeadLetter.v1 writers have NULL lengths and hash and truncated = false.
--- Added to databases made before v2 (ALTER ... IF NOT EXISTS; re-running changes nothing), to the
--- Avro landing table and to its view.
+-- Added to databases made before v2 (ALTER ... IF NOT EXISTS; re-running changes nothing). v2
+-- messages land through a landing table of their own (dead_letters_v2_avro, as for every writer
+-- version >= 2: sinks.avro_blocks.landing_table), so the v1 landing table and its view stay as shipped.
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS raw_key_length Nullable(Int64) AFTER dead_lettered_time;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS raw_value_length Nullable(Int64) AFTER raw_key_length;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS raw_value_sha256 Nullable(String) AFTER raw_value_length;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS truncated Bool DEFAULT false AFTER raw_value_sha256;
 
-ALTER TABLE dead_letters_avro ADD COLUMN IF NOT EXISTS raw_key_length Nullable(Int64);
-ALTER TABLE dead_letters_avro ADD COLUMN IF NOT EXISTS raw_value_length Nullable(Int64);
-ALTER TABLE dead_letters_avro ADD COLUMN IF NOT EXISTS raw_value_sha256 Nullable(String);
-ALTER TABLE dead_letters_avro ADD COLUMN IF NOT EXISTS truncated Bool DEFAULT false;
+CREATE TABLE IF NOT EXISTS dead_letters_v2_avro
+(
+    source_topic String,
+    source_partition Int32,
+    source_offset Int64,
+    raw_key Nullable(String),
+    raw_value Nullable(String),
+    error_kind String,
+    error String,
+    stage String,
+    dead_lettered_time_unix_nano Int64,
+    raw_key_length Nullable(Int64),
+    raw_value_length Nullable(Int64),
+    raw_value_sha256 Nullable(String),
+    truncated Bool
+)
+ENGINE = Null;
 
-ALTER TABLE dead_letters_from_avro MODIFY QUERY
+CREATE MATERIALIZED VIEW IF NOT EXISTS dead_letters_from_v2_avro TO dead_letters AS
 SELECT
     source_topic,
     source_partition,
@@ -29,4 +43,4 @@ SELECT
     raw_value_length,
     raw_value_sha256,
     truncated
-FROM dead_letters_avro;
+FROM dead_letters_v2_avro;

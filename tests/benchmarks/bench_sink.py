@@ -4,7 +4,7 @@ Rows are EnrichedSpan Kafka messages (single-object Avro, ~410 bytes, 5 span att
 attributes, 2 versions) pre-filled into ``spans.enriched`` (4 partitions) on the broker of
 ``KAFKA_BOOTSTRAP_SERVERS``. "Sink ingest" is :class:`sinks.consumer.SinkConsumer` as the worker runs
 it (default settings but the data directory): consume, header check, batches sealed every
-``flush_rows`` and written by the writer threads as Avro containers into ``spans_enriched_avro``
+``flush_rows`` and written by the writer threads as Avro containers into ``spans_enriched_v2_avro``
 (ClickHouse decodes and converts, the two materialized views run), offsets committed in order. It is
 timed from the first message read to the commit of the last one (the group join before is not).
 
@@ -45,7 +45,7 @@ from infra.kafka import create_topics
 from schemas.codec import codec_for
 from schemas.settings import KafkaSettings
 from schemas.topics import TopicNames
-from sinks.avro_blocks import container
+from sinks.avro_blocks import container, landing_table
 from sinks.clickhouse import ClickHouseSink, open_client
 from sinks.consumer import SinkConsumer
 from sinks.ddl import apply_schema
@@ -316,7 +316,7 @@ def main() -> str:
                     jobs = [
                         (
                             lambda c, i=i, b=b, d=database: c.raw_insert(
-                                f"{d}.spans_enriched_avro",
+                                f"{d}.{landing_table('spans_enriched', schema)}",
                                 None,
                                 b,
                                 fmt="Avro",

@@ -21,7 +21,8 @@ from schemas.codec import (
     default_store,
 )
 from schemas.errors import DecodeError, DecodeErrorKind, EncodeError, SchemaStoreError
-from tests.strategies import RECORDS, spans
+from schemas.records import LOSSLESS_FIELDS, lossless_defaults
+from tests.strategies import RECORDS, enriched_spans_v1, spans, spans_v1
 
 SPAN = {
     "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
@@ -49,8 +50,8 @@ def test_single_object_frame_layout() -> None:
     codec = SingleObjectCodec("Span")
     data = codec.encode(SPAN)
     assert data[:2] == b"\xc3\x01"
-    assert data[2:10] == crc64_avro_fingerprint(json.loads((AVRO_DIR / "Span.v1.avsc").read_text()))
-    assert codec.decode(data) == SPAN
+    assert data[2:10] == crc64_avro_fingerprint(json.loads((AVRO_DIR / "Span.v2.avsc").read_text()))
+    assert codec.decode(data) == {**SPAN, **lossless_defaults()}
 
 
 def test_every_contract_schema_is_shipped_and_documented() -> None:
@@ -230,7 +231,7 @@ def test_confluent_framing_through_the_registry_client() -> None:
     assert codec.subject == "dev.reloadtrace.Span"
     # A fresh codec (another process) resolves the id through the registry.
     other = ConfluentCodec("Span", codec._registry)
-    assert other.decode(data) == SPAN
+    assert other.decode(data) == {**SPAN, **lossless_defaults()}
 
 
 def test_confluent_framing_errors() -> None:
@@ -256,3 +257,45 @@ def test_split_and_frame_reuse_an_encoded_body(registry_url: str | None) -> None
     assert codec.frame(data[offset:]) == data
     with pytest.raises(DecodeError):
         codec.split(b"\x07garbage")
+
+
+# --- the shipped contract evolution: Span.v1 -> Span.v2, EnrichedSpan.v1 -> EnrichedSpan.v2 ------------
+
+
+def _v1_store(tmp_path: Path) -> SchemaStore:
+    for name in ("Span", "EnrichedSpan"):
+        shutil.copy(AVRO_DIR / f"{name}.v1.avsc", tmp_path)
+    return SchemaStore.from_directory(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["Span", "EnrichedSpan"])
+def test_v2_appends_only_fields_with_defaults_to_v1(name: str) -> None:
+    v1, v2 = default_store().versions(name)
+    v1_fields, v2_fields = v1.raw["fields"], v2.raw["fields"]
+    added = [field for field in v2_fields if field["name"] not in {f["name"] for f in v1_fields}]
+    assert [field["name"] for field in added] == list(LOSSLESS_FIELDS)
+    assert all("default" in field for field in added)
+    kept = [field for field in v2_fields if field["name"] not in LOSSLESS_FIELDS]
+    assert kept == v1_fields  # same names, types, defaults and order
+    if name == "Span":  # appended at the end: a v1 body is a prefix of a v2 body
+        assert v2_fields[: len(v1_fields)] == v1_fields
+
+
+@pytest.mark.parametrize("registry", [None, "mock://reloadtrace-evolution"])
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def test_v1_messages_stay_readable_with_the_v2_defaults(tmp_path_factory, registry, data) -> None:
+    old_store = _v1_store(tmp_path_factory.mktemp("v1"))
+    for name, strategy in (("Span", spans_v1()), ("EnrichedSpan", enriched_spans_v1())):
+        record = data.draw(strategy)
+        old = codec_for(name, schema_registry_url=registry, store=old_store)
+        new = codec_for(name, schema_registry_url=registry)
+        assert new.schema.version == 2
+        assert new.decode(old.encode(record)) == {**record, **lossless_defaults()}
+
+
+def test_a_v2_message_in_a_reader_that_only_knows_v1_is_refused_by_fingerprint(tmp_path: Path) -> None:
+    message = SingleObjectCodec("Span").encode({**SPAN, **lossless_defaults()})
+    with pytest.raises(DecodeError) as caught:
+        SingleObjectCodec("Span", _v1_store(tmp_path)).decode(message)
+    assert caught.value.kind is DecodeErrorKind.UNKNOWN_FINGERPRINT  # upgrade readers (sinks) first

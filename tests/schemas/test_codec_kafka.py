@@ -8,6 +8,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from schemas.errors import DecodeError, DecodeErrorKind
+from schemas.records import lossless_defaults
 from schemas.settings import KafkaSettings
 from tests.schemas.test_codec import SPAN
 
@@ -56,7 +57,7 @@ def test_span_and_reload_records_come_back_identical(kafka_settings: KafkaSettin
     span_codec, reload_codec = kafka_settings.codec("Span"), kafka_settings.codec("ReloadEvent")
     spans = []
     for index in range(20):
-        span = copy.deepcopy(SPAN)
+        span = copy.deepcopy(SPAN) | lossless_defaults()
         span["span_id"] = f"{index + 1:016x}"
         span["attributes"]["request.index"] = index
         spans.append(span)

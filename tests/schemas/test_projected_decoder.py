@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from schemas.codec import ProjectedDecoder, codec_for
 from schemas.errors import DecodeError
 from streams.enricher import SPAN_FIELDS_ENRICHMENT_READS
-from tests.strategies import RECORDS
+from tests.strategies import RECORDS, spans_v1
 
 CODECS = {name: codec_for(name) for name in RECORDS}
 
@@ -141,3 +141,22 @@ def test_negative_count_blocks_are_judged_alike_whatever_their_byte_size(record:
     _assert_same_contract("Span", message, SPAN_FIELDS_ENRICHMENT_READS)
     if size_error == 0:
         assert outcome(CODECS["Span"].decode, message)[0] == "ok"
+
+
+@given(span=spans_v1())
+def test_v1_writers_project_like_v2_writers(span: dict) -> None:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from schemas.codec import AVRO_DIR, SchemaStore, SingleObjectCodec
+
+    with tempfile.TemporaryDirectory() as directory:
+        shutil.copy(AVRO_DIR / "Span.v1.avsc", directory)
+        old = SingleObjectCodec("Span", SchemaStore.from_directory(Path(directory)))
+    codec = CODECS["Span"]
+    decoder = ProjectedDecoder(codec, SPAN_FIELDS_ENRICHMENT_READS)
+    v1_message, v2_message = old.encode(span), codec.encode(span)
+    assert decoder.decode(v1_message) == decoder.decode(v2_message) == {
+        name: span[name] for name in SPAN_FIELDS_ENRICHMENT_READS
+    }

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 
 from schemas.errors import InvalidRecordError
-from schemas.records import ReloadEvent, check_time_plausible, validate_span
+from schemas.records import ReloadEvent, check_time_plausible, lossless_defaults, validate_span
 from tests.schemas.test_codec import SPAN
 from tests.strategies import reload_events, spans
 
@@ -33,12 +33,37 @@ def test_generated_spans_are_valid(span: dict) -> None:
         ({"status_code": "FINE"}, "status_code"),
         ({"attributes": {"a": [1, 2]}}, "attributes"),
         ({"attributes": None}, "attributes"),
+        ({"trace_state": None}, "trace_state"),
+        ({"scope_name": 7}, "scope_name"),
+        ({"dropped_events_count": -1}, "dropped_events_count"),
+        ({"dropped_links_count": True}, "dropped_links_count"),
+        ({"events": None}, "events"),
+        ({"events": [{"name": "e"}]}, "events"),  # no time
+        ({"events": [{"time_unix_nano": -5, "name": "e"}]}, "events"),
+        ({"events": [{"time_unix_nano": 2**63, "name": "e"}]}, "events"),
+        ({"events": [{"time_unix_nano": 1, "name": None}]}, "events"),
+        ({"events": [{"time_unix_nano": 1, "name": "e", "attributes": {"a": None}}]}, "events"),
+        ({"events": [{"time_unix_nano": 1, "name": "e", "dropped_attributes_count": -1}]}, "events"),
+        ({"events": ["not a record"]}, "events"),
+        ({"links": [{"trace_id": "0" * 32, "span_id": "00f067aa0ba902b7"}]}, "links"),
+        ({"links": [{"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00F067AA0BA902B7"}]}, "links"),
+        ({"links": [{"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+                     "trace_state": 1}]}, "links"),
+        ({"links": [{"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+                     "attributes": {1: "x"}}]}, "links"),
     ],
 )
 def test_invalid_spans_name_the_field(change: dict, field: str) -> None:
     with pytest.raises(InvalidRecordError) as caught:
         validate_span({**SPAN, **change})
     assert caught.value.field == field
+
+
+def test_a_v1_span_without_the_v2_fields_is_valid_and_so_is_one_with_them() -> None:
+    validate_span(SPAN)
+    validate_span({**SPAN, **lossless_defaults()})
+    validate_span({**SPAN, "events": [{"time_unix_nano": 1, "name": "e"}],
+                   "links": [{"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}]})
 
 
 def test_a_span_missing_a_required_field_is_invalid() -> None:

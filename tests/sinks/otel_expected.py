@@ -1,6 +1,6 @@
 """What the otel_traces and annotation views must answer, computed in Python from the contract records.
 
-A direct reading of the view contracts (``schemas/clickhouse/070_otel_traces.sql``, ``080_annotations.sql``)
+A direct reading of the view contracts (``schemas/clickhouse/110_otel_traces.sql``, ``080_annotations.sql``)
 and of the keys agreed with OTLP out (README, "reloadtrace's own attribute keys"), kept independent of
 the SQL under test. Shared by ``test_otel_views.py`` and ``test_grafana_queries.py`` (no tests here).
 """
@@ -65,30 +65,31 @@ def resource_attributes(span: Mapping[str, Any]) -> dict[str, str]:
 
 
 def otel_row(span: Mapping[str, Any]) -> dict[str, Any]:
-    """One row of otel_traces (Timestamp as nanoseconds, events and links empty)."""
+    """One row of otel_traces (Timestamp and event times as nanoseconds; a v1 span has no events or links)."""
+    events, links = span.get("events") or [], span.get("links") or []
     return {
         "timestamp_ns": span["start_time_unix_nano"],
         "TraceId": span["trace_id"],
         "SpanId": span["span_id"],
         "ParentSpanId": span["parent_span_id"] or "",
-        "TraceState": "",
+        "TraceState": span.get("trace_state") or "",
         "SpanName": span["name"],
         "SpanKind": SPAN_KINDS[span["kind"]],
         "ServiceName": span["service_name"],
         "ResourceAttributes": resource_attributes(span),
-        "ScopeName": "",
-        "ScopeVersion": "",
+        "ScopeName": span.get("scope_name") or "",
+        "ScopeVersion": span.get("scope_version") or "",
         "SpanAttributes": span_attributes(span),
         "Duration": span["end_time_unix_nano"] - span["start_time_unix_nano"],
         "StatusCode": STATUS_CODES[span["status_code"]],
         "StatusMessage": span["status_message"] or "",
-        "Events.Timestamp": [],
-        "Events.Name": [],
-        "Events.Attributes": [],
-        "Links.TraceId": [],
-        "Links.SpanId": [],
-        "Links.TraceState": [],
-        "Links.Attributes": [],
+        "Events.Timestamp": [event["time_unix_nano"] for event in events],
+        "Events.Name": [event["name"] for event in events],
+        "Events.Attributes": [{k: _attribute_text(v) for k, v in event["attributes"].items()} for event in events],
+        "Links.TraceId": [link["trace_id"] for link in links],
+        "Links.SpanId": [link["span_id"] for link in links],
+        "Links.TraceState": [link["trace_state"] for link in links],
+        "Links.Attributes": [{k: _attribute_text(v) for k, v in link["attributes"].items()} for link in links],
     }
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
-from schemas.codec import codec_for
+from schemas.codec import SchemaStore, SingleObjectCodec, codec_for, default_store
+from schemas.records import LOSSLESS_FIELDS
+from sinks.avro_blocks import container
 from sinks.base import SinkRecord
-from sinks.clickhouse import ClickHouseSink
-from sinks.ddl import apply_schema
+from sinks.clickhouse import ClickHouseSink, open_client
+from sinks.ddl import DDL_DIR, apply_schema
 from sinks.settings import SinkSettings
 from sinks.testing import BASE_TIME_UNIX_NANO, enriched_spans
 
@@ -300,3 +303,95 @@ def test_write_records_takes_plain_dicts(sink: ClickHouseSink) -> None:
         ("r1", None, None),
         ("r2", "m1", "llm-gateway-0"),
     ]
+
+
+# --- lossless spans (EnrichedSpan.v2) and the migration of an existing store ---------------------------
+
+EVENT = {"time_unix_nano": BASE_TIME_UNIX_NANO + 5_000, "name": "exception",
+         "attributes": {"exception.type": "TimeoutError", "retry": 2, "fatal": False}, "dropped_attributes_count": 1}
+LINK = {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+        "trace_state": "rojo=00f067aa0ba902b7", "attributes": {"link.kind": "batch"}, "dropped_attributes_count": 0}
+LOSSLESS = {"trace_state": "congo=t61rcWkgMzE", "scope_name": "opentelemetry.instrumentation.httpx",
+            "scope_version": "0.66b2", "events": [EVENT, dict(EVENT, name="retry", attributes={})], "links": [LINK],
+            "dropped_attributes_count": 3, "dropped_events_count": 4, "dropped_links_count": 5}
+LOSSLESS_COLUMNS = (
+    "trace_state, scope_name, scope_version, dropped_attributes_count, dropped_events_count, dropped_links_count,"
+    " arrayMap(time -> toUnixTimestamp64Nano(time), `Events.Timestamp`), `Events.Name`, `Events.Attributes`,"
+    " `Events.DroppedAttributesCount`, `Links.TraceId`,"
+    " `Links.SpanId`, `Links.TraceState`, `Links.Attributes`, `Links.DroppedAttributesCount`"
+)
+EXPECTED_LOSSLESS = (
+    "congo=t61rcWkgMzE", "opentelemetry.instrumentation.httpx", "0.66b2", 3, 4, 5,
+    [EVENT["time_unix_nano"]] * 2, ["exception", "retry"],
+    [{"exception.type": "TimeoutError", "retry": "2", "fatal": "false"}, {}], [1, 1],
+    [LINK["trace_id"]], [LINK["span_id"]], [LINK["trace_state"]], [{"link.kind": "batch"}], [0],
+)
+NO_LOSSLESS = ("", "", "", 0, 0, 0, [], [], [], [], [], [], [], [], [])
+
+
+def v1_message(record: Mapping[str, Any], offset: int) -> SinkRecord:
+    """A Kafka message an EnrichedSpan.v1 writer (a worker from before v2) produced."""
+    v1 = default_store().versions("EnrichedSpan")[0]
+    assert v1.version == 1
+    value = SingleObjectCodec("EnrichedSpan", SchemaStore([v1])).encode(record)
+    return SinkRecord("spans_enriched", None, "spans.enriched", 0, offset, b"key", value, avro_body=value[10:],
+                      writer_schema=v1)
+
+
+def lossless_row(sink: ClickHouseSink, span_id: str) -> tuple[Any, ...]:
+    row = sink.query(f"SELECT {LOSSLESS_COLUMNS} FROM spans_enriched FINAL WHERE span_id = {{id:String}}",
+                     {"id": span_id})
+    assert len(row) == 1
+    return tuple(row[0])
+
+
+def test_v2_spans_keep_events_links_trace_state_scope_and_dropped_counts(sink: ClickHouseSink) -> None:
+    spans = enriched_spans(2)
+    land(sink, [message("spans_enriched", spans[0] | LOSSLESS, 0, 0), message("spans_enriched", spans[1], 0, 1)])
+    assert lossless_row(sink, spans[0]["span_id"]) == EXPECTED_LOSSLESS
+    assert lossless_row(sink, spans[1]["span_id"]) == NO_LOSSLESS  # a v2 span without them: the defaults
+    nanos = sink.query(
+        "SELECT toUnixTimestamp64Nano(`Events.Timestamp`[1]) FROM spans_enriched WHERE length(`Events.Name`) > 0"
+    )
+    assert nanos == [(EVENT["time_unix_nano"],)]
+    retries = "SELECT count() FROM spans_enriched ARRAY JOIN `Events.Name` AS event WHERE event = 'retry'"
+    assert sink.query(retries) == [(1,)]
+
+
+def test_an_existing_store_migrates_and_keeps_landing_both_writer_versions(engine_path: str, tmp_path) -> None:
+    database = f"t_{uuid.uuid4().hex[:10]}"
+    old_ddl = tmp_path / "ddl-before-v2"
+    old_ddl.mkdir()
+    for path in sorted(DDL_DIR.glob("*.sql")):
+        if int(path.name.split("_")[0]) < 100:
+            shutil.copy(path, old_ddl)
+    spans = enriched_spans(60)
+    v1_records = [{key: value for key, value in span.items() if key not in LOSSLESS_FIELDS} for span in spans]
+    client = open_client(f"chdb://{engine_path}")
+    try:
+        # The store as the sink before v2 built it, holding rows its v1 writers sent.
+        apply_schema(client, database, directory=old_ddl)
+        v1 = default_store().versions("EnrichedSpan")[0]
+        bodies = [v1_message(record, i).avro_body for i, record in enumerate(v1_records[:20])]
+        client.raw_insert(f"{database}.spans_enriched_avro", None, container(v1, bodies), fmt="Avro")
+        # The new sink starts on it: the DDL migrates the store, then v2 and late v1 messages both land.
+        settings = SinkSettings(url=f"chdb://{engine_path}", database=database, retry_timeout_ms=0)
+        sink = ClickHouseSink(settings, client=client)
+        land(sink, [message("spans_enriched", spans[i] | LOSSLESS, 0, 100 + i) for i in range(20, 40)])
+        land(sink, [v1_message(v1_records[i], 200 + i) for i in range(40, 60)])
+        assert sink.count("spans_enriched") == 60
+        assert sink.query("SELECT sum(spans) FROM span_minutes")[0][0] == 60 * 2  # downstream views still fed
+        for index in (0, 19, 40, 59):
+            assert lossless_row(sink, spans[index]["span_id"]) == NO_LOSSLESS
+        for index in (20, 39):
+            assert lossless_row(sink, spans[index]["span_id"]) == EXPECTED_LOSSLESS
+        tables = "SELECT name, create_table_query FROM system.tables WHERE database = {db:String} ORDER BY name"
+        before = sink.query(tables, {"db": database})
+        apply_schema(client, database)  # again: nothing changes
+        assert sink.query(tables, {"db": database}) == before
+        columns = dict(sink.query("SELECT name, type FROM system.columns WHERE database = {db:String}"
+                                  " AND table = 'spans_enriched'", {"db": database}))
+        assert columns["Events.Attributes"] == "Array(Map(LowCardinality(String), String))"
+        assert columns["Links.TraceId"] == "Array(String)"
+    finally:
+        client.close()

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.clickhouse
 OTEL_COLUMNS = (
     "toUnixTimestamp64Nano(Timestamp) AS timestamp_ns, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind,"
     " ServiceName, ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage,"
-    " `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, `Links.TraceState`,"
+    " arrayMap(t -> toUnixTimestamp64Nano(t), `Events.Timestamp`) AS `Events.Timestamp`, `Events.Name`,"
+    " `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, `Links.TraceState`,"
     " `Links.Attributes`"
 )
 
@@ -268,7 +269,7 @@ def test_the_exporters_tables_take_select_star_of_the_views(client: Any, dataset
         client.command(statement)
     client.command(render_or_skip(lookup_only).trace_id_ts_table)
 
-    # names, order and types: the exporter's, but Timestamp's time zone (see 070_otel_traces.sql)
+    # names, order and types: the exporter's, but Timestamp's time zone (see 110_otel_traces.sql)
     exporter_columns, view_columns = describe(client, f"{theirs}.otel_traces"), describe(client, f"{ours}.otel_traces")
     assert [name for name, _ in view_columns] == [name for name, _ in exporter_columns]
     differing = {

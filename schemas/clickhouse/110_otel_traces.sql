@@ -21,7 +21,8 @@
 --   reload.version.<component>, reload.version_at_end.<component>, reload.reload_id.<component>,
 --   reload.mid_flight ('true'/'false'), reload.mid_flight.reload_ids (sorted, comma-joined; absent
 --   when none, and a stamped one is dropped then), reload.enrichment_revision (decimal).
--- TraceState, ScopeName, ScopeVersion, Events.*, Links.*: empty until the contract carries them.
+-- TraceState, ScopeName, ScopeVersion, Events.*, Links.*: the contract v2 columns (105_lossless_spans.sql;
+-- empty for spans written as v1). This file comes after that one: the view reads its columns.
 -- The maps are built with mapFromArrays over Array(LowCardinality(String)) keys: a CAST of the
 -- whole map to Map(LowCardinality(String), String) cost 3.5x more per row (7.7 s against 2.2 s
 -- for 1M spans).
@@ -47,7 +48,7 @@ SELECT
     trace_id AS TraceId,
     span_id AS SpanId,
     parent_span_id AS ParentSpanId,
-    '' AS TraceState,
+    trace_state AS TraceState,
     name AS SpanName,
     CAST(
         multiIf(kind = 'SERVER', 'Server', kind = 'CLIENT', 'Client', kind = 'INTERNAL', 'Internal',
@@ -63,8 +64,8 @@ SELECT
             mapValues(mapFilter((key, value) -> key NOT IN ('service.name', 'service.instance.id'), resource_attributes)),
             [CAST(service_name, 'String')], if(service_instance_id = '', [], [CAST(service_instance_id, 'String')]))
     ) AS ResourceAttributes,
-    '' AS ScopeName,
-    '' AS ScopeVersion,
+    CAST(scope_name, 'String') AS ScopeName,
+    CAST(scope_version, 'String') AS ScopeVersion,
     mapFromArrays(
         CAST(arrayConcat(mapKeys(own_attributes), enrichment_keys), 'Array(LowCardinality(String))'),
         arrayConcat(mapValues(own_attributes), enrichment_values)
@@ -72,13 +73,13 @@ SELECT
     toUInt64(duration_ns) AS Duration,
     CAST(multiIf(status_code = 'OK', 'Ok', status_code = 'ERROR', 'Error', 'Unset'), 'LowCardinality(String)') AS StatusCode,
     status_message AS StatusMessage,
-    CAST([], 'Array(DateTime64(9))') AS `Events.Timestamp`,
-    CAST([], 'Array(LowCardinality(String))') AS `Events.Name`,
-    CAST([], 'Array(Map(LowCardinality(String), String))') AS `Events.Attributes`,
-    CAST([], 'Array(String)') AS `Links.TraceId`,
-    CAST([], 'Array(String)') AS `Links.SpanId`,
-    CAST([], 'Array(String)') AS `Links.TraceState`,
-    CAST([], 'Array(Map(LowCardinality(String), String))') AS `Links.Attributes`
+    arrayMap(t -> toDateTime64(t, 9, ''), `Events.Timestamp`) AS `Events.Timestamp`,
+    `Events.Name` AS `Events.Name`,
+    `Events.Attributes` AS `Events.Attributes`,
+    `Links.TraceId` AS `Links.TraceId`,
+    `Links.SpanId` AS `Links.SpanId`,
+    `Links.TraceState` AS `Links.TraceState`,
+    `Links.Attributes` AS `Links.Attributes`
 FROM spans_enriched FINAL
 SETTINGS use_skip_indexes_if_final_exact_mode = 0, do_not_merge_across_partitions_select_final = 1;
 

@@ -1,0 +1,1 @@
+"""The project's OpenTelemetry Collector (Go sources here; the launcher is :mod:`infra.otelcol.collector`)."""
