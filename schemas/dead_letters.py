@@ -82,6 +82,7 @@ class DeadLetterBuilder:
         error: str,
         stage: str,
         now_unix_nano: int,
+        source_index: int = -1,
     ) -> DeadLetterMessage:
         """The dead letter of one message, encoded, within ``max_message_bytes``."""
         key = None if raw_key is None else bytes(raw_key)
@@ -101,6 +102,7 @@ class DeadLetterBuilder:
             "raw_value_length": None if value is None else len(value),
             "raw_value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
             "truncated": kept_key is not key,
+            "source_index": int(source_index),
         }
         budget = self.max_message_bytes - RECORD_OVERHEAD_BYTES - len(kept_key or b"")
         encoded = self.codec.encode(record)

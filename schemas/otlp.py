@@ -87,6 +87,8 @@ class OtlpSpans:
     """What one message held: the valid spans in message order, their reload events, the errors."""
 
     spans: list[Span] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    """The index in the message of each of ``spans`` (counted as :attr:`OtlpSpanError.index` is)."""
     reloads: list[ReloadEvent] = field(default_factory=list)
     errors: list[OtlpSpanError] = field(default_factory=list)
     span_count: int = 0
@@ -244,6 +246,7 @@ def _keep(result: OtlpSpans, index: int, record: Span) -> None:
         result.errors.append(OtlpSpanError(index, INVALID_SPAN, f"span {index}: {error}"))
         return
     result.spans.append(record)
+    result.indices.append(index)
     if is_reload_span(record):
         try:
             result.reloads.append(reload_event_from_span(record))

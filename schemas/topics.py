@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 SPANS = "spans"
+OTLP_SPANS = "otlp_spans"
 RELOADS = "reloads"
 SPANS_ENRICHED = "spans.enriched"
 RELOAD_ANOMALIES = "reload.anomalies"
@@ -18,6 +19,7 @@ REQUESTS_BY_SERVICE = "reloadtrace.requests-by-service"
 _ARRIVAL_ORDERED = {"message.timestamp.type": "LogAppendTime"}
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     SPANS: _ARRIVAL_ORDERED,
+    OTLP_SPANS: _ARRIVAL_ORDERED,  # what the Collector's kafkaexporter writes (its default topic name)
     RELOADS: {**_ARRIVAL_ORDERED, "retention.ms": "-1", "retention.bytes": "-1"},
     SPANS_ENRICHED: {},
     RELOAD_ANOMALIES: {},
@@ -48,6 +50,11 @@ class TopicNames:
         return self.prefix + SPANS
 
     @property
+    def otlp_spans(self) -> str:
+        """OTLP ``ExportTraceServiceRequest`` messages, as an OpenTelemetry Collector's kafkaexporter writes them."""
+        return self.prefix + OTLP_SPANS
+
+    @property
     def reloads(self) -> str:
         return self.prefix + RELOADS
 
@@ -74,7 +81,10 @@ class TopicNames:
         return self.prefix + REQUESTS_BY_SERVICE
 
     def all(self) -> Iterator[str]:
-        yield from (self.spans, self.reloads, self.spans_enriched, self.reload_anomalies, self.reload_verdicts, self.dead_letter)
+        yield from (
+            self.spans, self.otlp_spans, self.reloads, self.spans_enriched, self.reload_anomalies, self.reload_verdicts,
+            self.dead_letter,
+        )
 
     def with_configs(self) -> dict[str, dict[str, str]]:
         """Every topic the pipeline uses (internal ones too) with the configs it relies on."""

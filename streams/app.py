@@ -36,6 +36,10 @@ def _faust_broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{server}" for server in bootstrap_servers.split(","))
 
 
+_STOPPED_BY_REQUEST = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
+"""Exit codes of a child that stopped because it was asked to (its own handler, or the signal's default)."""
+
+
 def _crash_from_thread(loop: asyncio.AbstractEventLoop, app: faust.App, error: BaseException) -> None:
     """Crash ``app`` with ``error`` from a thread other than the loop's (the worker then exits non-zero)."""
     loop.call_soon_threadsafe(lambda: asyncio.ensure_future(app.crash(error)))
@@ -126,8 +130,9 @@ class ChildProcessService(mode.Service):
             code = process.wait()
             if self._stopping:
                 return
-            if code == 0:
-                # A clean stop: the child was signalled too (a process-group SIGTERM, Ctrl-C), so stop with it.
+            if code in _STOPPED_BY_REQUEST:
+                # A clean stop: the child was signalled too (a process-group SIGTERM, Ctrl-C; before it set
+                # its handlers, the signal itself ended it), so stop with it.
                 logger.info("the %s process stopped cleanly: stopping the worker", self._component)
                 os.kill(os.getpid(), signal.SIGTERM)  # the worker's own graceful path (a no-op when already stopping)
                 return
@@ -173,6 +178,12 @@ def create_app(
     _add_thread_service(app, "span-enricher", enricher.run)
     stage = enricher.stage
     parts = [("enricher", lambda: stage.stats), ("engine", lambda: stage.engine.stats), ("runtime", lambda: enricher.stats)]  # type: ignore[attr-defined]
+    if settings.enriched_otlp_topic:
+        from streams.otlp_out import otlp_out_runtime
+
+        otlp_out = otlp_out_runtime(kafka, settings.enriched_otlp_topic, group_id=f"{settings.group_id}-otlp-out")
+        _add_thread_service(app, "otlp-out", otlp_out.run)
+        parts.append(("otlp-out", lambda: otlp_out.stage.stats))  # type: ignore[attr-defined]
     if settings.detection_enabled:
         from streams.detection import DetectionSettings
 
@@ -225,13 +236,15 @@ def _add_child_process(app: faust.App, component: str, kafka: KafkaSettings, *se
 def consumer_groups(kafka: KafkaSettings, settings: WorkerSettings) -> dict[str, list[str]]:
     """Every consumer group a worker runs, with the topics it reads: all lags 0 = the pipeline drained.
 
-    (The enricher's own group, ``<group>-detector`` when detection is on, ``<group>-sink`` when a
+    (The enricher's own group (spans, and otlp_spans when OTLP input is on), ``<group>-detector`` when detection is on, ``<group>-sink`` when a
     sink URL is set; explicit ``RELOADTRACE_DETECTOR_GROUP_ID``/``RELOADTRACE_SINK_GROUP_ID`` win.)
     """
     topics = kafka.topics
-    groups = {settings.group_id: [topics.spans]}
+    groups = {settings.group_id: [topics.spans, topics.otlp_spans] if settings.otlp_enabled else [topics.spans]}
     if settings.detection_enabled:
         groups[_detector_settings(settings).group_id] = [topics.requests_by_service]
+    if settings.enriched_otlp_topic:
+        groups[f"{settings.group_id}-otlp-out"] = [topics.spans_enriched]
     if settings.sink_url_value:
         from sinks.consumer import source_tables
 

@@ -55,7 +55,9 @@ AnswerFn = Callable[[Any, str, str, int, int], Hashable]
 class SpanArrival:
     """A decoded, valid span as the engine sees it: where it came from, when, and what it needs.
 
-    ``payload`` is opaque to the engine (the raw message, for re-emission by the caller).
+    ``partition`` is the caller's number of the span's source partition; ``index`` tells apart the
+    spans of one message (an OTLP message holds many; an Avro message one, index 0), so a span is
+    ``(partition, offset, index)``. ``payload`` is opaque to the engine (for re-emission by the caller).
     """
 
     partition: int
@@ -66,6 +68,12 @@ class SpanArrival:
     start_time_unix_nano: int
     end_time_unix_nano: int
     payload: Any = None
+    index: int = 0
+
+    @property
+    def position(self) -> tuple[int, int, int]:
+        """(partition, offset, index): the span's identity."""
+        return (self.partition, self.offset, self.index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +148,9 @@ class EnrichmentEngine:
         self._pending: list[tuple[ReloadKey, ReloadArrival]] = []
         self._pending_keys: set[ReloadKey] = set()
         self._held: dict[int, deque[SpanArrival]] = {}
-        self._held_starts: dict[int, deque[tuple[int, int]]] = {}
-        """Per partition, (offset, start) of held spans whose start no later-held span undercuts: a
-        monotonic queue whose head is the least start held (sliding-window minimum)."""
+        self._held_starts: dict[int, deque[tuple[int, int, int]]] = {}
+        """Per partition, (offset, index, start) of held spans whose start no later-held span undercuts:
+        a monotonic queue whose head is the least start held (sliding-window minimum)."""
         self._index: dict[str, deque[_Indexed]] = {}
         self._applied_key: ReloadKey | None = None
         self._evicted_end_seconds: dict[str, dict[int, int]] = {}
@@ -162,9 +170,9 @@ class EnrichmentEngine:
         held.append(span)
         starts = self._held_starts.setdefault(span.partition, deque())
         start = span.start_time_unix_nano
-        while starts and starts[-1][1] >= start:
+        while starts and starts[-1][2] >= start:
             starts.pop()
-        starts.append((span.offset, start))
+        starts.append((span.offset, span.index, start))
         self.stats.spans_added += 1
 
     def add_reload(self, reload: ReloadArrival) -> bool:
@@ -192,7 +200,7 @@ class EnrichmentEngine:
     def least_held_start(self, partition: int) -> int | None:
         """The least start time of the spans of ``partition`` still held (None when none is held)."""
         starts = self._held_starts.get(partition)
-        return starts[0][1] if starts else None
+        return starts[0][2] if starts else None
 
     def oldest_held_offsets(self) -> dict[int, int]:
         """partition -> offset of its oldest span still held (nothing below it is pending)."""
@@ -250,7 +258,7 @@ class EnrichmentEngine:
             starts = self._held_starts[partition]
             while held and held[0].arrival_ms + deadline_offset < before_ms:
                 span = held.popleft()
-                if starts and starts[0][0] == span.offset:
+                if starts and starts[0][0] == span.offset and starts[0][1] == span.index:
                     starts.popleft()
                 answer = self._answer(span)
                 self._index.setdefault(span.service_name, deque()).append(_Indexed(span, answer, 0))
@@ -409,7 +417,7 @@ def restore_partition(
     for span in emitted_spans:
         replay.add_span(span)
     replay.drain()
-    before = {(span.partition, span.offset): (answer, revision) for span, answer, revision in replay.indexed()}
+    before = {span.position: (answer, revision) for span, answer, revision in replay.indexed()}
 
     frontier_ms = frontier[0] if frontier is not None else NEVER
 
@@ -431,7 +439,7 @@ def restore_partition(
                 replay.add_span(span)
             else:
                 hold.append(span)
-        hold.sort(key=lambda span: span.offset)
+        hold.sort(key=lambda span: (span.offset, span.index))
     else:
         feed_reloads(previous_frontier, frontier)
     for span in behind:
@@ -441,7 +449,7 @@ def restore_partition(
     adopt, emissions = [], []
     for span, answer, revision in replay.indexed():
         adopt.append((span, answer, revision))
-        previous = before.get((span.partition, span.offset))
+        previous = before.get(span.position)
         if previous is None or (not previous_is_ahead and previous != (answer, revision)):
             emissions.append(Emission(span, answer, revision))
     return RestoredPartition(adopt=adopt, emissions=emissions, hold=hold)

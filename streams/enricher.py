@@ -1,4 +1,4 @@
-"""The enricher stage: spans and reloads in, enriched spans and the detector's request feed out.
+"""The enricher stage: spans (Avro or OTLP) and reloads in, enriched spans and the detector's request feed out.
 
 Guarantees (on :class:`streams.stage.StageRuntime`):
     * At least once and deterministic: the engine orders spans and reloads by broker arrival time
@@ -10,7 +10,9 @@ Guarantees (on :class:`streams.stage.StageRuntime`):
       partition that started before it, and every reload effective before it, was sent before it —
       provided a span (or reload) reaches the broker before any span of its partition that started
       more than ``max_lateness_ms`` after it (see :class:`streams.settings.WorkerSettings`).
-    * Undecodable or invalid messages are dead-lettered; their offsets are committed like the others.
+    * Undecodable or invalid messages are dead-lettered (an invalid span of an OTLP message with its
+      index; the message's good spans are kept); their offsets are committed like the others. The
+      reload spans of OTLP messages become ReloadEvents on the reloads topic, which governs them.
 
 Non-guarantee: enriched records are not published in offset order (a held span waits its grace).
 """
@@ -28,6 +30,7 @@ from confluent_kafka import Message
 
 from schemas.codec import ProjectedDecoder
 from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
+from schemas.otlp import INVALID_SPAN, OtlpSpans, decode_otlp
 from schemas.records import ReloadEvent, check_time_plausible, validate_span
 from schemas.settings import KafkaSettings
 from schemas.text import bounded_repr
@@ -71,8 +74,19 @@ _PRODUCER_QUEUE_KBYTES = 65_536
 """Bound of the producer's queue (default 1 GB); a full queue makes the enricher wait."""
 
 
+AVRO = "avro"
+
+
 class EnricherError(ReloadtraceError):
     """The enricher cannot go on safely."""
+
+
+class _SpanRefused(ReloadtraceError):
+    """One span of an OTLP message refused (its dead letter's kind is the decoder's)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.dead_letter_kind = kind
 
 
 @dataclass(slots=True)
@@ -105,6 +119,9 @@ class EnricherStats:
     unsent_requests: int = 0
     """First answers too large for the request feed (names of hundreds of kB): the detector never sees them."""
     unsent_reloads: int = 0
+    otlp_messages: int = 0
+    derived_reloads: int = 0
+    """ReloadEvents derived from OTLP reload spans and published to the reloads topic."""
     late_requests: int = 0
     """Requests sent to the detector after a watermark that should have covered them (``max_lateness_ms`` broken)."""
 
@@ -184,17 +201,29 @@ class SpanEnricher(Stage):
         self._pending_requests: dict[str, list[RequestRow]] = {}
         self._last_watermark_publish = -float("inf")
         self._lateness_ns = settings.max_lateness_ms * _NANOS_PER_MS
+        self._encodings = {self._topics.spans: settings.spans_encoding}
+        if settings.otlp_enabled:
+            self._encodings[self._topics.otlp_spans] = settings.otlp_encoding
+        self._sources: dict[tuple[str, int], int] = {}
+        """(topic, partition) of every input partition -> its source number (the engine's partition)."""
+        self._source_partitions: list[tuple[str, int]] = []
 
     # --- what is read ------------------------------------------------------------------------
 
     def topics(self) -> Sequence[str]:
-        return (self._topics.spans,)
+        return tuple(self._encodings)
 
     def table_topics(self) -> Sequence[str]:
         return (self._topics.reloads,)
 
     def start(self, runtime: StageRuntime) -> None:
         self._runtime = runtime
+        # Source numbers: every partition of every input topic, in a fixed order, the same in every worker
+        # (the detector's watermarks are per source).
+        for topic in self._encodings:
+            for partition in range(runtime.partition_count(topic)):
+                self._sources[(topic, partition)] = len(self._source_partitions)
+                self._source_partitions.append((topic, partition))
         logger.info("loaded %d reloads", len(self._reloads))
 
     def ingest_table(self, messages: Sequence[Message], arrivals: Sequence[int] | None, outbox: Outbox) -> None:
@@ -217,13 +246,16 @@ class SpanEnricher(Stage):
     def ingest(self, messages: Sequence[Message], arrivals: Sequence[int] | None, outbox: Outbox) -> None:
         assert arrivals is not None
         engine = self.engine
+        spans_topic, avro_spans = self._topics.spans, self._encodings[self._topics.spans] == AVRO
         for message, arrival in zip(messages, arrivals, strict=True):
-            try:
-                span = self._decode_span(message, arrival)
-            except (DecodeError, InvalidRecordError) as error:
-                self._reject(outbox, message, error)
+            if avro_spans and message.topic() == spans_topic:
+                try:
+                    engine.add_span(self._decode_span(message, arrival))
+                except (DecodeError, InvalidRecordError) as error:
+                    self._reject(outbox, message, error)
             else:
-                engine.add_span(span)
+                for span in self._otlp_spans(message, arrival, outbox, committed=True):
+                    engine.add_span(span)
         self.stats.spans_consumed += len(messages)
 
     def _decode_span(self, message: Message, arrival: int) -> SpanArrival:
@@ -235,7 +267,7 @@ class SpanEnricher(Stage):
         self._check_plausible(span["start_time_unix_nano"], arrival, "start_time_unix_nano")
         self._check_plausible(span["end_time_unix_nano"], arrival, "end_time_unix_nano")
         return SpanArrival(
-            message.partition(),
+            self._sources[(message.topic(), message.partition())],
             message.offset(),
             arrival,
             sys.intern(span["service_name"]),  # held for the whole horizon: one copy per name
@@ -244,6 +276,57 @@ class SpanEnricher(Stage):
             span["end_time_unix_nano"],
             SpanMessage(message.key(), value, span["kind"], span["status_code"] == "ERROR"),
         )
+
+    def _decode_otlp(self, message: Message) -> OtlpSpans:
+        value = message.value()
+        if value is None:
+            raise InvalidRecordError("empty message (tombstone)")
+        return decode_otlp(value, self._encodings[message.topic()], max_message_bytes=self._settings.otlp_max_message_bytes)  # type: ignore[arg-type]
+
+    def _otlp_spans(self, message: Message, arrival: int, outbox: Outbox | None, *, committed: bool) -> list[SpanArrival]:
+        """The valid spans of an OTLP message. With an ``outbox``, its bad spans are dead-lettered (with their
+        index) and its reload spans' events published to the reloads topic; ``committed``: the message is past
+        the committed offset (not before: a previous owner did both)."""
+        self.stats.otlp_messages += 1
+        try:
+            decoded = self._decode_otlp(message)
+        except (DecodeError, InvalidRecordError) as error:
+            if outbox is not None and committed:
+                self._reject(outbox, message, error)
+            return []
+        source = self._sources[(message.topic(), message.partition())]
+        report = outbox is not None and committed
+        if report:
+            for failure in decoded.errors:
+                outbox.reject(message, _SpanRefused(failure.error_kind, failure.error), stage="validate", index=failure.index)  # type: ignore[union-attr]
+                self.stats.dead_letters += 1
+            for reload in decoded.reloads:
+                outbox.publish(self._topics.reloads, reload.service_name.encode(), self._reload_codec.encode(reload.to_dict()))  # type: ignore[union-attr]
+                self.stats.derived_reloads += 1
+        spans = []
+        for record, index in zip(decoded.spans, decoded.indices, strict=True):
+            try:
+                self._check_plausible(record["start_time_unix_nano"], arrival, "start_time_unix_nano")
+                self._check_plausible(record["end_time_unix_nano"], arrival, "end_time_unix_nano")
+            except InvalidRecordError as error:
+                if report:
+                    outbox.reject(message, _SpanRefused(INVALID_SPAN, f"span {index}: {error}"), stage="validate", index=index)  # type: ignore[union-attr]
+                    self.stats.dead_letters += 1
+                continue
+            spans.append(
+                SpanArrival(
+                    source,
+                    message.offset(),
+                    arrival,
+                    sys.intern(record["service_name"]),
+                    sys.intern(record["service_instance_id"]),
+                    record["start_time_unix_nano"],
+                    record["end_time_unix_nano"],
+                    SpanMessage(record["trace_id"].encode(), self._span_codec.encode(record), record["kind"], record["status_code"] == "ERROR"),
+                    index,
+                )
+            )
+        return spans
 
     def _check_plausible(self, value: int, arrival_ms: int, field_name: str) -> None:
         check_time_plausible(
@@ -260,22 +343,25 @@ class SpanEnricher(Stage):
 
     # --- answers -----------------------------------------------------------------------------
 
-    def _span_partitions(self) -> list[int]:
+    def _active_sources(self) -> list[int]:
         assert self._runtime is not None
-        return [partition for topic, partition in self._runtime.active_partitions() if topic == self._topics.spans]
+        return [self._sources[key] for key in self._runtime.active_partitions() if key in self._sources]
+
+    def _progress(self, source: int) -> Any:
+        assert self._runtime is not None
+        return self._runtime.progress(*self._source_partitions[source])
 
     def advance(self, outbox: Outbox) -> None:
         runtime = self._runtime
         assert runtime is not None
-        partitions = self._span_partitions()
+        partitions = self._active_sources()
         if not partitions:
             return
         skew = self._settings.clock_skew_ms
-        spans = self._topics.spans
         span_progress = (
             NEVER
             if self._restores  # a partition being rebuilt holds every reload back (its answers depend on them)
-            else overall_progress((runtime.progress(spans, p) for p in partitions), skew)
+            else overall_progress((self._progress(p) for p in partitions), skew)
         )
         reload_progress = overall_progress(
             (runtime.progress(self._topics.reloads, p) for p in range(runtime.partition_count(self._topics.reloads))), skew
@@ -298,7 +384,9 @@ class SpanEnricher(Stage):
                     self.stats.unsent_reloads += 1
                     logger.warning("reload %s is not sent to the detector: %s", bounded_repr(reload.reload_id, 80), error)
 
-    def _publish(self, emissions: list[Emission], outbox: Outbox, *, first_appearance: set[tuple[int, int]] | None) -> None:
+    def _publish(
+        self, emissions: list[Emission], outbox: Outbox, *, first_appearance: set[tuple[int, int, int]] | None
+    ) -> None:
         missing: dict[int, set[int]] = {}
         for emission in emissions:
             if emission.span.payload.value is None:
@@ -308,16 +396,13 @@ class SpanEnricher(Stage):
         for emission in emissions:
             span = emission.span
             message: SpanMessage = span.payload
-            if message.value is not None:
-                key, raw = message.key, message.value
-            else:
-                found = fetched.get((span.partition, span.offset))
-                key, raw = (found.key(), found.value()) if found is not None else (None, None)
+            key, raw = (message.key, message.value) if message.value is not None else fetched.get(span.position, (None, None))
             if raw is None:
                 self.stats.unfetchable += 1
+                topic, partition = self._source_partitions[span.partition]
                 logger.error(
                     "cannot publish revision %d of the span at %s[%d]@%d: the message is gone from the topic",
-                    emission.revision, self._topics.spans, span.partition, span.offset,
+                    emission.revision, topic, partition, span.offset,
                 )
                 continue
             try:
@@ -325,12 +410,13 @@ class SpanEnricher(Stage):
                 self.stats.published += 1
             except MessageTooLarge as error:  # the span fits its topic, its answer does not fit spans.enriched
                 self.stats.too_large += 1
-                outbox.reject(_SpanMessageView(self._topics.spans, span, key, raw), error, stage="enrich")
+                topic, partition = self._source_partitions[span.partition]
+                outbox.reject(_SpanMessageView(topic, partition, span, key, raw), error, stage="enrich", index=self._letter_index(span))
                 continue
             is_first = (
                 emission.revision == 0 and emission.caused_by_reload_id is None
                 if first_appearance is None
-                else (span.partition, span.offset) in first_appearance
+                else span.position in first_appearance
             )
             if is_first and feed:
                 self._pending_requests.setdefault(span.service_name, []).append(
@@ -344,16 +430,31 @@ class SpanEnricher(Stage):
             for emission in emissions:  # answered: only a correction needs the bytes again
                 emission.span.payload.key = emission.span.payload.value = None
 
-    def _refetch(self, wanted: dict[int, set[int]]) -> dict[tuple[int, int], Message]:
-        """The span messages at the wanted offsets, read back from the spans topic (gone by retention: absent)."""
+    def _letter_index(self, span: SpanArrival) -> int:
+        """A span's index in its message for a dead letter (-1 for an Avro message: it is the message)."""
+        topic, _ = self._source_partitions[span.partition]
+        return -1 if self._encodings[topic] == AVRO else span.index
+
+    def _refetch(self, wanted: dict[int, set[int]]) -> dict[tuple[int, int, int], tuple[bytes | None, bytes]]:
+        """(key, Avro span) of the spans at the wanted offsets of each source, read back from their topic.
+
+        An OTLP message is decoded again and its spans encoded again (deterministic: the same bytes as
+        when it was first read). Offsets gone by retention are absent from the result.
+        """
         assert self._runtime is not None
-        found: dict[tuple[int, int], Message] = {}
-        for partition, offsets in wanted.items():
+        found: dict[tuple[int, int, int], tuple[bytes | None, bytes]] = {}
+        for source, offsets in wanted.items():
             self.stats.refetches += 1
-            for offset, message in self._runtime.read(self._topics.spans, partition, offsets).items():
-                if message.value() is not None:
-                    found[(partition, offset)] = message
-            logger.info("re-read %d span messages of partition %d for corrections", len(offsets), partition)
+            topic, partition = self._source_partitions[source]
+            for offset, message in self._runtime.read(topic, partition, offsets).items():
+                if message.value() is None:
+                    continue
+                if self._encodings[topic] == AVRO:
+                    found[(source, offset, 0)] = (message.key(), message.value())
+                    continue
+                for span in self._otlp_spans(message, message.timestamp()[1], None, committed=False):
+                    found[span.position] = (span.payload.key, span.payload.value)
+            logger.info("re-read %d span messages of %s[%d] for corrections", len(offsets), topic, partition)
         return found
 
     def _flush_requests(self, outbox: Outbox) -> None:
@@ -370,41 +471,55 @@ class SpanEnricher(Stage):
 
     # --- watermarks --------------------------------------------------------------------------
 
-    def _watermark(self, partition: int, idle_floor_ms: int) -> int:
-        """Event time below which partition ``partition`` has sent every request and every reload (see module doc)."""
-        assert self._runtime is not None
-        state = self._watermarks.setdefault(partition, _Watermark())
+    def _watermark(self, source: int, idle_floor_ms: int) -> tuple[int, bool]:
+        """(event time below which ``source`` has sent every request and every reload, whether it is idle).
+
+        Busy: the least start it holds, and the latest start it sent less ``max_lateness_ms``. Idle
+        (nothing held, read to its end, nothing new for ``idle_partition_ms``): also broker time less
+        ``max_lateness_ms`` (a later span arrives after it), and the caller lets it follow the busy ones.
+        """
+        state = self._watermarks.setdefault(source, _Watermark())
         value = state.max_emitted_start - self._lateness_ns if state.max_emitted_start != NEVER else NEVER
-        least_held = self.engine.least_held_start(partition)
+        least_held = self.engine.least_held_start(source)
         if least_held is not None:
-            return min(value, least_held)
-        progress = self._runtime.progress(self._topics.spans, partition)
+            return min(value, least_held), False
+        progress = self._progress(source)
         now_ms = self._clock() // _NANOS_PER_MS
-        if (
+        idle = (
             progress is not None
             and idle_floor_ms != NEVER
             and progress.caught_up_at_ms - self._settings.clock_skew_ms >= progress.last_arrival_ms
             and progress.last_arrival_ms < now_ms - self._settings.idle_partition_ms
-        ):
-            # Read to its end and quiet: a later span arrives after the floor, so started after it less the bound.
+        )
+        if idle:
             value = max(value, idle_floor_ms * _NANOS_PER_MS - self._lateness_ns)
-        return value
+        return value, idle
 
-    def _publish_watermarks(self, outbox: Outbox, partitions: list[int], idle_floor_ms: int) -> None:
+    def _publish_watermarks(self, outbox: Outbox, sources: list[int], idle_floor_ms: int) -> None:
+        """Send every source's watermark that rose to every feed partition (after the rows and reloads it covers).
+
+        An idle source follows the least watermark of the busy ones (as Flink's idleness lets an idle
+        input stop holding the others back): a span it gets later is counted as late if it started
+        before (``late_requests``).
+        """
         assert self._runtime is not None
         if self._restores:
             return
+        computed = {source: self._watermark(source, idle_floor_ms) for source in sources}
+        busy = [value for value, idle in computed.values() if not idle]
+        busy_floor = min(busy) if busy else NEVER
         times = {}
-        for partition in partitions:
-            value = self._watermark(partition, idle_floor_ms)
-            state = self._watermarks[partition]
+        for source, (value, idle) in computed.items():
+            if idle:
+                value = max(value, busy_floor)
+            state = self._watermarks[source]
             if value > state.published:
                 state.published = value
-                times[partition] = value
+                times[source] = value
         if not times:
             return
         topic = self._topics.requests_by_service
-        value = encode_watermarks(self._runtime.partition_count(self._topics.spans), times)
+        value = encode_watermarks(len(self._source_partitions), times)
         for feed_partition in range(outbox.partitions(topic)):
             outbox.publish(topic, None, value, partition=feed_partition)
 
@@ -419,9 +534,10 @@ class SpanEnricher(Stage):
         frontier = self.engine.applied_key
         positions = {}
         for topic, partition in partitions:
+            source = self._sources[(topic, partition)]
             progress = self._runtime.progress(topic, partition)
-            offset = held.get(partition, progress.next_offset if progress is not None else -1)
-            watermark = self._watermarks.get(partition)
+            offset = held.get(source, progress.next_offset if progress is not None else -1)
+            watermark = self._watermarks.get(source)
             positions[(topic, partition)] = Position(
                 offset,
                 {
@@ -438,14 +554,14 @@ class SpanEnricher(Stage):
         return None
 
     def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
-        numbers = [partition for topic, partition in partitions if topic == self._topics.spans]
-        self.engine.forget_partitions(numbers)
-        for number in numbers:
-            self._watermarks.pop(number, None)
-            self._restores.pop(number, None)
+        sources = [self._sources[key] for key in partitions if key in self._sources]
+        self.engine.forget_partitions(sources)
+        for source in sources:
+            self._watermarks.pop(source, None)
+            self._restores.pop(source, None)
 
     def assigned(self, partitions: Sequence[Committed]) -> dict[tuple[str, int], RestorePlan]:
-        previous = {entry.partition: _frontier(entry.state) for entry in partitions}
+        previous = {self._sources[(entry.topic, entry.partition)]: _frontier(entry.state) for entry in partitions}
         if not self._assigned_once:
             # Start at the least advanced frontier any partition was committed with: no partition
             # then needs answers this worker could not give (see restore_partition).
@@ -459,14 +575,15 @@ class SpanEnricher(Stage):
         now_ms = self._clock() // _NANOS_PER_MS
         plans = {}
         for entry in partitions:
-            _, previous_frontier = previous[entry.partition]
+            source = self._sources[(entry.topic, entry.partition)]
+            _, previous_frontier = previous[source]
             anchors = [now_ms] + [key[0] for key in (frontier, previous_frontier) if key is not None]
             since_ms = min(anchors) - self._settings.correction_horizon_ms - 2 * grace - self._settings.clock_skew_ms
-            self._restores[entry.partition] = _Restore(entry, previous_frontier)
+            self._restores[source] = _Restore(entry, previous_frontier)
             state = entry.state or {}
             emitted_start = state.get("max_emitted_start")
             if isinstance(emitted_start, int):
-                self._watermarks[entry.partition] = _Watermark(max_emitted_start=emitted_start)
+                self._watermarks[source] = _Watermark(max_emitted_start=emitted_start)
             plans[(entry.topic, entry.partition)] = RestorePlan(
                 until_offset=entry.offset,
                 since_time_ms=since_ms,
@@ -479,27 +596,34 @@ class SpanEnricher(Stage):
     def restore_messages(
         self, partition: tuple[str, int], messages: Sequence[Message], arrivals: Sequence[int], outbox: Outbox
     ) -> None:
-        restore = self._restores.get(partition[1])
+        restore = self._restores.get(self._sources[partition])
         if restore is None:
             return
         committed = restore.committed.offset
         drop_bytes = self._settings.refetch_corrections
+        avro = self._encodings[partition[0]] == AVRO
         for message, arrival in zip(messages, arrivals, strict=True):
-            try:
-                span = self._decode_span(message, arrival)
-            except (DecodeError, InvalidRecordError) as error:
-                if message.offset() >= committed:  # the previous owner dead-lettered the ones before
-                    self._reject(outbox, message, error)
-                continue
-            if message.offset() < committed:
-                if drop_bytes:  # answered already: only a correction needs the bytes, and re-reads them
-                    span.payload.key = span.payload.value = None
-                restore.emitted.append(span)
+            # The previous owner dead-lettered (and derived the reloads of) what is before its commit.
+            after = message.offset() >= committed
+            if avro:
+                try:
+                    spans = [self._decode_span(message, arrival)]
+                except (DecodeError, InvalidRecordError) as error:
+                    if after:
+                        self._reject(outbox, message, error)
+                    continue
             else:
-                restore.unemitted.append(span)
+                spans = self._otlp_spans(message, arrival, outbox, committed=after)
+            for span in spans:
+                if not after:
+                    if drop_bytes:  # answered already: only a correction needs the bytes, and re-reads them
+                        span.payload.key = span.payload.value = None
+                    restore.emitted.append(span)
+                else:
+                    restore.unemitted.append(span)
 
     def restored(self, partition: tuple[str, int], committed: Committed, position: int, outbox: Outbox) -> None:
-        restore = self._restores.pop(partition[1], None)
+        restore = self._restores.pop(self._sources[partition], None)
         if restore is None:
             return
         result = restore_partition(
@@ -517,14 +641,14 @@ class SpanEnricher(Stage):
             self.engine.adopt(span, answer, revision)
         for span in result.hold:
             self.engine.add_span(span)
-        self._publish(result.emissions, outbox, first_appearance={(s.partition, s.offset) for s in restore.unemitted})
+        self._publish(result.emissions, outbox, first_appearance={span.position for span in restore.unemitted})
         if self._settings.refetch_corrections:
             for span, _, _ in result.adopt:
                 span.payload.key = span.payload.value = None
         self.stats.restored_partitions += 1
         logger.info(
-            "partition %d: committed %d, rebuilt %d answered + %d pending spans, republished %d, consuming from %d",
-            partition[1], committed.offset, len(restore.emitted), len(restore.unemitted), len(result.emissions), position,
+            "partition %s[%d]: committed %d, rebuilt %d answered + %d pending spans, republished %d, consuming from %d",
+            *partition, committed.offset, len(restore.emitted), len(restore.unemitted), len(result.emissions), position,
         )
 
 
@@ -547,8 +671,8 @@ class _SpanMessageView:
 
     __slots__ = ("_key", "_offset", "_partition", "_topic", "_value")
 
-    def __init__(self, topic: str, span: SpanArrival, key: bytes | None, value: bytes | None) -> None:
-        self._topic, self._partition, self._offset, self._key, self._value = topic, span.partition, span.offset, key, value
+    def __init__(self, topic: str, partition: int, span: SpanArrival, key: bytes | None, value: bytes | None) -> None:
+        self._topic, self._partition, self._offset, self._key, self._value = topic, partition, span.offset, key, value
 
     def topic(self) -> str:
         return self._topic

@@ -147,20 +147,21 @@ class TopicCreationError(ReloadtraceError):
     """A topic the pipeline needs could not be created."""
 
 
-def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
-    """Create the pipeline's topics that do not exist yet (``kafka.partitions`` each, broker-default
-    replication, the configs the stages rely on: log-append time, reloads kept forever).
+def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0, *, topics: dict[str, dict[str, str]] | None = None) -> None:
+    """Create the pipeline's topics (or ``topics``: name -> config) that do not exist yet (``kafka.partitions``
+    each, broker-default replication, the configs the stages rely on: log-append time, reloads kept forever).
 
     Raises:
         TopicCreationError: a topic could not be created.
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
     admin = AdminClient(kafka.confluent_config())
     existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = kafka.topics.with_configs() if topics is None else topics
     missing = [
         NewTopic(name, num_partitions=kafka.partitions, replication_factor=-1, config=dict(config))
-        for name, config in kafka.topics.with_configs().items()
+        for name, config in wanted.items()
         if name not in existing
     ]
     if not missing:
@@ -172,3 +173,8 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
             if "TOPIC_ALREADY_EXISTS" not in str(error):
                 raise TopicCreationError(f"creating topic {name} failed: {error}") from error
     logger.info("created topics %s", ", ".join(topic.topic for topic in missing))
+
+
+def ensure_topic(kafka: KafkaSettings, name: str) -> None:
+    """Create topic ``name`` (default configs) when it does not exist."""
+    ensure_topics(kafka, topics={name: {}})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -44,6 +46,24 @@ class WorkerSettings(BaseSettings):
     )
     clock_skew_ms: int = Field(
         default=_DEFAULT_CLOCK_SKEW_MS, ge=0, description="Allowance between this host's clock and the broker's"
+    )
+    spans_encoding: Literal["avro", "otlp_proto", "otlp_json"] = Field(
+        default="avro", description="How messages of the spans topic are written: reloadtrace's Avro, or OTLP"
+    )
+    otlp_enabled: bool = Field(
+        default=True, description="Also read OTLP spans from the otlp_spans topic (a Collector's kafkaexporter)"
+    )
+    otlp_encoding: Literal["otlp_proto", "otlp_json"] = Field(
+        default="otlp_proto", description="The kafkaexporter encoding of the otlp_spans topic"
+    )
+    otlp_max_message_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="Largest OTLP message decoded (larger: dead-lettered)"
+    )
+    enriched_otlp_topic: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Also publish the enriched spans as otlp_proto to this topic (for a Collector's kafkareceiver);"
+        " unset: off",
     )
     max_lateness_ms: int = Field(
         default=_DEFAULT_MAX_LATENESS_MS,

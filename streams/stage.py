@@ -133,8 +133,9 @@ class Outbox(ABC):
         """
 
     @abstractmethod
-    def reject(self, message: Message, error: Exception, *, stage: str) -> None:
-        """Dead-letter ``message`` (always fits the dead-letter topic)."""
+    def reject(self, message: Message, error: Exception, *, stage: str, index: int = -1) -> None:
+        """Dead-letter ``message`` (always fits the dead-letter topic); ``index``: which of its records
+        failed (a span of an OTLP message), -1 for the message as a whole."""
 
     @abstractmethod
     def partitions(self, topic: str) -> int:
@@ -286,8 +287,8 @@ class _RuntimeOutbox(Outbox):
     def publish(self, topic: str, key: bytes | None, value: bytes, *, partition: int | None = None) -> None:
         self._runtime._publish(topic, key, value, partition)
 
-    def reject(self, message: Message, error: Exception, *, stage: str) -> None:
-        self._runtime._reject(message, error, stage)
+    def reject(self, message: Message, error: Exception, *, stage: str, index: int = -1) -> None:
+        self._runtime._reject(message, error, stage, index)
 
     def partitions(self, topic: str) -> int:
         return self._runtime.partition_count(topic)
@@ -693,7 +694,7 @@ class StageRuntime:
             self.stats.too_large += 1
             raise MessageTooLarge(topic, size, limit) from error
 
-    def _reject(self, message: Message, error: Exception, stage: str) -> None:
+    def _reject(self, message: Message, error: Exception, stage: str, index: int = -1) -> None:
         topic = self.kafka.topics.dead_letter
         if self._dead_letters is None:
             self._dead_letters = DeadLetterBuilder(self.kafka.codec("DeadLetter"), max_message_bytes=max(self._limit(topic), 16_384))
@@ -712,6 +713,7 @@ class StageRuntime:
             error=str(error),
             stage=stage,
             now_unix_nano=self._clock(),
+            source_index=index,
         )
         self.stats.dead_letters += 1
 

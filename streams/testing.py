@@ -106,7 +106,7 @@ class ListOutbox(Outbox):
 
     def __init__(self, partitions: dict[str, int] | None = None, limit_bytes: int = 1_000_000) -> None:
         self.published: list[tuple[str, bytes | None, bytes, int | None]] = []
-        self.rejected: list[tuple[Any, Exception, str]] = []
+        self.rejected: list[tuple[Any, Exception, str, int]] = []
         self._partitions = partitions or {}
         self._limit = limit_bytes
 
@@ -118,8 +118,8 @@ class ListOutbox(Outbox):
             raise MessageTooLarge(topic, size, self._limit)
         self.published.append((topic, key, value, partition))
 
-    def reject(self, message: Any, error: Exception, *, stage: str) -> None:
-        self.rejected.append((message, error, stage))
+    def reject(self, message: Any, error: Exception, *, stage: str, index: int = -1) -> None:
+        self.rejected.append((message, error, stage, index))
 
     def partitions(self, topic: str) -> int:
         return self._partitions.get(topic, 1)

@@ -28,8 +28,12 @@ def dump(sink_url: str) -> dict:
             "span_rows_without_final": rows("SELECT count() FROM spans_enriched")[0][0],
             "reload_ids": [row[0] for row in rows("SELECT reload_id FROM reload_events FINAL")],
             "dead_letters": rows(
-                "SELECT source_topic, source_partition, source_offset, error_kind, stage, hex(ifNull(raw_value, ''))"
-                " FROM dead_letters FINAL"
+                "SELECT source_topic, source_partition, source_offset, error_kind, stage, hex(ifNull(raw_value, '')),"
+                " source_record FROM dead_letters FINAL"
+            ),
+            "lossless": rows(
+                "SELECT trace_id, span_id, trace_state, scope_name, scope_version, `Events.Name`, `Links.SpanId`"
+                " FROM spans_enriched FINAL"
             ),
             "anomalies": rows("SELECT anomaly_id, reload_id, metric, toString(severity) FROM anomalies FINAL"),
         }

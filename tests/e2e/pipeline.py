@@ -139,9 +139,10 @@ class Load(threading.Thread):
 class PipelineRun:
     """Workers (and optionally a separate sink) on one test's topics, and the checks of the outcome."""
 
-    def __init__(self, kafka: KafkaSettings, directory: Path) -> None:
+    def __init__(self, kafka: KafkaSettings, directory: Path, *, env: dict[str, str] | None = None) -> None:
         self.kafka = kafka
         self.directory = directory
+        self.extra_env = dict(env or {})
         self.group_id = f"e2e-{uuid.uuid4().hex[:8]}"
         self.sink_url = f"chdb://{directory / 'chdb'}"
         self.processes: list[ManagedProcess] = []
@@ -157,7 +158,7 @@ class PipelineRun:
             "RELOADTRACE_SESSION_TIMEOUT_MS": "6000",
             "RELOADTRACE_COMMIT_INTERVAL_MS": "500",
             "RELOADTRACE_SINK_FLUSH_INTERVAL_MS": "500",
-        }
+        } | self.extra_env
 
     def start_worker(self, *, with_sink: bool = True) -> ManagedProcess:
         self._started += 1

@@ -141,7 +141,7 @@ def converge(collector: EnrichedCollector, expected: dict, workers: list[Managed
 
 def took_over(log_path: Path, more_than: int = 0) -> bool:
     """Whether the worker logged more than ``more_than`` partition restores (one per partition assigned)."""
-    return len(re.findall(r"partition \d+: committed \d+, rebuilt", log_path.read_text())) > more_than
+    return len(re.findall(r"partition \S+\[\d+\]: committed \d+, rebuilt", log_path.read_text())) > more_than
 
 
 def new_scenario(seed: int) -> tuple[Scenario, float]:
