@@ -9,7 +9,12 @@ pipeline has drained it stops the worker, prints the report (and writes ``out/de
 checks the regression was flagged against the right reload, and stops everything it started —
 on success, failure or Ctrl-C. Every run starts from empty data, so a second run works the same.
 
-Usage: ``python -m infra.demo [--speed 5] [--duration-s 600] [--keep-kafka]``.
+With ``--via-collector`` the spans go as OTLP/HTTP through the project's OpenTelemetry Collector
+(``infra/otelcol``, built first when needed) into the ``otlp_spans`` topic, as a fleet of any SDK
+would send them; reload events still go to ``reloads`` (late ones late), and the reload spans in the
+OTLP stream give the same events again (deduplicated by reload id).
+
+Usage: ``python -m infra.demo [--speed 5] [--duration-s 600] [--via-collector] [--keep-kafka]``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,55 @@ _DEFAULT_RATE = 20.0
 _DEMO_SERVICES = ("llm-gateway", "chat-api", "rag-api")
 _BAD_MODEL_RELOAD_INDEX = 4
 _DRAIN_TIMEOUT_S = 300.0
+_OTLP_BATCH_SPANS = 512
+
+
+class OtlpHttpPublisher:
+    """Publishes stream items like :class:`gateway.produce.StreamPublisher`, but the spans as OTLP/HTTP
+    requests to a Collector (batched, at most ``_OTLP_BATCH_SPANS`` a request); reloads to Kafka."""
+
+    def __init__(self, kafka: Any, endpoint: str) -> None:
+        import httpx
+
+        from gateway.produce import StreamPublisher
+
+        self._kafka_publisher = StreamPublisher(kafka)
+        self._endpoint = endpoint
+        self._client = httpx.Client(timeout=30)
+        self.requests = 0
+
+    def publish(self, items: list[Any], report: Any, *, pace: float, on_item: Any) -> None:
+        from schemas.otlp import span_otlp_request
+
+        batch: list[dict[str, Any]] = []
+        first_time = items[0].publish_time_unix_nano if items else 0
+        wall_start = time.monotonic()
+
+        def send() -> None:
+            if batch:
+                response = self._client.post(
+                    self._endpoint, content=span_otlp_request(batch).SerializeToString(),
+                    headers={"Content-Type": "application/x-protobuf"},
+                )
+                response.raise_for_status()
+                self.requests += 1
+                report.spans += len(batch)
+                batch.clear()
+
+        for number, item in enumerate(items, start=1):
+            delay = wall_start + (item.publish_time_unix_nano - first_time) / 1e9 / pace - time.monotonic()
+            if delay > 0.05:
+                send()
+                time.sleep(delay)
+            if item.kind == "span":
+                batch.append(item.record)
+                if len(batch) >= _OTLP_BATCH_SPANS:
+                    send()
+            else:
+                send()
+                self._kafka_publisher.publish([item], report)
+            on_item(number)
+        send()
 
 
 def demo_config(*, duration_s: float, rate: float, start_time_unix_nano: int, seed: int = 7):
@@ -86,12 +140,23 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     broker = KafkaBroker(port=free_port(), controller_port=free_port(), data_dir=kafka_dir)
     broker.wipe()
     worker: ManagedProcess | None = None
+    collector = None
     try:
         console.rule("[bold]1. Kafka")
         broker.start()
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, partitions=4)
         create_topics(broker.bootstrap_servers, kafka.topics.with_configs(), partitions=kafka.partitions)
         console.print(f"Kafka 4.1 (KRaft) on {broker.bootstrap_servers}, data in {kafka_dir}")
+
+        if args.via_collector:
+            from infra.otelcol.collector import build, otlp_to_kafka
+
+            console.rule("[bold]1b. OpenTelemetry Collector")
+            binary = build().binary
+            collector = otlp_to_kafka(broker.bootstrap_servers, out_dir / "collector", topic=kafka.topics.otlp_spans)
+            collector.binary = binary
+            collector.start()
+            console.print(f"Collector {binary} on {collector.otlp_http_endpoint} -> Kafka {kafka.topics.otlp_spans} (otlp_proto)")
 
         console.rule("[bold]2. Worker")
         group_id = f"demo-{uuid.uuid4().hex[:6]}"
@@ -133,7 +198,10 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
                     progress.update(task, completed=number)
                     worker.check_alive()
 
-            StreamPublisher(kafka).publish(items, report, pace=args.speed, on_item=on_item)
+            if collector is not None:
+                OtlpHttpPublisher(kafka, collector.otlp_http_endpoint).publish(items, report, pace=args.speed, on_item=on_item)
+            else:
+                StreamPublisher(kafka).publish(items, report, pace=args.speed, on_item=on_item)
         if report.undelivered:
             console.print(f"[red]{report.undelivered} records were not delivered to Kafka")
             return 1
@@ -168,6 +236,8 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     finally:
         if worker is not None:
             worker.stop()
+        if collector is not None:
+            collector.stop()
         if not args.keep_kafka:
             broker.stop()
             console.print("Kafka stopped")
@@ -212,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=_DEFAULT_DURATION_S, help="seconds of event time")
     parser.add_argument("--rate", type=float, default=_DEFAULT_RATE, help="requests per second per service")
     parser.add_argument("--keep-kafka", action="store_true", help="leave the demo broker running")
+    parser.add_argument("--via-collector", action="store_true",
+                        help="send the spans as OTLP through the project's OpenTelemetry Collector (needs Go to build it)")
     args = parser.parse_args(argv)
     console = Console()
     os.chdir(REPO)
