@@ -3,7 +3,8 @@
 ``/v1/verdict`` takes ``reload_id``, or ``service``, ``component`` and ``version`` (and optionally
 ``instance``: that canary's reloads only), and answers 200 with the verdict document
 (:mod:`streams.gate.answer`) for every phase, 404 when no such reload is known, 400 for a bad query.
-``/v1`` routes need the bearer token (:mod:`streams.gate.auth`); ``/healthz`` does not (probes): 200
+``/v1`` routes need the bearer token (:mod:`streams.gate.auth`; the Flagger check also takes it as
+``metadata.token``, Flagger sending no headers); ``/healthz`` does not (probes): 200
 once the tables are loaded and followed, 503 while loading or after the Kafka side stopped.
 Every answer is JSON; an unexpected error answers 500 and is logged without a traceback.
 """
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 _MAX_PARAM_CHARS = 1_024
 _QUERY_KEYS = ("reload_id", "service", "component", "version", "instance")
+_FLAGGER_PATH = "/v1/flagger/check"
+_AUTH_PROBLEM = web.RequestKey("auth_problem", object)
+"""Why the header did not authenticate a Flagger check (None when it did): its metadata may still hold the token."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
@@ -62,16 +66,17 @@ class GateApp:
         self._clock = wall_clock_ns
         self.app = web.Application(middlewares=[self._guard], client_max_size=settings.max_body_bytes)
         self.app.router.add_get("/v1/verdict", self.verdict)
-        self.app.router.add_post("/v1/flagger/check", self.flagger_check)
+        self.app.router.add_post(_FLAGGER_PATH, self.flagger_check)
         self.app.router.add_get("/healthz", self.healthz)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/v1/"):
-            why = self._auth.problem(request.headers.get("Authorization"))
-            if why is not None:
-                self._auth.refused_request(request.method, request.path, request.remote, why)
-                return _error(401, "missing or invalid bearer token", {"WWW-Authenticate": 'Bearer realm="reloadtrace-gate"'})
+            header = request.headers.get("Authorization")
+            why = self._auth.problem(header)
+            if why is not None and not (header is None and request.path == _FLAGGER_PATH):
+                return self._refuse(request, why)
+            request[_AUTH_PROBLEM] = why
         try:
             return await handler(request)
         except web.HTTPException as error:
@@ -79,6 +84,10 @@ class GateApp:
         except Exception as error:  # noqa: BLE001 - one bad request must never take the gate down
             logger.error("gate: %s %s failed: %s", request.method, bounded_repr(request.path, 200), bounded_repr(error))
             return _error(500, "internal error")
+
+    def _refuse(self, request: web.Request, why: str) -> web.Response:
+        self._auth.refused_request(request.method, request.path, request.remote, why)
+        return _error(401, "missing or invalid bearer token", {"WWW-Authenticate": 'Bearer realm="reloadtrace-gate"'})
 
     # --- lookups -----------------------------------------------------------------------------
 
@@ -130,7 +139,13 @@ class GateApp:
         try:
             check = parse_check(body)
         except FlaggerPayloadError as error:
+            if request.get(_AUTH_PROBLEM) is not None:
+                return self._refuse(request, request[_AUTH_PROBLEM])
             return _error(400, f"not a Flagger webhook payload: {error}")
+        if request.get(_AUTH_PROBLEM) is not None:
+            why = self._auth.problem(None if check.token is None else f"Bearer {check.token}")
+            if why is not None:
+                return self._refuse(request, why if check.token is not None else request[_AUTH_PROBLEM])
         entry = self._lookup(check.reload_id, check.service, check.component, check.version, check.instance)
         if entry is None:
             return self._not_found(check.reload_id, check.service, check.component, check.version)

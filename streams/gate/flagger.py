@@ -4,14 +4,15 @@ Flagger POSTs ``{"name", "namespace", "phase", "checksum", "metadata": {string: 
 webhook and counts a non-2xx answer as a failed check (a confirm-* hook waits until it gets a 2xx).
 The reload is named in ``metadata``: ``reload_id``, or ``component`` and ``version`` with ``service``
 (default: the canary's ``name``) and optionally ``instance``. ``metadata.pending`` (``fail`` or
-``pass``) overrides the gate's setting for that webhook. Answers: 200 passed (or pending when
+``pass``) overrides the gate's setting for that webhook; Flagger sends no custom headers, so the
+bearer token may come as ``metadata.token`` instead of the ``Authorization`` header. Answers: 200 passed (or pending when
 pending passes), 412 failed, 409 pending, 404 unknown reload, 400 unreadable payload.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -39,6 +40,8 @@ class FlaggerCheck:
     version: str | None
     instance: str | None
     pending: str | None
+    token: str | None = field(default=None, repr=False)
+    """``metadata.token``: Flagger's webhooks send no headers, so the bearer token may come here (never shown)."""
 
 
 def _text(document: Mapping[str, Any], key: str, *, required: bool) -> str | None:
@@ -78,6 +81,7 @@ def parse_check(body: bytes) -> FlaggerCheck:
         version=_text(metadata, "version", required=False),
         instance=_text(metadata, "instance", required=False),
         pending=_text(metadata, "pending", required=False),
+        token=_text(metadata, "token", required=False),
     )
     if check.pending is not None and check.pending.lower() not in FLAGGER_PENDING_CHOICES:
         raise FlaggerPayloadError(f"metadata.pending must be one of {', '.join(FLAGGER_PENDING_CHOICES)}")
