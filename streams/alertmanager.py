@@ -1,9 +1,10 @@
 """Alertmanager-shaped alerts of anomalies (pure): labels, annotations, fingerprints, webhook payloads, templates.
 
 An alert's labels are ``alertname``, ``service``, ``component``, ``old_version``, ``new_version``,
-``metric``, ``severity`` (lower case, as Prometheus rules spell it) and ``reload_id``; its fingerprint is Alertmanager's (FNV-1a 64 over the sorted labels), so a receiver
-matches the resolved notification to the firing one. The webhook payload is Alertmanager's
-``version: "4"`` message (``receiver``, ``status``, ``alerts``, ``groupLabels``, ``commonLabels``,
+``metric``, ``severity`` (lower case, as Prometheus rules spell it) and ``reload_id``; its
+fingerprint is Alertmanager's (FNV-1a 64 over the sorted labels), so a receiver matches the
+resolved notification to the firing one. The webhook payload is Alertmanager's ``version: "4"``
+message (``receiver``, ``status``, ``alerts``, ``groupLabels``, ``commonLabels``,
 ``commonAnnotations``, ``externalURL``, ``groupKey``, ``truncatedAlerts``). A generic template is a
 JSON document whose strings may hold ``${field}`` placeholders, filled per alert and re-encoded, so
 the body stays valid JSON whatever the values hold.
@@ -33,9 +34,24 @@ _SEPARATOR = 0xFF
 _NANOS = 1_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TEMPLATE_FIELDS = (
-    "status", "alertname", "service", "component", "old_version", "new_version", "metric", "severity", "reload_id",
-    "summary", "p_value", "baseline_value", "observed_value", "starts_at", "ends_at", "report_url",
-    "report_query", "fingerprint",
+    "status",
+    "alertname",
+    "service",
+    "component",
+    "old_version",
+    "new_version",
+    "metric",
+    "severity",
+    "reload_id",
+    "summary",
+    "p_value",
+    "baseline_value",
+    "observed_value",
+    "starts_at",
+    "ends_at",
+    "report_url",
+    "report_query",
+    "fingerprint",
 )
 
 
@@ -84,14 +100,32 @@ class AlertFacts:
     @classmethod
     def from_anomaly(cls, anomaly: Mapping[str, Any]) -> AlertFacts:
         return cls(
-            anomaly["reload_id"], anomaly["service_name"], anomaly["component"], anomaly.get("old_version"),
-            anomaly["new_version"], anomaly["metric"], anomaly["severity"], float(anomaly["baseline_value"]),
-            float(anomaly["observed_value"]), float(anomaly["p_value"]), int(anomaly["detected_time_unix_nano"]),
+            anomaly["reload_id"],
+            anomaly["service_name"],
+            anomaly["component"],
+            anomaly.get("old_version"),
+            anomaly["new_version"],
+            anomaly["metric"],
+            anomaly["severity"],
+            float(anomaly["baseline_value"]),
+            float(anomaly["observed_value"]),
+            float(anomaly["p_value"]),
+            int(anomaly["detected_time_unix_nano"]),
         )
 
     def at_severity(self, severity: str) -> AlertFacts:
         return AlertFacts(
-            self.reload_id, self.service_name, self.component, self.old_version, self.new_version, self.metric, severity, self.baseline_value, self.observed_value, self.p_value, self.detected_time_unix_nano,
+            self.reload_id,
+            self.service_name,
+            self.component,
+            self.old_version,
+            self.new_version,
+            self.metric,
+            severity,
+            self.baseline_value,
+            self.observed_value,
+            self.p_value,
+            self.detected_time_unix_nano,
         )
 
     def labels(self) -> dict[str, str]:
@@ -116,11 +150,15 @@ class AlertFacts:
 
 
 def report_link(template: str | None, facts: AlertFacts) -> str:
-    """``template`` with ``{reload_id}``, ``{service}``, ``{component}``, ``{new_version}`` URL-encoded; empty when unset."""
+    """``template`` with ``{reload_id}``, ``{service}``, ``{component}``, ``{new_version}`` filled in, URL-encoded."""
     if not template:
         return ""
-    values = {"reload_id": facts.reload_id, "service": facts.service_name, "component": facts.component,
-              "new_version": facts.new_version}
+    values = {
+        "reload_id": facts.reload_id,
+        "service": facts.service_name,
+        "component": facts.component,
+        "new_version": facts.new_version,
+    }
     for name, value in values.items():
         template = template.replace("{" + name + "}", quote(value, safe=""))
     return template
@@ -157,7 +195,7 @@ def webhook_payload(alerts: Sequence[Mapping[str, Any]], *, external_url: str = 
     """Alertmanager's webhook message (version 4) for alerts of one reload (grouped by reload_id)."""
     labels = [a["labels"] for a in alerts]
     group_labels = {"reload_id": labels[0]["reload_id"]} if labels else {}
-    group_key = "{}:{" + ", ".join(f'{k}={orjson.dumps(v).decode()}' for k, v in sorted(group_labels.items())) + "}"
+    group_key = "{}:{" + ", ".join(f"{k}={orjson.dumps(v).decode()}" for k, v in sorted(group_labels.items())) + "}"
     return {
         "version": "4",
         "groupKey": group_key,

@@ -61,8 +61,13 @@ class Supersessions:
         reload = self._reloads.get(verdict["reload_id"])
         if reload is None:
             reload = _Reload(
-                verdict["reload_id"], verdict["service_name"], verdict["component"], verdict.get("service_instance_id"),
-                verdict.get("old_version"), verdict["new_version"], verdict.get("status") == "SUCCEEDED",
+                verdict["reload_id"],
+                verdict["service_name"],
+                verdict["component"],
+                verdict.get("service_instance_id"),
+                verdict.get("old_version"),
+                verdict["new_version"],
+                verdict.get("status") == "SUCCEEDED",
                 int(verdict["effective_time_unix_nano"]),
             )
             self._reloads[reload.reload_id] = reload
@@ -71,10 +76,14 @@ class Supersessions:
         reload.final = reload.final or bool(verdict["final"])
         for metric in verdict["metrics"]:
             severity = metric.get("emitted_severity")
-            if severity is not None and _RANK.get(severity, -1) > _RANK.get(reload.emitted.get(metric["metric"], ""), -1):
+            if severity is not None and _RANK.get(severity, -1) > _RANK.get(
+                reload.emitted.get(metric["metric"], ""), -1
+            ):
                 reload.emitted[metric["metric"]] = severity
             reload.values[metric["metric"]] = (
-                float(metric["baseline_value"]), float(metric["observed_value"]), float(metric["p_value"])
+                float(metric["baseline_value"]),
+                float(metric["observed_value"]),
+                float(metric["p_value"]),
             )
         decided = []
         peers = [self._reloads[rid] for rid in self._by_component[(reload.service_name, reload.component)]]
@@ -94,7 +103,8 @@ class Supersessions:
     def decided_since(self, since_unix_nano: int) -> list[Resolution]:
         """Supersessions decided by looks published at or after ``since_unix_nano`` (re-posted after a restart)."""
         return sorted(
-            (r for r in self._resolved.values() if r.decided_unix_nano >= since_unix_nano), key=lambda r: r.decided_unix_nano
+            (r for r in self._resolved.values() if r.decided_unix_nano >= since_unix_nano),
+            key=lambda r: r.decided_unix_nano,
         )
 
     def _fired(self, reload: _Reload) -> bool:
@@ -117,12 +127,24 @@ class Supersessions:
         for metric, severity in sorted(earlier.emitted.items()):
             baseline, observed, p_value = earlier.values.get(metric, (0.0, 0.0, 1.0))
             top = AlertFacts(
-                earlier.reload_id, earlier.service_name, earlier.component, earlier.old_version, earlier.new_version,
-                metric, severity, baseline, observed, p_value, earlier.effective_time_unix_nano,
+                earlier.reload_id,
+                earlier.service_name,
+                earlier.component,
+                earlier.old_version,
+                earlier.new_version,
+                metric,
+                severity,
+                baseline,
+                observed,
+                p_value,
+                earlier.effective_time_unix_nano,
             )
             alerts += [top.at_severity(name) for name in SEVERITIES[self._min_rank : _RANK[severity] + 1]]
         resolution = Resolution(
-            earlier.reload_id, later.reload_id, later.effective_time_unix_nano, tuple(alerts),
+            earlier.reload_id,
+            later.reload_id,
+            later.effective_time_unix_nano,
+            tuple(alerts),
             max(earlier.published_unix_nano, later.published_unix_nano),
         )
         self._resolved[earlier.reload_id] = resolution

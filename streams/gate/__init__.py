@@ -1,1 +1,1 @@
-"""The delivery gate: reloadtrace's verdicts as an HTTP service for Argo Rollouts, Flagger and probes (``reloadtrace gate``)."""
+"""The delivery gate (``reloadtrace gate``): reloadtrace's verdicts over HTTP for Argo Rollouts, Flagger, probes."""

@@ -91,8 +91,14 @@ class GateApp:
 
     # --- lookups -----------------------------------------------------------------------------
 
-    def _lookup(self, reload_id: str | None, service: str | None, component: str | None, version: str | None,
-                instance: str | None) -> ReloadEntry | None:
+    def _lookup(
+        self,
+        reload_id: str | None,
+        service: str | None,
+        component: str | None,
+        version: str | None,
+        instance: str | None,
+    ) -> ReloadEntry | None:
         if reload_id is not None:
             return self._store.by_reload_id(reload_id)
         assert service is not None and component is not None and version is not None
@@ -109,7 +115,9 @@ class GateApp:
         return document
 
     @staticmethod
-    def _not_found(reload_id: str | None, service: str | None, component: str | None, version: str | None) -> web.Response:
+    def _not_found(
+        reload_id: str | None, service: str | None, component: str | None, version: str | None
+    ) -> web.Response:
         if reload_id is not None:
             return _error(404, "no reload with this reload_id is known (yet)")
         return _error(404, "no reload of this service and component to this version is known (yet)")
@@ -126,7 +134,9 @@ class GateApp:
             values[key] = value
         if values["reload_id"] is None and None in (values["service"], values["component"], values["version"]):
             return _error(400, "give reload_id, or service, component and version")
-        entry = self._lookup(values["reload_id"], values["service"], values["component"], values["version"], values["instance"])
+        entry = self._lookup(
+            values["reload_id"], values["service"], values["component"], values["version"], values["instance"]
+        )
         if entry is None:
             return self._not_found(values["reload_id"], values["service"], values["component"], values["version"])
         return _json(self._document(entry))
@@ -152,7 +162,12 @@ class GateApp:
         document = self._document(entry)
         pending = (check.pending or self._settings.flagger_pending).lower()
         status = check_status(document["phase"], pending)
-        document["flagger"] = {"name": check.name, "namespace": check.namespace, "phase": check.flagger_phase, "pending": pending}
+        document["flagger"] = {
+            "name": check.name,
+            "namespace": check.namespace,
+            "phase": check.flagger_phase,
+            "pending": pending,
+        }
         return _json(document, status)
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -23,7 +23,9 @@ _SCHEME = b"bearer "
 class BearerAuth:
     """Checks ``Authorization`` headers against one token (None: every request is let in)."""
 
-    def __init__(self, token: str | None, *, logs_per_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, token: str | None, *, logs_per_s: float, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._token = token.encode() if token is not None else None
         self._logs_per_s = logs_per_s
         self._monotonic = monotonic
@@ -63,5 +65,9 @@ class BearerAuth:
         self._suppressed = 0
         logger.warning(
             "gate: refused %s %s from %s: %s%s",
-            safe_text(method, 20), safe_text(path, 200), safe_text(peer or "unknown peer", 100), why, more,
+            safe_text(method, 20),
+            safe_text(path, 200),
+            safe_text(peer or "unknown peer", 100),
+            why,
+            more,
         )

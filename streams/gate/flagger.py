@@ -5,8 +5,9 @@ webhook and counts a non-2xx answer as a failed check (a confirm-* hook waits un
 The reload is named in ``metadata``: ``reload_id``, or ``component`` and ``version`` with ``service``
 (default: the canary's ``name``) and optionally ``instance``. ``metadata.pending`` (``fail`` or
 ``pass``) overrides the gate's setting for that webhook; Flagger sends no custom headers, so the
-bearer token may come as ``metadata.token`` instead of the ``Authorization`` header. Answers: 200 passed (or pending when
-pending passes), 412 failed, 409 pending, 404 unknown reload, 400 unreadable payload.
+bearer token may come as ``metadata.token`` instead of the ``Authorization`` header. Answers: 200
+passed (or pending when pending passes), 412 failed, 409 pending, 404 unknown reload, 400
+unreadable payload.
 """
 
 from __future__ import annotations

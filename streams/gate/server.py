@@ -45,7 +45,9 @@ class GateServer:
         ValueError: the token file cannot be read (from the constructor).
     """
 
-    def __init__(self, kafka: KafkaSettings, settings: GateSettings, *, wall_clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, settings: GateSettings, *, wall_clock_ns: Callable[[], int] = time.time_ns
+    ) -> None:
         self.settings = settings
         self.store = VerdictStore()
         self.runtime = gate_runtime(kafka, settings, self.store)
@@ -83,7 +85,9 @@ class GateServer:
             GateError: the Kafka side stopped on its own (its error is the cause), or the port is taken.
         """
         kafka_stop = threading.Event()
-        self._runtime_thread = threading.Thread(target=self._run_runtime, args=(kafka_stop,), name="gate-kafka", daemon=True)
+        self._runtime_thread = threading.Thread(
+            target=self._run_runtime, args=(kafka_stop,), name="gate-kafka", daemon=True
+        )
         self._runtime_thread.start()
         try:
             asyncio.run(self._serve(stop))
@@ -101,11 +105,17 @@ class GateServer:
             try:
                 await site.start()
             except OSError as error:
-                raise GateError(f"cannot listen on {self.settings.host}:{self.settings.port}: {error.strerror or error}") from None
+                raise GateError(
+                    f"cannot listen on {self.settings.host}:{self.settings.port}: {error.strerror or error}"
+                ) from None
             sockets = getattr(site._server, "sockets", None) or ()  # noqa: SLF001 - the bound port when 0 was asked
             self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
-            logger.info("gate: serving on http://%s:%d (token %s)", self.settings.host, self.port,
-                        "off: anonymous access" if self.auth.anonymous else "required")
+            logger.info(
+                "gate: serving on http://%s:%d (token %s)",
+                self.settings.host,
+                self.port,
+                "off: anonymous access" if self.auth.anonymous else "required",
+            )
             self.serving.set()
             assert self._runtime_thread is not None
             while not stop.is_set() and self._runtime_thread.is_alive():

@@ -32,9 +32,13 @@ class GateSettings(BaseSettings):
     host: str = Field(default=_DEFAULT_HOST, min_length=1, description="Address to listen on (0.0.0.0 in a container)")
     port: int = Field(default=_DEFAULT_PORT, ge=0, le=65_535, description="TCP port (0: any free port)")
     token: SecretStr | None = Field(default=None, description="Bearer token every /v1 request must carry (a secret)")
-    token_file: Path | None = Field(default=None, description="File holding the token (a mounted Secret), read at start")
+    token_file: Path | None = Field(
+        default=None, description="File holding the token (a mounted Secret), read at start"
+    )
     allow_anonymous: bool = Field(default=False, description="Serve /v1 without a token (only when no token is set)")
-    fail_severity: str = Field(default=_DEFAULT_FAIL_SEVERITY, description="Lowest emitted severity that fails a reload")
+    fail_severity: str = Field(
+        default=_DEFAULT_FAIL_SEVERITY, description="Lowest emitted severity that fails a reload"
+    )
     flagger_pending: str = Field(
         default=_DEFAULT_FLAGGER_PENDING,
         description="What a Flagger check answers while a reload is pending: fail (non-2xx until judged) or pass",
@@ -43,7 +47,9 @@ class GateSettings(BaseSettings):
     poll_timeout_ms: int = Field(default=_DEFAULT_POLL_TIMEOUT_MS, ge=1, description="Longest wait for new verdicts")
     max_body_bytes: int = Field(default=_DEFAULT_MAX_BODY_BYTES, ge=1_024, description="Largest request body accepted")
     refusal_logs_per_s: float = Field(
-        default=_DEFAULT_REFUSAL_LOGS_PER_S, gt=0, description="Refused requests logged per second at most (the rest counted)"
+        default=_DEFAULT_REFUSAL_LOGS_PER_S,
+        gt=0,
+        description="Refused requests logged per second at most (the rest counted)",
     )
 
     @field_validator("fail_severity")

@@ -70,7 +70,10 @@ class GateStage(Stage):
                 self.unreadable += 1
                 logger.warning(
                     "gate: unreadable record at %s[%d]@%d skipped: %s",
-                    topic, message.partition(), message.offset(), safe_text(error, 300),
+                    topic,
+                    message.partition(),
+                    message.offset(),
+                    safe_text(error, 300),
                 )
                 continue
             self.records += 1

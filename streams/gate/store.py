@@ -4,9 +4,10 @@ Fed from three topics read whole (``reloads``, ``reload.verdicts``, ``reload.ano
 interleaving; each addition is idempotent and order-tolerant: a reload's identity comes from the
 best source seen (its looks, else its event; the first record of each), its latest look is the one
 with the greatest look time, and each metric keeps its strongest anomaly. So a store rebuilt from
-the topics equals the one that followed them live. Lookups by ``(service, component, version)`` answer the reload that installed that version most
-recently (greatest effective time). Safe to read from one thread while another writes.
-Memory: one entry per reload in the topics' retention (about 1-2 KB each).
+the topics equals the one that followed them live. Lookups by ``(service, component, version)``
+answer the reload that installed that version most recently (greatest effective time). Safe to
+read from one thread while another writes. Memory: one entry per reload in the topics' retention
+(about 1-2 KB each).
 """
 
 from __future__ import annotations
@@ -92,7 +93,10 @@ class VerdictStore:
     def add_verdict(self, record: Mapping[str, Any], published_unix_nano: int) -> None:
         """A ReloadVerdict record; kept when it is the reload's latest look so far."""
         with self._lock:
-            if self.detector_last_published_unix_nano is None or published_unix_nano > self.detector_last_published_unix_nano:
+            if (
+                self.detector_last_published_unix_nano is None
+                or published_unix_nano > self.detector_last_published_unix_nano
+            ):
                 self.detector_last_published_unix_nano = published_unix_nano
             entry = self._entries.get(record["reload_id"]) or ReloadEntry(_identity(record), _FROM_VERDICT)
             entry = self._identified(entry, record, _FROM_VERDICT)

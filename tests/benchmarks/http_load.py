@@ -60,7 +60,9 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return status
 
 
-async def _run(host: str, port: int, requests: Sequence[bytes], connections: int, duration_s: float, rate: float | None) -> LoadResult:
+async def _run(
+    host: str, port: int, requests: Sequence[bytes], connections: int, duration_s: float, rate: float | None
+) -> LoadResult:
     result = LoadResult()
     cycle = itertools.cycle(requests)
     started = time.perf_counter()
@@ -116,7 +118,9 @@ def saturate(host: str, port: int, requests: Sequence[bytes], *, connections: in
     return asyncio.run(_run(host, port, requests, connections, duration_s, None))
 
 
-def paced(host: str, port: int, requests: Sequence[bytes], *, rate_per_s: float, connections: int, duration_s: float) -> LoadResult:
+def paced(
+    host: str, port: int, requests: Sequence[bytes], *, rate_per_s: float, connections: int, duration_s: float
+) -> LoadResult:
     """Open loop: ``rate_per_s`` requests due per second for ``duration_s``, latency from when each was due."""
     _loopback(host)
     return asyncio.run(_run(host, port, requests, connections, duration_s, rate_per_s))

@@ -16,8 +16,16 @@ _STATUS = {"enum": ["firing", "resolved"]}
 WEBHOOK_V4 = {
     "type": "object",
     "required": [
-        "version", "groupKey", "truncatedAlerts", "status", "receiver", "groupLabels", "commonLabels",
-        "commonAnnotations", "externalURL", "alerts",
+        "version",
+        "groupKey",
+        "truncatedAlerts",
+        "status",
+        "receiver",
+        "groupLabels",
+        "commonLabels",
+        "commonAnnotations",
+        "externalURL",
+        "alerts",
     ],
     "properties": {
         "version": {"const": "4"},

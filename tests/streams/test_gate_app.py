@@ -38,10 +38,14 @@ def store_with_reloads() -> VerdictStore:
     return store
 
 
-def run(test: Callable[[TestClient], Awaitable[None]], *, healthy: bool = True, settings: GateSettings | None = None) -> BearerAuth:
+def run(
+    test: Callable[[TestClient], Awaitable[None]], *, healthy: bool = True, settings: GateSettings | None = None
+) -> BearerAuth:
     settings = settings or GateSettings(token=TOKEN)
     auth = BearerAuth(settings.bearer_token(), logs_per_s=settings.refusal_logs_per_s)
-    routes = GateApp(store_with_reloads(), settings, auth, lambda: (healthy, {"kafka": "following" if healthy else "loading"}))
+    routes = GateApp(
+        store_with_reloads(), settings, auth, lambda: (healthy, {"kafka": "following" if healthy else "loading"})
+    )
 
     async def main() -> None:
         async with TestClient(TestServer(routes.app)) as client:
@@ -53,10 +57,18 @@ def run(test: Callable[[TestClient], Awaitable[None]], *, healthy: bool = True, 
 
 def test_v1_routes_need_the_token_and_refusals_are_logged_without_it(caplog: pytest.LogCaptureFixture) -> None:
     async def test(client: TestClient) -> None:
-        for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"}):
+        for headers in (
+            {},
+            {"Authorization": "Basic abc"},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+        ):
             response = await client.get("/v1/verdict", params={"reload_id": "pending-one"}, headers=headers)
             assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
-        response = await client.post("/v1/flagger/check", json={"name": "svc", "namespace": "ns", "metadata": {"reload_id": "pending-one", "token": "nope"}})
+        response = await client.post(
+            "/v1/flagger/check",
+            json={"name": "svc", "namespace": "ns", "metadata": {"reload_id": "pending-one", "token": "nope"}},
+        )
         assert response.status == 401
         assert (await client.get("/v1/verdict", params={"reload_id": "pending-one"}, headers=AUTH)).status == 200
         assert (await client.get("/healthz")).status == 200
@@ -84,7 +96,9 @@ def test_every_phase_answers_200_and_unknown_or_bad_queries_do_not() -> None:
     async def test(client: TestClient) -> None:
         phases = {}
         for version in ("v2", "v3", "v4"):
-            response = await client.get("/v1/verdict", params={"service": "svc", "component": "model", "version": version}, headers=AUTH)
+            response = await client.get(
+                "/v1/verdict", params={"service": "svc", "component": "model", "version": version}, headers=AUTH
+            )
             assert response.status == 200 and response.content_type == "application/json"
             phases[version] = (await response.json())["phase"]
         assert phases == {"v2": "pending", "v3": "passed", "v4": "failed"}
@@ -100,8 +114,14 @@ def test_every_phase_answers_200_and_unknown_or_bad_queries_do_not() -> None:
 
 
 def test_flagger_check_maps_phases_to_statuses_and_refuses_unreadable_payloads() -> None:
-    async def check(client: TestClient, metadata: dict[str, Any] | None, body: Any = None) -> tuple[int, dict[str, Any]]:
-        payload = body if body is not None else {"name": "svc", "namespace": "prod", "phase": "Progressing", "metadata": metadata}
+    async def check(
+        client: TestClient, metadata: dict[str, Any] | None, body: Any = None
+    ) -> tuple[int, dict[str, Any]]:
+        payload = (
+            body
+            if body is not None
+            else {"name": "svc", "namespace": "prod", "phase": "Progressing", "metadata": metadata}
+        )
         response = await client.post("/v1/flagger/check", json=payload, headers=AUTH)
         return response.status, await response.json()
 
@@ -113,7 +133,12 @@ def test_flagger_check_maps_phases_to_statuses_and_refuses_unreadable_payloads()
         assert (await check(client, {"component": "model", "version": "v2", "pending": "pass"}))[0] == 200
         assert (await check(client, {"reload_id": "pending-one"}))[0] == 409
         assert (await check(client, {"component": "model", "version": "v9"}))[0] == 404
-        for metadata in ({}, {"component": "model"}, {"component": 3, "version": "v2"}, {"reload_id": "r", "pending": "maybe"}):
+        for metadata in (
+            {},
+            {"component": "model"},
+            {"component": 3, "version": "v2"},
+            {"reload_id": "r", "pending": "maybe"},
+        ):
             assert (await check(client, metadata))[0] == 400
         assert (await check(client, None, body=[1, 2]))[0] == 400
         response = await client.post("/v1/flagger/check", data=b"\xff{not json", headers=AUTH)
@@ -121,7 +146,14 @@ def test_flagger_check_maps_phases_to_statuses_and_refuses_unreadable_payloads()
         response = await client.post("/v1/flagger/check", data=b"x" * 100_000, headers=AUTH)
         assert response.status == 413
         # Flagger sends no headers: the token may come in the metadata, and is never echoed.
-        response = await client.post("/v1/flagger/check", json={"name": "svc", "namespace": "p", "metadata": {"reload_id": "pending-one", "token": TOKEN, "pending": "pass"}})
+        response = await client.post(
+            "/v1/flagger/check",
+            json={
+                "name": "svc",
+                "namespace": "p",
+                "metadata": {"reload_id": "pending-one", "token": TOKEN, "pending": "pass"},
+            },
+        )
         assert response.status == 200 and TOKEN not in await response.text()
 
     run(test)
@@ -129,7 +161,11 @@ def test_flagger_check_maps_phases_to_statuses_and_refuses_unreadable_payloads()
 
 def test_pending_flagger_checks_pass_when_the_gate_says_so() -> None:
     async def test(client: TestClient) -> None:
-        response = await client.post("/v1/flagger/check", json={"name": "svc", "namespace": "p", "metadata": {"reload_id": "pending-one"}}, headers=AUTH)
+        response = await client.post(
+            "/v1/flagger/check",
+            json={"name": "svc", "namespace": "p", "metadata": {"reload_id": "pending-one"}},
+            headers=AUTH,
+        )
         assert response.status == 200 and (await response.json())["flagger"]["pending"] == "pass"
 
     run(test, settings=GateSettings(token=TOKEN, flagger_pending="pass"))
@@ -164,7 +200,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.kafka
-def test_gate_command_serves_logs_refusals_without_the_token_and_stops_on_sigterm(kafka_settings: KafkaSettings) -> None:
+def test_gate_command_serves_logs_refusals_without_the_token_and_stops_on_sigterm(
+    kafka_settings: KafkaSettings,
+) -> None:
     port = _free_port()
     env = os.environ | {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
@@ -186,7 +224,9 @@ def test_gate_command_serves_logs_refusals_without_the_token_and_stops_on_sigter
                 pass
             time.sleep(0.3)
         assert healthy is not None and healthy.status_code == 200 and healthy.json()["kafka"] == "following"
-        refused = httpx.get(f"http://127.0.0.1:{port}/v1/verdict?reload_id=x", headers={"Authorization": "Bearer guess"})
+        refused = httpx.get(
+            f"http://127.0.0.1:{port}/v1/verdict?reload_id=x", headers={"Authorization": "Bearer guess"}
+        )
         assert refused.status_code == 401
         found = httpx.get(f"http://127.0.0.1:{port}/v1/verdict?reload_id=x", headers=AUTH)
         assert found.status_code == 404
@@ -202,8 +242,12 @@ def test_gate_command_serves_logs_refusals_without_the_token_and_stops_on_sigter
 
 def test_gate_command_refuses_bad_settings_without_quoting_them() -> None:
     env = os.environ | {"RELOADTRACE_GATE_TOKEN": TOKEN, "RELOADTRACE_GATE_FAIL_SEVERITY": "LOUD"}
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "gate"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "gate"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2 and "fail_severity" in done.stderr and TOKEN not in done.stderr
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELOADTRACE_GATE_")}
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "gate"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "gate"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2 and "no token" in done.stderr

@@ -150,7 +150,11 @@ def scenario_config(start_unix_nano: int) -> SimulationConfig:
 def scheduled(simulation: Any, service: str, at_s: float) -> dict[str, Any]:
     """The reload of the scenario's schedule that took effect at ``at_s`` in ``service``."""
     start = simulation.config.start_time_unix_nano
-    (reload,) = [r for r in simulation.reloads if r.service_name == service and abs(r.effective_time_unix_nano - start - at_s * NANOS) < NANOS // 10]
+    (reload,) = [
+        r
+        for r in simulation.reloads
+        if r.service_name == service and abs(r.effective_time_unix_nano - start - at_s * NANOS) < NANOS // 10
+    ]
     return reload.to_dict()
 
 
@@ -179,23 +183,37 @@ def scenario(kafka_bootstrap_servers: str) -> Iterator[Scenario]:
     receiver = Receiver()
     alerts = alerts_runtime(
         kafka,
-        AlertSettings(webhook_urls=[receiver.url], format="alertmanager", group_id=f"al-{uuid.uuid4().hex}", poll_timeout_ms=50),
+        AlertSettings(
+            webhook_urls=[receiver.url], format="alertmanager", group_id=f"al-{uuid.uuid4().hex}", poll_timeout_ms=50
+        ),
     )
     alerts_thread, alerts_stop, alerts_errors = start_stoppable(alerts.run)
     worker = WorkerSettings(
-        group_id=f"enr-{uuid.uuid4().hex}", grace_period_ms=400, idle_partition_ms=1_000, max_lateness_ms=MAX_LATENESS_MS, sink_url=None
+        group_id=f"enr-{uuid.uuid4().hex}",
+        grace_period_ms=400,
+        idle_partition_ms=1_000,
+        max_lateness_ms=MAX_LATENESS_MS,
+        sink_url=None,
     )
     enricher = enricher_runtime(kafka, worker)
     enricher_thread, enricher_stop, enricher_errors = start_stoppable(enricher.run)
     detection = DetectionSettings(window_ms=WINDOW_MS, look_schedule_ms=LOOKS_MS)
-    detector = detector_runtime(kafka, detection, DetectorSettings(group_id=f"det-{uuid.uuid4().hex}", commit_interval_ms=200, poll_timeout_ms=50))
+    detector = detector_runtime(
+        kafka,
+        detection,
+        DetectorSettings(group_id=f"det-{uuid.uuid4().hex}", commit_interval_ms=200, poll_timeout_ms=50),
+    )
     detector_thread, detector_stop, detector_errors = start_stoppable(detector.run)
 
     simulation = simulate(scenario_config(time.time_ns() + 2 * NANOS))
-    reloads = {"bad": scheduled(simulation, "bad", 25), "good": scheduled(simulation, "good", 25),
-               "rollforward": scheduled(simulation, "bad", 38)}
+    reloads = {
+        "bad": scheduled(simulation, "bad", 25),
+        "good": scheduled(simulation, "good", 25),
+        "rollforward": scheduled(simulation, "bad", 38),
+    }
     publisher = threading.Thread(
-        target=lambda: StreamPublisher(kafka).publish(simulation_items(simulation), ProduceReport(), pace=1.0), daemon=True
+        target=lambda: StreamPublisher(kafka).publish(simulation_items(simulation), ProduceReport(), pace=1.0),
+        daemon=True,
     )
     publisher.start()
 
@@ -212,8 +230,17 @@ def scenario(kafka_bootstrap_servers: str) -> Iterator[Scenario]:
                     url, argo_headers = argo_request(metric, base, query(reload) | {"gate-token": token})
                     argo_response = client.get(url, headers=argo_headers)
                     seen.argo = web_measurement(argo_response.status_code, argo_response.content, metric)
-                    flagger = {"name": reload["service_name"], "namespace": "prod", "phase": "Progressing", "checksum": "6f1c2d",
-                               "metadata": {"component": reload["component"], "version": reload["new_version"], "token": token}}
+                    flagger = {
+                        "name": reload["service_name"],
+                        "namespace": "prod",
+                        "phase": "Progressing",
+                        "checksum": "6f1c2d",
+                        "metadata": {
+                            "component": reload["component"],
+                            "version": reload["new_version"],
+                            "token": token,
+                        },
+                    }
                     seen.flagger_status = client.post(f"{base}/v1/flagger/check", json=flagger).status_code
                     flagger["metadata"]["pending"] = "pass"
                     seen.flagger_pass_status = client.post(f"{base}/v1/flagger/check", json=flagger).status_code
@@ -253,7 +280,9 @@ def test_the_bad_reload_fails_within_time_to_detect_plus_the_watermark_wait(scen
     assert {"latency", "error_rate"} & set(scenario.anomalies_detected)
     detected = min(scenario.anomalies_detected.values())
     reload = scenario.reloads["bad"]
-    assert detected - reload["effective_time_unix_nano"] <= max(LOOKS_MS) * 1_000_000  # detected at one of the early looks
+    assert (
+        detected - reload["effective_time_unix_nano"] <= max(LOOKS_MS) * 1_000_000
+    )  # detected at one of the early looks
     assert failed.wall_unix_nano - detected <= (MAX_LATENESS_MS / 1000 + PIPELINE_SLACK_S) * NANOS
     document = failed.document
     assert document["reload"]["reload_id"] == reload["reload_id"] and document["reload"]["status"] == "SUCCEEDED"
@@ -262,7 +291,7 @@ def test_the_bad_reload_fails_within_time_to_detect_plus_the_watermark_wait(scen
     assert failing and all(m["observed_value"] > m["baseline_value"] and m["p_value"] < 0.001 for m in failing.values())
     assert all(m["baseline_count"] >= 30 and m["observed_count"] >= 20 and m["look_time"] for m in failing.values())
     # Once failed, always failed; Argo's measurement fails and Flagger's check is refused, pending or not.
-    after = seen[seen.index(failed):]
+    after = seen[seen.index(failed) :]
     assert all(o.document["phase"] == "failed" and o.argo == FAILED for o in after)
     assert all(o.flagger_status == 412 and o.flagger_pass_status == 412 for o in after)
 
@@ -272,15 +301,22 @@ def test_the_benign_reload_is_pending_then_passes_at_window_end(scenario: Scenar
     passed = first(seen, "passed")
     assert passed is not None, [o.document.get("phase") for o in seen]
     assert first(seen, "failed") is None
-    looked = [o for o in seen if o.status == 200 and o.document["phase"] == "pending" and o.document["looks"]["look_index"] is not None]
+    looked = [
+        o
+        for o in seen
+        if o.status == 200 and o.document["phase"] == "pending" and o.document["looks"]["look_index"] is not None
+    ]
     assert looked and looked[0].wall_unix_nano < passed.wall_unix_nano
     window_end = _parse_time(passed.document["looks"]["window_end"])
-    assert passed.document["looks"]["final"] and passed.document["looks"]["look_time"] == passed.document["looks"]["window_end"]
+    assert (
+        passed.document["looks"]["final"]
+        and passed.document["looks"]["look_time"] == passed.document["looks"]["window_end"]
+    )
     assert window_end == scenario.reloads["good"]["effective_time_unix_nano"] + WINDOW_MS * 1_000_000
     assert window_end <= passed.wall_unix_nano <= window_end + (MAX_LATENESS_MS / 1000 + PIPELINE_SLACK_S) * NANOS
     pending = [o for o in seen if o.status == 200 and o.document["phase"] == "pending"]
     assert all(o.argo == INCONCLUSIVE and o.flagger_status == 409 and o.flagger_pass_status == 200 for o in pending)
-    after = seen[seen.index(passed):]
+    after = seen[seen.index(passed) :]
     assert all(o.argo == SUCCESSFUL and o.flagger_status == 200 for o in after)
     assert passed.document["freshness"]["based_on_look_time"] == passed.document["looks"]["look_time"]
     assert passed.document["freshness"]["verdict_age_ms"] is not None

@@ -13,33 +13,73 @@ T = 1_800_000_000 * 1_000_000_000
 
 
 def metric(name: str, severity: str | None = None, emitted: str | None = None) -> dict[str, Any]:
-    return {"metric": name, "severity": severity, "emitted_severity": emitted, "baseline_value": 250.0,
-            "observed_value": 500.0 if emitted else 251.0, "p_value": 1e-9 if emitted else 0.4,
-            "baseline_count": 400, "observed_count": 80}
+    return {
+        "metric": name,
+        "severity": severity,
+        "emitted_severity": emitted,
+        "baseline_value": 250.0,
+        "observed_value": 500.0 if emitted else 251.0,
+        "p_value": 1e-9 if emitted else 0.4,
+        "baseline_count": 400,
+        "observed_count": 80,
+    }
 
 
-def verdict(reload_id: str = "r1", index: int = 0, total: int = 3, metrics: list | None = None, **extra: Any) -> dict[str, Any]:
+def verdict(
+    reload_id: str = "r1", index: int = 0, total: int = 3, metrics: list | None = None, **extra: Any
+) -> dict[str, Any]:
     record = {
-        "reload_id": reload_id, "service_name": "svc", "service_instance_id": None, "component": "model",
-        "old_version": "v1", "new_version": "v2", "status": "SUCCEEDED", "requested_time_unix_nano": T - 10,
-        "effective_time_unix_nano": T, "look_time_unix_nano": T + (index + 1) * 1_000_000_000, "look_index": index,
-        "looks_total": total, "final": index == total - 1, "window_end_unix_nano": T + 3_000_000_000,
+        "reload_id": reload_id,
+        "service_name": "svc",
+        "service_instance_id": None,
+        "component": "model",
+        "old_version": "v1",
+        "new_version": "v2",
+        "status": "SUCCEEDED",
+        "requested_time_unix_nano": T - 10,
+        "effective_time_unix_nano": T,
+        "look_time_unix_nano": T + (index + 1) * 1_000_000_000,
+        "look_index": index,
+        "looks_total": total,
+        "final": index == total - 1,
+        "window_end_unix_nano": T + 3_000_000_000,
         "metrics": metrics if metrics is not None else [metric("latency"), metric("error_rate")],
     }
     return record | extra
 
 
 def reload_event(reload_id: str = "r1", **extra: Any) -> dict[str, Any]:
-    return {"reload_id": reload_id, "service_name": "svc", "service_instance_id": None, "component": "model",
-            "old_version": "v1", "new_version": "v2", "status": "SUCCEEDED", "requested_time_unix_nano": T - 10,
-            "effective_time_unix_nano": T, "source": "ci"} | extra
+    return {
+        "reload_id": reload_id,
+        "service_name": "svc",
+        "service_instance_id": None,
+        "component": "model",
+        "old_version": "v1",
+        "new_version": "v2",
+        "status": "SUCCEEDED",
+        "requested_time_unix_nano": T - 10,
+        "effective_time_unix_nano": T,
+        "source": "ci",
+    } | extra
 
 
 def anomaly(reload_id: str = "r1", metric_name: str = "latency", severity: str = "WARNING") -> dict[str, Any]:
-    return {"anomaly_id": f"a-{reload_id}-{metric_name}", "reload_id": reload_id, "service_name": "svc", "component": "model",
-            "old_version": "v1", "new_version": "v2", "metric": metric_name, "baseline_value": 250.0, "observed_value": 500.0,
-            "p_value": 1e-9, "baseline_count": 400, "observed_count": 80, "detected_time_unix_nano": T + 2_000_000_000,
-            "severity": severity}
+    return {
+        "anomaly_id": f"a-{reload_id}-{metric_name}",
+        "reload_id": reload_id,
+        "service_name": "svc",
+        "component": "model",
+        "old_version": "v1",
+        "new_version": "v2",
+        "metric": metric_name,
+        "baseline_value": 250.0,
+        "observed_value": 500.0,
+        "p_value": 1e-9,
+        "baseline_count": 400,
+        "observed_count": 80,
+        "detected_time_unix_nano": T + 2_000_000_000,
+        "severity": severity,
+    }
 
 
 def test_phase_rule() -> None:
@@ -75,7 +115,11 @@ def test_the_store_is_the_same_whatever_the_order_records_arrive_in() -> None:
         ("verdict", verdict(index=1, metrics=[metric("latency", "CRITICAL", "CRITICAL"), metric("error_rate")]), 6),
         ("anomaly", anomaly(severity="WARNING"), 0),
         ("anomaly", anomaly(severity="CRITICAL"), 0),
-        ("verdict", verdict(index=1, metrics=[metric("latency", "CRITICAL", "CRITICAL"), metric("error_rate")]), 6),  # redelivered
+        (
+            "verdict",
+            verdict(index=1, metrics=[metric("latency", "CRITICAL", "CRITICAL"), metric("error_rate")]),
+            6,
+        ),  # redelivered
     ]
     answers = set()
     for order in itertools.permutations(items):
@@ -116,10 +160,16 @@ def test_a_look_names_what_was_judged_over_an_anomaly_that_came_first() -> None:
 
 def test_answer_separates_health_from_regression_metrics_and_gives_freshness() -> None:
     store = VerdictStore()
-    look = verdict(index=0, metrics=[metric("reload_duration", "WARNING", "WARNING"), metric("latency"), metric("error_rate")])
+    look = verdict(
+        index=0, metrics=[metric("reload_duration", "WARNING", "WARNING"), metric("latency"), metric("error_rate")]
+    )
     store.add_verdict(look, T + 1_500_000_000)
-    document = answer(store.by_reload_id("r1"), fail_severity="CRITICAL", now_unix_nano=T + 2_000_000_000,
-                      detector_last_published_unix_nano=T + 1_500_000_000)
+    document = answer(
+        store.by_reload_id("r1"),
+        fail_severity="CRITICAL",
+        now_unix_nano=T + 2_000_000_000,
+        detector_last_published_unix_nano=T + 1_500_000_000,
+    )
     assert [m["metric"] for m in document["health"]["metrics"]] == ["reload_duration"]
     assert [m["metric"] for m in document["metrics"]] == ["latency", "error_rate"]
     assert document["phase"] == PENDING and document["fail_severity"] == "CRITICAL"
