@@ -12,6 +12,13 @@ Guarantees:
       (refused when one holds a control character or starts with ``-``) — never through a shell, at
       most once per reload per process; its outcome is logged and never stops the consumer.
 
+Formats (``format``): ``json`` posts the Anomaly record; ``alertmanager`` posts Alertmanager's
+webhook payload (:mod:`streams.alertmanager`), and ``template`` a JSON body from a template, one per
+alert. Both alert formats also read ``reload.verdicts`` (as a table) to resolve an anomaly's alerts
+when a later clean reload of the same component supersedes it (:mod:`streams.resolutions`); a
+severity rise resolves the lower severity's alert. A resolution decided while no consumer ran is
+posted at the next start when its deciding look is younger than ``resolve_replay_ms``.
+
 Non-guarantees: after a crash, anomalies posted since the last commit are posted again (same
 idempotency key) and a rollback may run again, so the command should be idempotent. Undecodable
 messages go to the dead-letter topic.
@@ -23,17 +30,19 @@ import logging
 import shlex
 import subprocess
 import threading
+import time
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import httpx
 import orjson
 from confluent_kafka import Message
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.errors import DecodeError, DecodeErrorKind, ReloadtraceError
@@ -41,6 +50,8 @@ from schemas.records import SEVERITIES
 from schemas.settings import KafkaSettings
 from schemas.text import bounded_repr, bounded_text, safe_text, visible
 from schemas.urls import UNPARSEABLE, url_origin
+from streams.alertmanager import FIRING, RESOLVED, AlertFacts, BodyTemplate, TemplateError, alert, webhook_payload
+from streams.resolutions import Resolution, Supersessions
 from streams.stage import Outbox, Position, RuntimeSettings, Stage, StageInterrupted, StageRuntime
 
 logger = logging.getLogger(__name__)
@@ -60,6 +71,9 @@ _DEDUPE_CAPACITY = 100_000
 _ROLLBACK_METRICS = frozenset({"latency", "error_rate"})
 _RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
+_DEFAULT_RESOLVE_REPLAY_MS = 900_000
+_NANOS_PER_MS = 1_000_000
+FORMATS = ("json", "alertmanager", "template")
 
 
 class AlertError(ReloadtraceError):
@@ -87,6 +101,41 @@ class AlertSettings(BaseSettings):
     rollback_timeout_ms: int = Field(default=_DEFAULT_ROLLBACK_TIMEOUT_MS, ge=1, description="Time limit of the command")
     batch_size: int = Field(default=_DEFAULT_BATCH_SIZE, ge=1, description="Anomalies consumed per batch")
     poll_timeout_ms: int = Field(default=_DEFAULT_POLL_TIMEOUT_MS, ge=1, description="Longest wait for a batch")
+    format: str = Field(default="json", description="Body of each POST: json (the anomaly), alertmanager, or template")
+    template_file: Path | None = Field(default=None, description="The JSON body template of the template format")
+    report_url: str | None = Field(
+        default=None, description="Alert link (generatorURL): a URL with {reload_id}, {service}, {component}, {new_version}"
+    )
+    external_url: str = Field(default="", description="externalURL of the Alertmanager payloads")
+    resolve_replay_ms: int = Field(
+        default=_DEFAULT_RESOLVE_REPLAY_MS, ge=0, description="At start, re-post resolutions decided this recently"
+    )
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value.lower() not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _template_given(self) -> AlertSettings:
+        if (self.format == "template") != (self.template_file is not None):
+            raise ValueError("the template format needs a template file, and only it takes one")
+        return self
+
+    def body_template(self) -> BodyTemplate | None:
+        """The template of the template format (None for the others).
+
+        Raises:
+            TemplateError: the file cannot be read, is not JSON, or names an unknown field.
+        """
+        if self.template_file is None:
+            return None
+        try:
+            return BodyTemplate(self.template_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as error:
+            raise TemplateError(f"template file cannot be read: {type(error).__name__}") from None
 
     @field_validator("webhook_urls", mode="before")
     @classmethod
@@ -174,12 +223,12 @@ class WebhookSender:
         self._stop.set()
 
     def deliver(self, anomaly: Mapping[str, Any]) -> list[DeliveryOutcome] | None:
-        """Post to every URL; None when stopped before all were answered."""
-        body = orjson.dumps(dict(anomaly))
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": idempotency_key(anomaly),
-        }
+        """Post the anomaly as JSON to every URL; None when stopped before all were answered."""
+        return self.post(orjson.dumps(dict(anomaly)), idempotency_key(anomaly))
+
+    def post(self, body: bytes, key: str) -> list[DeliveryOutcome] | None:
+        """Post a JSON body with ``Idempotency-Key: key`` to every URL; None when stopped before all were answered."""
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         outcomes = []
         for url in self._urls:
             outcome = self._post(url, body, headers)
@@ -314,6 +363,7 @@ class AlertStats:
     rejected: int = 0
     dead_letters: int = 0
     rollbacks: int = 0
+    resolved: int = 0
 
 
 class AlertConsumer(Stage):
@@ -334,14 +384,53 @@ class AlertConsumer(Stage):
         self._posted_rank: OrderedDict[str, int] = OrderedDict()
         self._min_rank = _RANK[settings.min_severity]
         self._positions: dict[tuple[str, int], int] = {}
+        self._template = settings.body_template()
+        self._alerting = settings.format != "json"
+        self._verdict_codec = kafka.codec("ReloadVerdict") if self._alerting else None
+        self._supersessions = Supersessions(settings.min_severity)
+        self._fired: OrderedDict[str, AlertFacts] = OrderedDict()
+        self._due: list[Resolution] = []
+        self._started = False
+        self._wall_clock_ns = time.time_ns
         self.stats = AlertStats()
 
     def topics(self) -> Sequence[str]:
         return (self._kafka.topics.reload_anomalies,)
 
+    def table_topics(self) -> Sequence[str]:
+        return (self._kafka.topics.reload_verdicts,) if self._alerting else ()
+
     def start(self, runtime: StageRuntime) -> None:
         # A retry loop in progress gives up at its next wait once the runtime stops.
         threading.Thread(target=lambda: (runtime.stopping.wait(), self._sender.stop()), daemon=True).start()
+        self._started = True
+        if self._alerting and self._settings.resolve_replay_ms:
+            since = self._wall_clock_ns() - self._settings.resolve_replay_ms * _NANOS_PER_MS
+            self._due += self._supersessions.decided_since(since)
+
+    def ingest_table(self, messages: Sequence[Message], arrivals: Sequence[int] | None, outbox: Outbox) -> None:
+        assert self._verdict_codec is not None
+        for index, message in enumerate(messages):
+            value = message.value()
+            if value is None:
+                continue
+            try:
+                verdict = self._verdict_codec.decode(value)
+            except DecodeError as error:
+                logger.warning("unreadable verdict at %s[%d]@%d skipped: %s",
+                               message.topic(), message.partition(), message.offset(), safe_text(error, 300))
+                continue
+            published_ms = arrivals[index] if arrivals is not None else message.timestamp()[1]
+            decided = self._supersessions.add_look(verdict, published_ms * _NANOS_PER_MS)
+            if self._started:
+                self._due += decided
+
+    def advance(self, outbox: Outbox) -> None:
+        while self._due:
+            resolution = self._due[0]
+            if not self._post_resolution(resolution):
+                return  # stopped mid-delivery: nothing of it is committed, and nothing needs to be
+            self._due.pop(0)
 
     def ingest(self, messages: Sequence[Message], arrivals: Sequence[int] | None, outbox: Outbox) -> None:
         for message in messages:
@@ -371,7 +460,7 @@ class AlertConsumer(Stage):
             self.stats.below_severity += 1
             self._remember(identity, rank)
             return True
-        outcomes = self._sender.deliver(anomaly)
+        outcomes = self._sender.deliver(anomaly) if not self._alerting else self._post_alerts(anomaly, rank)
         if outcomes is None:
             return False
         self.stats.posted += sum(outcome.delivered for outcome in outcomes)
@@ -380,6 +469,52 @@ class AlertConsumer(Stage):
             self.stats.rollbacks += 1
         self._remember(identity, rank)
         return True
+
+    # --- Alertmanager and template formats -----------------------------------------------------
+
+    def _post_alerts(self, anomaly: Mapping[str, Any], rank: int) -> list[DeliveryOutcome] | None:
+        """The anomaly's alert (resolved at once when already superseded) and the lower severities' resolutions."""
+        facts = AlertFacts.from_anomaly(anomaly)
+        superseded = self._supersessions.superseded(facts.reload_id)
+        ends = superseded.ends_at_unix_nano if superseded is not None else facts.detected_time_unix_nano
+        alerts = [
+            alert(facts.at_severity(SEVERITIES[lower]), status=RESOLVED, ends_at_unix_nano=ends, report_url=self._settings.report_url)
+            for lower in range(self._min_rank, rank)
+        ]
+        status = RESOLVED if superseded is not None else FIRING
+        alerts.append(alert(facts, status=status, ends_at_unix_nano=ends, report_url=self._settings.report_url))
+        self._fired[f"{facts.reload_id}\x00{facts.metric}"] = facts
+        if len(self._fired) > _DEDUPE_CAPACITY:
+            self._fired.popitem(last=False)
+        return self._post_payload(alerts, idempotency_key(anomaly) + (":resolved" if superseded is not None else ""))
+
+    def _post_resolution(self, resolution: Resolution) -> bool:
+        alerts = []
+        for facts in resolution.alerts:
+            seen = self._fired.get(f"{facts.reload_id}\x00{facts.metric}")
+            shown = seen.at_severity(facts.severity) if seen is not None else facts
+            alerts.append(alert(shown, status=RESOLVED, ends_at_unix_nano=resolution.ends_at_unix_nano, report_url=self._settings.report_url))
+        if not alerts:
+            return True
+        key = quote(f"{resolution.reload_id}:resolved-by:{resolution.by_reload_id}", safe=":-._~")
+        outcomes = self._post_payload(alerts, key)
+        if outcomes is None:
+            return False
+        self.stats.resolved += 1
+        self.stats.posted += sum(outcome.delivered for outcome in outcomes)
+        self.stats.rejected += sum(not outcome.delivered for outcome in outcomes)
+        return True
+
+    def _post_payload(self, alerts: list[dict[str, Any]], key: str) -> list[DeliveryOutcome] | None:
+        if self._template is None:
+            return self._sender.post(orjson.dumps(webhook_payload(alerts, external_url=self._settings.external_url)), key)
+        outcomes: list[DeliveryOutcome] = []
+        for number, payload_alert in enumerate(alerts):
+            posted = self._sender.post(self._template.render(payload_alert), f"{key}:{number}")
+            if posted is None:
+                return None
+            outcomes += posted
+        return outcomes
 
     def _remember(self, identity: str, rank: int) -> None:
         self._posted_rank[identity] = rank

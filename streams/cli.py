@@ -320,6 +320,11 @@ def alerts(
     ),
     rollback_min_severity: str = typer.Option(None, help="Lowest severity of a regression that rolls back [default CRITICAL]"),
     max_attempts: int = typer.Option(None, help="Attempts per webhook before giving up (exit 1); 0 = until delivered [0]"),
+    body_format: str = typer.Option(
+        None, "--format", help="POST body: json (the anomaly), alertmanager (webhook payload v4), template [json]"
+    ),
+    template: str = typer.Option(None, "--template", help="JSON body template with ${field} placeholders (--format template)"),
+    report_url: str = typer.Option(None, help="Alert link: a URL with {reload_id}, {service}, {component}, {new_version}"),
     bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
     topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
     group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_ALERTS_GROUP_ID]"),
@@ -333,6 +338,7 @@ def alerts(
 
     from schemas.errors import ReloadtraceError
     from schemas.settings import KafkaSettings, settings_error
+    from schemas.text import safe_text
     from streams.alerts import AlertSettings, alerts_runtime
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -344,12 +350,19 @@ def alerts(
         "rollback_min_severity": rollback_min_severity,
         "max_attempts": max_attempts,
         "group_id": group_id,
+        "format": body_format,
+        "template_file": template,
+        "report_url": report_url,
     }
     try:
         kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
         settings = AlertSettings(**{key: value for key, value in alert_flags.items() if value is not None})
+        settings.body_template()
     except ValidationError as error:
         typer.echo(f"reloadtrace alerts: {settings_error(error)}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as error:  # the template
+        typer.echo(f"reloadtrace alerts: {safe_text(error, 500)}", err=True)
         raise typer.Exit(2) from None
     if not settings.webhook_urls and not settings.rollback_command:
         typer.echo("reloadtrace alerts: nothing to do: give --webhook URL and/or --rollback-command", err=True)
@@ -401,6 +414,60 @@ def detect(
         detector_runtime(kafka, detection, settings).run(stop)
     except ReloadtraceError as error:
         typer.echo(f"reloadtrace detect: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def gate(
+    host: str = typer.Option(None, help="Address to listen on [env RELOADTRACE_GATE_HOST, default 127.0.0.1]"),
+    port: int = typer.Option(None, help="TCP port [env RELOADTRACE_GATE_PORT, default 8080]"),
+    fail_severity: str = typer.Option(None, help="Lowest severity that fails a reload [env RELOADTRACE_GATE_FAIL_SEVERITY, WARNING]"),
+    flagger_pending: str = typer.Option(None, help="Flagger answer while pending: fail or pass [env RELOADTRACE_GATE_FLAGGER_PENDING, fail]"),
+    allow_anonymous: bool = typer.Option(None, "--allow-anonymous/--require-token", help="Serve /v1 without a token [require]"),
+    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
+    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+) -> None:
+    """Serve reload verdicts over HTTP for Argo Rollouts, Flagger and probes (until SIGTERM/Ctrl-C).
+
+    The bearer token comes from RELOADTRACE_GATE_TOKEN or RELOADTRACE_GATE_TOKEN_FILE (never a flag).
+    """
+    import logging
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from schemas.errors import ReloadtraceError
+    from schemas.settings import KafkaSettings, settings_error
+    from streams.gate.server import GateServer
+    from streams.gate.settings import GateSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
+    gate_flags = {
+        "host": host,
+        "port": port,
+        "fail_severity": fail_severity,
+        "flagger_pending": flagger_pending,
+        "allow_anonymous": allow_anonymous,
+    }
+    try:
+        kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
+        settings = GateSettings(**{key: value for key, value in gate_flags.items() if value is not None})
+        server = GateServer(kafka, settings)
+    except ValidationError as error:
+        typer.echo(f"reloadtrace gate: {settings_error(error)}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as error:
+        typer.echo(f"reloadtrace gate: {error}", err=True)
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop.set())
+    try:
+        server.run(stop)
+    except ReloadtraceError as error:
+        typer.echo(f"reloadtrace gate: {error}", err=True)
         raise typer.Exit(1) from None
 
 

@@ -380,3 +380,112 @@ def test_alerts_command_posts_and_stops_on_sigterm(kafka_settings: KafkaSettings
     assert process.returncode == 0, output
     assert hook.bodies == [record]
     assert calls.read_text() == "-- svc model v1"
+
+
+# --- Alertmanager and template formats ------------------------------------------------------------
+
+
+GO_FINGERPRINT_A_B = "d2b371819297f98a"
+GO_FINGERPRINT_ALERT = "9c2cb5f9a984dceb"
+"""model.LabelSet{...}.Fingerprint().String() of github.com/prometheus/common v0.74.0 (Alertmanager's label model)."""
+
+
+def look(reload_id: str, effective_s: int, *, emitted: dict[str, str] | None = None, final: bool = True, **extra: object) -> dict:
+    """A ReloadVerdict record of the service 'svc', component 'model'."""
+    emitted = emitted or {}
+    return {
+        "reload_id": reload_id, "service_name": "svc", "service_instance_id": None, "component": "model",
+        "old_version": "v1", "new_version": f"v-{reload_id}", "status": "SUCCEEDED", "requested_time_unix_nano": effective_s * 10**9,
+        "effective_time_unix_nano": effective_s * 10**9, "look_time_unix_nano": (effective_s + 10) * 10**9, "look_index": 0,
+        "looks_total": 1, "final": final, "window_end_unix_nano": (effective_s + 10) * 10**9,
+        "metrics": [
+            {"metric": name, "severity": emitted.get(name), "emitted_severity": emitted.get(name), "baseline_value": 1.0,
+             "observed_value": 2.0, "p_value": 1e-6, "baseline_count": 100, "observed_count": 50}
+            for name in ("latency", "error_rate")
+        ],
+    } | extra
+
+
+def test_alertmanager_payload_has_the_documented_shape_labels_and_fingerprint() -> None:
+    import jsonschema
+
+    from streams.alertmanager import FIRING, AlertFacts, alert, fingerprint, webhook_payload
+    from tests.streams.alertmanager_shape import WEBHOOK_V4
+
+    facts = AlertFacts.from_anomaly(anomaly("sim0-r003", "latency", "CRITICAL", service_name="llm-gateway", old_version=None))
+    shown = alert(facts, status=FIRING, ends_at_unix_nano=None, report_url="https://g.example/d?r={reload_id}&s={service}")
+    payload = webhook_payload([shown])
+    jsonschema.validate(payload, WEBHOOK_V4)
+    assert shown["labels"] == {
+        "alertname": "ReloadRegression", "service": "llm-gateway", "component": "model", "old_version": "",
+        "new_version": "v2", "metric": "latency", "severity": "critical", "reload_id": "sim0-r003",
+    }
+    assert shown["endsAt"] == "0001-01-01T00:00:00Z" and shown["generatorURL"] == "https://g.example/d?r=sim0-r003&s=llm-gateway"
+    assert "p = " in shown["annotations"]["summary"] and "reload_id = 'sim0-r003'" in shown["annotations"]["report_query"]
+    assert payload["status"] == "firing" and payload["groupLabels"] == {"reload_id": "sim0-r003"}
+    # Alertmanager's fingerprint (prometheus/common model.LabelSet.Fingerprint), values from its Go implementation.
+    assert fingerprint({"a": "b"}) == GO_FINGERPRINT_A_B
+    assert fingerprint({"alertname": "ReloadRegression", "service": "llm-gateway", "severity": "critical",
+                        "reload_id": "sim0-r003", "old_version": ""}) == GO_FINGERPRINT_ALERT
+
+
+def test_a_template_renders_valid_json_whatever_the_values_hold(tmp_path: Path) -> None:
+    from streams.alertmanager import FIRING, AlertFacts, BodyTemplate, TemplateError, alert
+
+    template = BodyTemplate('{"text": "[${status}] ${summary}", "k": ["${service}", 3], "cost": "$$5"}')
+    hostile = AlertFacts.from_anomaly(anomaly(service_name='a"b\\c\n${status}\x00'))
+    body = json.loads(template.render(alert(hostile, status=FIRING, ends_at_unix_nano=None, report_url=None)))
+    assert body["k"] == ['a"b\\c\n${status}\x00', 3] and body["text"].startswith("[firing] latency") and body["cost"] == "$5"
+    for bad in ('{"a": "${nope}"}', "not json", '{"a": "$ 5"}'):
+        with pytest.raises(TemplateError):
+            BodyTemplate(bad)
+
+
+def test_a_later_clean_reload_of_the_component_supersedes_in_any_order() -> None:
+    from streams.resolutions import Supersessions
+
+    bad = look("bad", 100, emitted={"latency": "CRITICAL"}, final=True)
+    clean = look("clean", 200)
+    other_component = look("cfg", 150, component="config")
+    canary_elsewhere = look("canary", 160, service_instance_id="i-2")
+    failed_reload = look("failed", 170, status="FAILED")
+    for order in ([bad, other_component, canary_elsewhere, failed_reload, clean], [clean, failed_reload, canary_elsewhere, bad]):
+        supersessions = Supersessions("WARNING")
+        decided = [r for record in order for r in supersessions.add_look(record, 5)]
+        assert [(r.reload_id, r.by_reload_id) for r in decided] == [("bad", "clean")]
+        (resolution,) = decided
+        assert resolution.ends_at_unix_nano == 200 * 10**9
+        assert [(a.metric, a.severity) for a in resolution.alerts] == [("latency", "WARNING"), ("latency", "CRITICAL")]
+        assert supersessions.add_look(clean, 6) == []  # once
+    # An earlier reload is never superseded by one before it, nor by an unclean or unfinished one.
+    supersessions = Supersessions("WARNING")
+    for record in (look("early", 50), bad, look("regressed", 300, emitted={"error_rate": "WARNING"}), look("open", 400, final=False)):
+        assert supersessions.add_look(record, 1) == []
+
+
+def test_alertmanager_format_resolves_when_a_clean_reload_supersedes(kafka_settings: KafkaSettings) -> None:
+    hook = Hook()
+    verdicts = kafka_settings.codec("ReloadVerdict")
+    producer = Producer(kafka_settings.confluent_config())
+    bad = anomaly("bad", "latency", "WARNING") | {"new_version": "v-bad", "detected_time_unix_nano": 102 * 10**9}
+    produce_anomalies(kafka_settings, [bad])
+    producer.produce(kafka_settings.topics.reload_verdicts, key=b"bad", value=verdicts.encode(look("bad", 100, emitted={"latency": "WARNING"})))
+    producer.flush(10)
+    settings = AlertSettings(webhook_urls=[hook.url], format="alertmanager", group_id=f"al-{uuid.uuid4().hex}", poll_timeout_ms=50)
+    consumer = alerts_runtime(kafka_settings, settings)
+    thread, stop, errors = run_consumer(consumer)
+    try:
+        assert wait_for(lambda: len(hook.bodies) == 1)
+        producer.produce(kafka_settings.topics.reload_verdicts, key=b"clean", value=verdicts.encode(look("clean", 200)))
+        producer.flush(10)
+        assert wait_for(lambda: len(hook.bodies) == 2)
+    finally:
+        stop.set()
+        thread.join(30)
+        hook.close()
+    assert errors == []
+    firing, resolved = hook.bodies
+    assert firing["status"] == "firing" and resolved["status"] == "resolved"
+    assert firing["alerts"][0]["fingerprint"] == resolved["alerts"][0]["fingerprint"]
+    assert resolved["alerts"][0]["endsAt"].startswith("1970-01-01T00:03:20")
+    assert hook.keys[1] == "bad:resolved-by:clean" and consumer.stage.stats.resolved == 1
