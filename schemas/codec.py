@@ -31,6 +31,7 @@ import fastavro
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from schemas.avro_walk import compile_schema, walker
 from schemas.errors import DecodeError, DecodeErrorKind, EncodeError, SchemaStoreError
 from schemas.text import bounded_repr, bounded_text
 
@@ -368,12 +369,11 @@ class ProjectedDecoder:
     """Decodes a codec's messages and keeps only some top-level fields.
 
     One decoder contract: a message is refused exactly when :meth:`Codec.decode` refuses it, with the
-    same :class:`DecodeError` kinds, because it is read the same way (fastavro's full read of the
-    writer's schema: every string checked as UTF-8, every union and enum index, every block
-    read item by item, no byte after the record). Skipping the unkept fields with fastavro's skip
-    readers was ~35% cheaper but accepted what the full read refuses (skipped strings are not
-    checked as UTF-8; a negative-count block is skipped by its declared byte size), so a span the
-    sink could not decode was enriched and published.
+    same :class:`DecodeError` kinds. When the native walker is built (``schemas._avro_walk``) and
+    the kept fields lead the writer's record, the body is walked as fastavro's full read walks it
+    (every string checked as UTF-8, every union and enum index, every block read item by item, no
+    byte after the record) building nothing, and only the leading fields are then read; otherwise
+    the message is decoded in full and projected.
 
     Args:
         codec: the framing and the known schemas.
@@ -383,6 +383,29 @@ class ProjectedDecoder:
     def __init__(self, codec: Codec, field_names: tuple[str, ...]) -> None:
         self._codec = codec
         self._fields = tuple(field_names)
+        self._walk = walker()
+        self._plans: dict[bytes, tuple[Any, Any] | None] = {}
+
+    def _plan(self, writer: SchemaVersion) -> tuple[Any, Any] | None:
+        """(walk program, parsed schema of the kept leading fields) for ``writer``, or None."""
+        if writer.fingerprint in self._plans:
+            return self._plans[writer.fingerprint]
+        plan = None
+        reader = self._codec.schema
+        writer_fields = writer.raw["fields"]
+        kept = [field["name"] for field in writer_fields[: len(self._fields)]]
+        reader_types = {field["name"]: field["type"] for field in reader.raw["fields"]}
+        program = compile_schema(writer.raw) if self._walk is not None else None
+        if (
+            program is not None
+            and kept == list(self._fields)
+            and all(reader_types.get(field["name"]) == field["type"] for field in writer_fields[: len(self._fields)])
+            and (writer.fingerprint == reader.fingerprint or not _has_enum(writer.raw))
+        ):
+            prefix = dict(writer.raw, fields=writer_fields[: len(self._fields)])
+            plan = (program, fastavro.parse_schema(prefix, named_schemas={}))
+        self._plans[writer.fingerprint] = plan
+        return plan
 
     def decode(self, data: bytes) -> dict[str, Any]:
         """The kept fields of a message.
@@ -390,8 +413,31 @@ class ProjectedDecoder:
         Raises:
             DecodeError: exactly the failures of the codec's ``decode``.
         """
-        record = self._codec.decode(data)
-        return {name: record[name] for name in self._fields if name in record}
+        writer, offset = self._codec.split(data)
+        plan = self._plan(writer)
+        if plan is None:
+            record = _read_body(bytes(data), offset, writer, self._codec.schema, writer.name)
+            return {name: record[name] for name in self._fields if name in record}
+        body = bytes(data)
+        try:
+            end = self._walk(plan[0], body, offset)  # type: ignore[misc]
+        except EOFError as error:
+            raise DecodeError(DecodeErrorKind.TRUNCATED, f"body ends early: {bounded_repr(error)}", writer.name) from error
+        except Exception as error:  # noqa: BLE001 - what fastavro's read refuses as malformed input
+            raise DecodeError(DecodeErrorKind.MALFORMED, f"body is not a valid {writer.name}: {bounded_repr(error)}", writer.name) from error
+        if end != len(body):
+            raise DecodeError(DecodeErrorKind.MALFORMED, f"{len(body) - end} bytes after the end of the {writer.name} record", writer.name)
+        stream = io.BytesIO(body)
+        stream.seek(offset)
+        return schemaless_reader(stream, plan[1], None)  # type: ignore[no-any-return]
+
+
+def _has_enum(schema: Any) -> bool:
+    if isinstance(schema, list):
+        return any(_has_enum(branch) for branch in schema)
+    if isinstance(schema, dict):
+        return schema.get("type") == "enum" or any(_has_enum(value) for value in schema.values())
+    return False
 
 
 def codec_for(

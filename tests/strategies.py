@@ -165,6 +165,7 @@ def dead_letters(draw: st.DrawFn) -> dict[str, Any]:
         "raw_value_length": draw(st.none() | st.integers(min_value=0, max_value=2**31)),
         "raw_value_sha256": draw(st.none() | st.text(HEX, min_size=64, max_size=64)),
         "truncated": draw(st.booleans()),
+        "source_index": draw(st.integers(min_value=-1, max_value=2**31 - 1)),
     }
 
 

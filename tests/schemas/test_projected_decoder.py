@@ -116,6 +116,8 @@ def test_the_projected_decoder_refuses_exactly_what_the_full_decoder_refuses(dat
     names = [field["name"] for field in CODECS[record_name].schema.raw["fields"]]
     fields = tuple(data.draw(st.lists(st.sampled_from(names), unique=True, max_size=len(names))))
     _assert_same_contract(record_name, message, fields)
+    # Leading fields: the native walker's path (when built), for every record type.
+    _assert_same_contract(record_name, message, tuple(names[: data.draw(st.integers(1, len(names)))]))
     if record_name == "Span":
         _assert_same_contract(record_name, message, SPAN_FIELDS_ENRICHMENT_READS)
 
@@ -160,3 +162,26 @@ def test_v1_writers_project_like_v2_writers(span: dict) -> None:
     assert decoder.decode(v1_message) == decoder.decode(v2_message) == {
         name: span[name] for name in SPAN_FIELDS_ENRICHMENT_READS
     }
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), mutations=st.lists(MUTATIONS, min_size=0, max_size=3))
+def test_without_the_native_walker_the_contract_holds_too(data: st.DataObject, mutations: list) -> None:
+    """The pure-Python path (the extension not built): the full decode, projected."""
+    import schemas.codec as codec_module
+
+    record_name = data.draw(st.sampled_from(sorted(RECORDS)))
+    message = CODECS[record_name].encode(data.draw(RECORDS[record_name]()))
+    for mutation in mutations:
+        message = mutate(message, mutation)
+    fields = tuple(field["name"] for field in CODECS[record_name].schema.raw["fields"][:3])
+    original = codec_module.walker
+    codec_module.walker = lambda: None
+    try:
+        decoder = ProjectedDecoder(CODECS[record_name], fields)
+    finally:
+        codec_module.walker = original
+    assert decoder._walk is None
+    full = outcome(CODECS[record_name].decode, message)
+    projected = outcome(decoder.decode, message)
+    assert projected == (("ok", {name: full[1][name] for name in fields if name in full[1]}) if full[0] == "ok" else full)

@@ -1,0 +1,102 @@
+"""Programs for the native Avro walker (``schemas._avro_walk``): a schema as nested ``(op, argument)`` tuples.
+
+:func:`compile_schema` turns a writer schema (its ``.avsc`` JSON) into what ``walk`` follows, or
+None when the walker cannot stand for fastavro's full read of it (a logical type, which fastavro
+converts and may refuse; an array whose items can take no bytes, which a hostile count would make
+loop). :func:`walker` is None when the extension is not built (the full decode is used then).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+NULL, BOOLEAN, LONG, FLOAT, DOUBLE, BYTES, STRING, FIXED, ENUM, ARRAY, MAP, UNION, RECORD = range(13)
+_PRIMITIVES = {
+    "null": NULL, "boolean": BOOLEAN, "int": LONG, "long": LONG, "float": FLOAT, "double": DOUBLE,
+    "bytes": BYTES, "string": STRING,
+}  # fmt: skip
+
+Program = tuple[Any, ...]
+
+
+class _NotWalkable(Exception):
+    pass
+
+
+def walker() -> Callable[[Program, bytes, int], int] | None:
+    """The native ``walk(program, data, position) -> end``, or None when the extension is not built."""
+    try:
+        from schemas._avro_walk import walk
+    except ImportError:
+        return None
+    return walk
+
+
+def compile_schema(schema: Any) -> Program | None:
+    """The walk program of ``schema`` (parsed JSON of an ``.avsc``), or None when it cannot be walked."""
+    try:
+        return _compile(schema, {}, "")
+    except _NotWalkable:
+        return None
+
+
+def _full_name(name: str, namespace: str) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _compile(schema: Any, named: dict[str, Program], namespace: str) -> Program:
+    if isinstance(schema, str):
+        if schema in _PRIMITIVES:
+            return (_PRIMITIVES[schema], None)
+        found = named.get(_full_name(schema, namespace)) or named.get(schema)
+        if found is None:
+            raise _NotWalkable(f"unknown named type {schema}")
+        return found
+    if isinstance(schema, list):
+        return (UNION, tuple(_compile(branch, named, namespace) for branch in schema))
+    if not isinstance(schema, Mapping):
+        raise _NotWalkable(f"not a schema: {schema!r}")
+    if "logicalType" in schema:
+        raise _NotWalkable("logical types are converted (and checked) by fastavro")
+    kind = schema.get("type")
+    if kind in _PRIMITIVES:
+        return (_PRIMITIVES[kind], None)
+    if kind == "record" or kind == "error":
+        space = schema.get("namespace", namespace)
+        full = _full_name(schema["name"], space)
+        fields: list[Program] = []
+        node = (RECORD, fields)
+        named[full] = named[schema["name"]] = node  # a record may refer to itself
+        fields.extend(_compile(field["type"], named, space) for field in schema["fields"])
+        program = (RECORD, tuple(fields))
+        named[full] = named[schema["name"]] = program
+        return program
+    if kind == "enum":
+        program = (ENUM, len(schema["symbols"]))
+    elif kind == "fixed":
+        program = (FIXED, int(schema["size"]))
+    elif kind == "array":
+        items = _compile(schema["items"], named, namespace)
+        if _can_be_empty(items):
+            raise _NotWalkable("array items that can take no bytes")
+        return (ARRAY, items)
+    elif kind == "map":
+        return (MAP, _compile(schema["values"], named, namespace))
+    else:
+        return _compile(kind, named, namespace)
+    if "name" in schema:
+        full = _full_name(schema["name"], schema.get("namespace", namespace))
+        named[full] = named[schema["name"]] = program
+    return program
+
+
+def _can_be_empty(program: Program) -> bool:
+    op, argument = program
+    if op == NULL:
+        return True
+    if op == FIXED:
+        return argument == 0
+    if op == RECORD:
+        return all(_can_be_empty(child) for child in argument) if isinstance(argument, tuple) else False
+    return False  # every other value takes at least one byte (unions: their index)
