@@ -139,7 +139,7 @@ def main() -> str:
     rows = "\n".join(
         f"| {run['size']:,} | {run['seconds']:.0f} s ({run['rate']:,.0f} spans/s) | {mb(run, 'worker'):.0f} MB"
         f" | {mb(run, 'sink'):.0f} / {mb(run, 'detector'):.0f} MB | {run['peak_rss_mb']:.0f} MB"
-        f" | {'yes' if run['left_group'] else 'no'} | {'yes' if run['exact'] else f'**no** ({run['differ']} spans differ)'}"
+        f" | {'yes' if run['left_group'] else 'no'} | {'yes' if run['exact'] else '**no** (%d spans differ)' % run['differ']}"
         f" | {'yes' if run['anomalies_exact'] else '**no**'} ({run['anomalies']}) |"
         for run in runs
     )
