@@ -1,18 +1,14 @@
 """`make demo`: the whole pipeline on the embedded defaults, started, driven, reported and stopped.
 
-Starts a fresh local Kafka (KRaft, a free port, data in ``.kafka-demo``) and one
-``reloadtrace worker`` (enrich + detect + sink into the embedded ClickHouse at
-``data/demo/chdb``), then publishes about two minutes of accelerated multi-service LLM-gateway
-traffic from the simulator: reloads of every component kind, canaries, a FAILED reload, reload
-events published late, and one bad model reload that doubles latency and raises errors. When the
-pipeline has drained it stops the worker, prints the report (and writes ``out/demo/report.html``),
-checks the regression was flagged against the right reload, and stops everything it started —
-on success, failure or Ctrl-C. Every run starts from empty data, so a second run works the same.
+Starts a fresh local Kafka (free port, ``.kafka-demo``) and one ``reloadtrace worker`` into the
+embedded ClickHouse (``data/demo/chdb``), publishes about two minutes of accelerated simulated
+LLM-gateway traffic (every component kind, canaries, a FAILED reload, late reload events, one bad
+model reload), waits for the pipeline to drain, prints the report (and ``out/demo/report.html``),
+checks the regression was flagged against the right reload, and stops everything it started, on
+success, failure or Ctrl-C. Every run starts from empty data.
 
-With ``--via-collector`` the spans go as OTLP/HTTP through the project's OpenTelemetry Collector
-(``infra/otelcol``, built first when needed) into the ``otlp_spans`` topic, as a fleet of any SDK
-would send them; reload events still go to ``reloads`` (late ones late), and the reload spans in the
-OTLP stream give the same events again (deduplicated by reload id).
+``--via-collector`` sends the spans as OTLP/HTTP through the project's Collector (``infra/otelcol``)
+into ``otlp_spans``; reload events still go to ``reloads``, and the reload spans give them again.
 
 Usage: ``python -m infra.demo [--speed 5] [--duration-s 600] [--via-collector] [--keep-kafka]``.
 """

@@ -1,27 +1,16 @@
 """Alerting hooks on ``reload.anomalies``: POST each anomaly to webhooks, optionally run a rollback command.
 
-Guarantees:
-    * No loss across a restart: a message's offset is committed only after every webhook answered
-      it with a 2xx (or refused it for good with a 4xx, which is logged as an error and counted);
-      failures are retried with exponential backoff, without limit by default.
-    * Deduplication by ``(anomaly_id, severity)`` within a process: a re-sent record with the same
-      (or a lower) severity than one already handled is not posted again; a severity rise is. Every POST carries the header
-      ``Idempotency-Key: <anomaly_id>:<severity>`` so receivers can dedupe across restarts.
-    * The rollback command (opt-in, off by default) runs as an argv list — the configured command
-      split with :func:`shlex.split`, then ``--`` and the reload's service, component and old version
-      (refused when one holds a control character or starts with ``-``) — never through a shell, at
-      most once per reload per process; its outcome is logged and never stops the consumer.
+Guarantees: an offset is committed only after every webhook answered its anomaly with a 2xx (or a
+final 4xx, logged and counted); failures are retried with exponential backoff. Within a process an
+anomaly is posted once per severity rise; every POST carries ``Idempotency-Key: <anomaly_id>:<severity>``.
+The rollback command (opt-in) runs as an argv list (``shlex.split`` of the command, ``--``, then
+service, component and old version; values holding a control character or starting with ``-`` are
+refused), never through a shell, at most once per reload per process; it never stops the consumer.
+Formats: ``json`` (the Anomaly record), ``alertmanager`` (:mod:`streams.alertmanager`) and
+``template``; the last two also resolve alerts from ``reload.verdicts`` (:mod:`streams.resolutions`).
 
-Formats (``format``): ``json`` posts the Anomaly record; ``alertmanager`` posts Alertmanager's
-webhook payload (:mod:`streams.alertmanager`), and ``template`` a JSON body from a template, one per
-alert. Both alert formats also read ``reload.verdicts`` (as a table) to resolve an anomaly's alerts
-when a later clean reload of the same component supersedes it (:mod:`streams.resolutions`); a
-severity rise resolves the lower severity's alert. A resolution decided while no consumer ran is
-posted at the next start when its deciding look is younger than ``resolve_replay_ms``.
-
-Non-guarantees: after a crash, anomalies posted since the last commit are posted again (same
-idempotency key) and a rollback may run again, so the command should be idempotent. Undecodable
-messages go to the dead-letter topic.
+Non-guarantees: after a crash, anomalies posted since the last commit are posted again (same key)
+and a rollback may run again, so the command should be idempotent.
 """
 
 from __future__ import annotations

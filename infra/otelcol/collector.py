@@ -2,17 +2,14 @@
 
 Usage (the Makefile wraps ``build``)::
 
-    python -m infra.otelcol build [--if-go]      # go build into infra/otelcol/build (reused while unchanged);
-                                                 # --if-go: never fail (make test), the interop tests report it
+    python -m infra.otelcol build [--if-go]      # reused while unchanged; --if-go never fails
     python -m infra.otelcol config [--kafka B]   # print the generated config (OTLP in -> Kafka otlp_spans)
     python -m infra.otelcol run [--kafka B] [--encoding otlp_json] [--partition-traces-by-id] [-- CMD ...]
 
-Guarantees: ``build`` runs ``go build`` only when ``main.go``, ``go.mod``, ``go.sum`` or the Go
-version changed since the last successful build (a stamp file says), never edits ``go.mod``/
-``go.sum`` (``-mod=readonly``) and never fetches a toolchain (``GOTOOLCHAIN=local``); concurrent
-builds wait for each other (a file lock). :meth:`Collector.start` returns once the Collector logged
-that every pipeline is ready and its OTLP/HTTP port accepts connections; :meth:`Collector.stop`
-sends SIGTERM (the Collector drains and exits), then SIGKILL after the timeout.
+Guarantees: ``build`` runs ``go build`` only when the sources or the Go version changed, with
+``-mod=readonly`` and ``GOTOOLCHAIN=local``, one build at a time (a file lock).
+:meth:`Collector.start` returns once every pipeline is ready and the OTLP/HTTP port accepts
+connections; :meth:`Collector.stop` sends SIGTERM, then SIGKILL after the timeout.
 Non-guarantee: the Collector's own retries (an unreachable Kafka is retried, not reported here).
 """
 

@@ -1,20 +1,16 @@
 """End to end: Kafka → worker (enrich + detect + sink) → embedded ClickHouse, beside the raw consume + decode rate.
 
-Three measurements on the broker from ``KAFKA_BOOTSTRAP_SERVERS``, each on topics of its own:
+On the broker of ``KAFKA_BOOTSTRAP_SERVERS``, each on topics of its own:
 
-* **Sustained throughput**: once one ``reloadtrace worker`` is consuming (its group stable with every
-  partition assigned; start-up reported apart), pre-encoded simulated spans (3 services, reloads)
-  are produced as fast as the broker takes them; the clock runs to the moment every consumer group (enricher, detector, sink) has
-  committed the end of its topics — every span enriched, judged and landed in ClickHouse. The
-  limit it stands beside, from the same run: a bare confluent-kafka consumer reading and
-  decoding the same topic with the same codec (nothing else done). Also measured: catch-up, the
-  same spans already in the topic when the worker starts (it rebuilds partition state first).
-* **Freshness**: spans produced at a fixed rate with ``end_time`` = the moment they are produced,
-  into an idle worker; afterwards ClickHouse's ``inserted_at`` minus ``end_time`` per span, p50 and
-  p99. The grace period (default 2 s, a span waits that long for late reloads) is part of it.
-* **Worker peak RSS**: sampled every 0.25 s during the throughput runs: the worker process itself
-  (the enricher; the target is about it) and each of its child processes (sink with the embedded
-  ClickHouse, detector), and their sum — the memory the whole worker needs.
+* **Sustained throughput**: pre-encoded simulated spans produced as fast as the broker takes them
+  into a consuming ``reloadtrace worker``, timed until every consumer group (enricher, detector,
+  sink) has committed the end of its topics; beside it, a bare consumer decoding the same topic.
+  Also catch-up (the spans already in the topic at start) and OTLP ingest (the same spans as
+  ``otlp_proto`` into ``otlp_spans``).
+* **Freshness**: spans produced at a fixed rate into an idle worker; ClickHouse's ``inserted_at``
+  minus ``end_time``, p50 and p99 (the 2 s grace period is part of it).
+* **Peak RSS**, sampled every 0.25 s: the worker process (the enricher), each child (sink with the
+  embedded ClickHouse, detector), and their sum.
 """
 
 from __future__ import annotations
