@@ -128,8 +128,12 @@ class SinkSettings(BaseSettings):
     )
     ttl_days: int | None = Field(default=None, ge=0, description="Delete rows older than this (0 removes the TTL)")
     retry_timeout_ms: int = Field(default=_DEFAULT_RETRY_TIMEOUT_MS, ge=0, description="Give up retrying a batch after")
-    retry_initial_backoff_ms: int = Field(default=_DEFAULT_RETRY_INITIAL_BACKOFF_MS, ge=1)
-    retry_max_backoff_ms: int = Field(default=_DEFAULT_RETRY_MAX_BACKOFF_MS, ge=1)
+    retry_initial_backoff_ms: int = Field(
+        default=_DEFAULT_RETRY_INITIAL_BACKOFF_MS, ge=1, description="First delay before a failed flush is retried"
+    )
+    retry_max_backoff_ms: int = Field(
+        default=_DEFAULT_RETRY_MAX_BACKOFF_MS, ge=1, description="Longest delay between retries of a flush (doubling)"
+    )
     group_id: str = Field(default=_DEFAULT_GROUP_ID, description="Kafka consumer group of the sink")
     session_timeout_ms: int = Field(
         default=_DEFAULT_SESSION_TIMEOUT_MS, ge=1, description="Kafka session timeout (how fast a dead sink's partitions move)"
