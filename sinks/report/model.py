@@ -1,7 +1,7 @@
 """`reloadtrace report`: version health, reloads and anomalies from ClickHouse, as tables and one HTML page.
 
 Every figure comes from a named query of the analyst cookbook (``docs/queries.md``, see
-:mod:`sinks.report_queries`), so the report shows exactly what the documented, tested SQL answers.
+:mod:`sinks.report.queries`), so the report shows exactly what the documented, tested SQL answers.
 The HTML page needs no network: styles are inline and the charts are SVG generated here (one
 latency-over-time chart per service, with a vertical marker at each reload — dashed red for a
 FAILED attempt — and a triangle at each anomaly's detection time).
@@ -24,7 +24,7 @@ from rich.text import Text
 
 from schemas.errors import ReloadtraceError
 from schemas.text import bounded_repr, safe_text
-from sinks.report_queries import CookbookQuery, load_cookbook, run_query
+from sinks.report.queries import CookbookQuery, load_cookbook, run_query
 
 _DEFAULT_MAX_POINTS = 60
 _DEFAULT_WINDOW_SECONDS = 300
@@ -188,7 +188,7 @@ def build_report(
 
     def rows(name: str, **parameters: Any) -> list[dict[str, Any]]:
         if name not in queries:
-            from sinks.report_queries import CookbookError
+            from sinks.report.queries import CookbookError
 
             raise CookbookError(f"the cookbook has no query {name!r}, which the report needs")
         query = queries[name]
