@@ -6,12 +6,9 @@ HTML-escaped with its control characters made visible (:func:`sinks.report.chart
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from sinks.report.chart import escape, render_chart
 from sinks.report.model import Report
-from sinks.report.tables import format_change, format_ms, format_rate, format_time, reload_tables
+from sinks.report.tables import TableSpec, format_time, report_tables, version_table
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px; color: #18181b; }
@@ -42,16 +39,16 @@ _LEGEND = (
 )
 
 
-def _html_table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: set[int], row_classes: Sequence[str] = ()
-) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+def _html_table(spec: TableSpec) -> str:
+    shown = [(index, column) for index, column in enumerate(spec.columns) if column.only != "terminal"]
+    head = "".join(f"<th>{escape(column.header)}</th>" for _, column in shown)
     body = []
-    for index, row in enumerate(rows):
-        css = f' class="{escape(row_classes[index])}"' if index < len(row_classes) and row_classes[index] else ""
+    for row_index, row in enumerate(spec.rows):
+        emphasis = spec.row_classes[row_index] if row_index < len(spec.row_classes) else ""
+        css = f' class="{escape(emphasis)}"' if emphasis else ""
         cells = "".join(
-            f'<td class="number">{escape(cell)}</td>' if column in numeric else f"<td>{escape(cell)}</td>"
-            for column, cell in enumerate(row)
+            f'<td class="number">{escape(row[index])}</td>' if column.numeric else f"<td>{escape(row[index])}</td>"
+            for index, column in shown
         )
         body.append(f"<tr{css}>{cells}</tr>")
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -79,111 +76,13 @@ def render_html(report: Report) -> str:
         chart = render_chart(report, service)
         if chart:
             sections.append(_LEGEND + chart)
-        rows = [r for r in report.versions if r["service_name"] == service]
-        if rows:
-            sections.append("<h3>Requests by version</h3>")
-            sections.append(
-                _html_table(
-                    ("component", "version", "requests", "errors", "error rate", "p50 ms", "p95 ms"),
-                    [
-                        (
-                            r["component"],
-                            r["version"],
-                            f"{r['requests']:,}",
-                            f"{r['errors']:,}",
-                            format_rate(r["error_rate"]),
-                            format_ms(r["p50_ms"]),
-                            format_ms(r["p95_ms"]),
-                        )
-                        for r in rows
-                    ],
-                    numeric={2, 3, 4, 5, 6},
-                )
-            )
+        versions = version_table(report, service)
+        if versions.rows:  # a service without requests has its chart only
+            sections.append(f"<h3>{escape(versions.title)}</h3>")
+            sections.append(_html_table(versions))
         sections.append("</section>")
-    sections.append("<h2>Reloads</h2>")
-    if report.reloads:
-        rows_out, classes = [], []
-        for r in report.reloads:
-            mid_flight = report.mid_flight_spans(r["reload_id"])
-            rows_out.append(
-                (
-                    format_time(r["effective_time"]),
-                    r["service_name"],
-                    r["scope"],
-                    r["component"],
-                    format_change(r),
-                    r["status"],
-                    format_ms(r["reload_duration_ms"]),
-                    "–" if mid_flight is None else f"{mid_flight:,}",
-                    r["source"],
-                    r["reload_id"],
-                )
-            )
-            classes.append("failed" if r["status"] == "FAILED" else "")
-        sections.append(
-            _html_table(
-                (
-                    "effective (UTC)",
-                    "service",
-                    "scope",
-                    "component",
-                    "change",
-                    "status",
-                    "duration ms",
-                    "mid-flight requests",
-                    "source",
-                    "reload id",
-                ),
-                rows_out,
-                numeric={6, 7},
-                row_classes=classes,
-            )
-        )
-    else:
-        sections.append("<p>No reloads in this period.</p>")
-    sections.append("<h2>Anomalies</h2>")
-    if report.anomalies:
-        sections.append(
-            _html_table(
-                (
-                    "detected (UTC)",
-                    "service",
-                    "reload",
-                    "change",
-                    "metric",
-                    "baseline",
-                    "observed",
-                    "p-value",
-                    "severity",
-                    "detected after",
-                ),
-                [
-                    (
-                        format_time(a["detected_time"]),
-                        a["service_name"],
-                        a["reload_id"] + ("" if a["reload_status"] is not None else " (not stored)"),
-                        f"{a['component']}: {format_change(a)}",
-                        a["metric"],
-                        f"{a['baseline_value']:.4g}",
-                        f"{a['observed_value']:.4g}",
-                        f"{a['p_value']:.2g}",
-                        a["severity"],
-                        "–" if a["time_to_detect_ms"] is None else f"{a['time_to_detect_ms'] / 1000:,.1f} s",
-                    )
-                    for a in report.anomalies
-                ],
-                numeric={5, 6, 7, 9},
-                row_classes=[f"severity-{a['severity']}" for a in report.anomalies],
-            )
-        )
-    else:
-        sections.append("<p>No anomalies in this period.</p>")
-    for spec in reload_tables(report):
+    for spec in report_tables(report):
         sections.append(f"<h2>{escape(spec.title)}</h2>")
-        if spec.rows:
-            sections.append(_html_table(spec.headers, spec.rows, set(spec.numeric), row_classes=spec.row_classes))
-        else:
-            sections.append(f"<p>{escape(spec.empty)}</p>")
+        sections.append(_html_table(spec) if spec.rows else f"<p>{escape(spec.empty)}</p>")
     sections.append("</body></html>")
     return "\n".join(sections)

@@ -15,9 +15,12 @@ from rich.text import Text
 
 from schemas.text import safe_text
 from sinks.report.model import Report
-from sinks.report.tables import TableSpec, format_change, format_ms, format_rate, format_time, reload_tables
+from sinks.report.tables import TableSpec, format_time, report_tables, version_table
 
-_TERMINAL_STYLES = {"failed": "red", "severity-CRITICAL": "bold red", "severity-WARNING": "yellow"}
+_ROW_STYLES = {"failed": "red", "severity-CRITICAL": "bold red", "severity-WARNING": "yellow"}
+_CELL_STYLES = {"": "green", "failed": "bold red", "severity-CRITICAL": "bold red", "severity-WARNING": "yellow"}
+"""The emphasis cell's style by its row's emphasis (a reload SUCCEEDED or FAILED, an anomaly's severity)."""
+_OTHER_CELL_STYLE = "dim"
 
 
 def _text(value: Any, style: str = "") -> Text:
@@ -29,22 +32,29 @@ def _print_spec(spec: TableSpec, console: Console) -> None:
     if not spec.rows:
         console.print(_text(spec.empty, "dim"))
         return
-    table = Table(title=_text(spec.title), title_justify="left")
-    for index, header in enumerate(spec.headers):
-        table.add_column(header, justify="right" if index in spec.numeric else "left")
-    for index, row in enumerate(spec.rows):
-        css = spec.row_classes[index] if index < len(spec.row_classes) else ""
-        table.add_row(*(_text(cell) for cell in row), style=_TERMINAL_STYLES.get(css))
+    title = spec.title if spec.terminal_title is None else spec.terminal_title
+    table = Table(title=_text(title, "table.title" if spec.italic_title else ""), title_justify="left")
+    shown = [(index, column) for index, column in enumerate(spec.columns) if column.only != "html"]
+    for _, column in shown:
+        numeric = column.numeric if column.terminal_numeric is None else column.terminal_numeric
+        table.add_column(column.terminal_header or column.header, justify="right" if numeric else "left")
+    in_a_cell = any(column.emphasis for _, column in shown)
+    for row_index, row in enumerate(spec.rows):
+        emphasis = spec.row_classes[row_index] if row_index < len(spec.row_classes) else ""
+        cell_style = _CELL_STYLES.get(emphasis, _OTHER_CELL_STYLE)
+        cells = [_text(row[index], cell_style if column.emphasis else "") for index, column in shown]
+        table.add_row(*cells, style=None if in_a_cell else _ROW_STYLES.get(emphasis))
     console.print(table)
 
 
 def render_terminal(report: Report, console: Console) -> None:
-    """Print the report's tables: versions per service, reloads (with mid-flight counts), anomalies."""
+    """Print the report's tables: versions per service, reloads (with mid-flight counts), anomalies, reload health."""
     console.print(
         Text.assemble(
             ("reloadtrace report", "bold"),
             _text(
-                f" — {report.target or 'sink'} — since {format_time(report.since)} UTC, generated {format_time(report.generated_at)} UTC"
+                f" — {report.target or 'sink'} — since {format_time(report.since)} UTC, "
+                f"generated {format_time(report.generated_at)} UTC"
             ),
         )
     )
@@ -52,69 +62,6 @@ def render_terminal(report: Report, console: Console) -> None:
         console.print(_text("No spans, reloads or anomalies in this period.", "yellow"))
         return
     for service in report.services:
-        table = Table(title=_text(f"{service}: requests by version"), title_justify="left")
-        for column in ("component", "version", "requests", "errors", "error rate", "p50 ms", "p95 ms"):
-            table.add_column(column, justify="left" if column in ("component", "version") else "right")
-        for row in (r for r in report.versions if r["service_name"] == service):
-            table.add_row(
-                _text(row["component"]),
-                _text(row["version"]),
-                f"{row['requests']:,}",
-                f"{row['errors']:,}",
-                format_rate(row["error_rate"]),
-                format_ms(row["p50_ms"]),
-                format_ms(row["p95_ms"]),
-            )
-        if table.row_count:
-            console.print(table)
-        else:
-            console.print(_text(f"{service}: no requests with a known version in this period", "dim"))
-
-    reloads = Table(title="Reloads", title_justify="left")
-    for column in ("effective (UTC)", "service", "scope", "component", "change", "status", "duration ms", "mid-flight"):
-        reloads.add_column(column, justify="right" if column in ("duration ms", "mid-flight") else "left")
-    for row in report.reloads:
-        mid_flight = report.mid_flight_spans(row["reload_id"])
-        status = _text(row["status"], "bold red" if row["status"] == "FAILED" else "green")
-        reloads.add_row(
-            format_time(row["effective_time"]),
-            _text(row["service_name"]),
-            _text(row["scope"]),
-            _text(row["component"]),
-            _text(format_change(row)),
-            status,
-            format_ms(row["reload_duration_ms"]),
-            "–" if mid_flight is None else f"{mid_flight:,}",
-        )
-    console.print(reloads if reloads.row_count else _text("No reloads in this period.", "dim"))
-
-    anomalies = Table(title="Anomalies", title_justify="left")
-    for column in (
-        "detected (UTC)",
-        "service",
-        "reload",
-        "change",
-        "metric",
-        "baseline → observed",
-        "p-value",
-        "severity",
-        "detected after",
-    ):
-        anomalies.add_column(column)
-    for row in report.anomalies:
-        colour = {"CRITICAL": "bold red", "WARNING": "yellow"}.get(row["severity"], "dim")
-        after = row["time_to_detect_ms"]
-        anomalies.add_row(
-            format_time(row["detected_time"]),
-            _text(row["service_name"]),
-            _text(row["reload_id"] + ("" if row["reload_status"] is not None else " (not stored)")),
-            _text(f"{row['component']}: {format_change(row)}"),
-            _text(row["metric"]),
-            f"{row['baseline_value']:.4g} → {row['observed_value']:.4g}",
-            f"{row['p_value']:.2g}",
-            _text(row["severity"], colour),
-            "–" if after is None else f"{after / 1000:,.1f} s",
-        )
-    console.print(anomalies if anomalies.row_count else _text("No anomalies in this period.", "dim"))
-    for spec in reload_tables(report):
+        _print_spec(version_table(report, service), console)
+    for spec in report_tables(report):
         _print_spec(spec, console)
