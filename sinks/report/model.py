@@ -16,7 +16,7 @@ from typing import Any
 
 from schemas.errors import ReloadtraceError
 from schemas.text import bounded_repr, safe_text
-from sinks.report.queries import CookbookQuery, load_cookbook, run_query
+from sinks.report.queries import CookbookError, CookbookQuery, load_cookbook, run_query
 
 _DEFAULT_MAX_POINTS = 60
 _DEFAULT_WINDOW_SECONDS = 300
@@ -177,8 +177,6 @@ def build_report(
 
     def rows(name: str, **parameters: Any) -> list[dict[str, Any]]:
         if name not in queries:
-            from sinks.report.queries import CookbookError
-
             raise CookbookError(f"the cookbook has no query {name!r}, which the report needs")
         query = queries[name]
         given = {"since": since, **parameters}
