@@ -261,7 +261,7 @@ def grafana_context(window: tuple[int, int], **variables: Any) -> Any:
 
 def shapes(trace_id: str, exporter: bool, fed: bool) -> list[tuple[str, dict[str, str]]]:
     """(shape, {variant: SQL}) for every timed query shape."""
-    from sinks.report_queries import load_cookbook, parse_cookbook
+    from sinks.report.queries import load_cookbook, parse_cookbook
     from tests.sinks.grafana_macros import ALL, expand
 
     docs = parse_cookbook((Path(__file__).resolve().parents[2] / "docs" / "grafana.md").read_text(encoding="utf-8"))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sinks.report_queries import parse_cookbook
+from sinks.report.queries import parse_cookbook
 from tests.sinks import otel_expected as expected
 from tests.sinks.grafana_macros import ALL, GrafanaContext, MacroError, expand
 from tests.sinks.test_queries import as_datetime, expect_traces_mixing_versions, open_database

@@ -1,6 +1,6 @@
 """Every query of docs/queries.md, run on the embedded engine and checked against Python over the same records.
 
-The SQL is parsed out of the cookbook itself (``sinks.report_queries``), so the document cannot
+The SQL is parsed out of the cookbook itself (``sinks.report.queries``), so the document cannot
 drift from what is tested. Each expected answer is recomputed here from the contract records
 (``test_queries_data``), never typed in. Background merges are stopped, so revision-0 rows stay
 beside their corrections and only queries that really read the latest revision pass.
@@ -19,7 +19,7 @@ import numpy
 import pytest
 
 from schemas.records import ReloadEvent
-from sinks.report_queries import COOKBOOK_PATH, CookbookError, load_cookbook, parse_cookbook, run_query
+from sinks.report.queries import COOKBOOK_PATH, CookbookError, load_cookbook, parse_cookbook, run_query
 from tests.sinks.test_queries_data import (
     NS_PER_S,
     AnalystDataset,

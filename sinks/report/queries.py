@@ -19,7 +19,7 @@ from typing import Any
 
 from schemas.errors import ReloadtraceError
 
-COOKBOOK_PATH = Path(__file__).resolve().parent.parent / "docs" / "queries.md"
+COOKBOOK_PATH = Path(__file__).resolve().parents[2] / "docs" / "queries.md"
 """Where the cookbook lives in a source checkout (it is not shipped inside the wheel)."""
 
 _BLOCK = re.compile(r"^```sql[ \t]*\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

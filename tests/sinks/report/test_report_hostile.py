@@ -112,7 +112,7 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A store with the schema and no rows, made in a process of its own (chDB opens one path per process)."""
     url = f"chdb://{tmp_path_factory.mktemp('empty_store') / 'chdb'}"
     code = f"from sinks.clickhouse import ClickHouseSink; from sinks.settings import SinkSettings; ClickHouseSink(SinkSettings(url={url!r})).close()"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[3])
     return url
 
 
@@ -129,7 +129,7 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_report_arguments_give_one_line_errors_not_tracebacks(args: list[str], exit_code: int, empty_store: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "streams.cli", "report", "--sink-url", empty_store, *args],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=120,
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[3], timeout=120,
     )
     assert result.returncode == exit_code, result.stderr
     assert "Traceback" not in result.stderr

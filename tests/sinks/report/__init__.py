@@ -1,0 +1,1 @@
+"""Tests of sinks.report: the query model, the terminal and HTML renderings, the command."""
