@@ -20,10 +20,10 @@ from typing import Any
 from confluent_kafka import Message
 
 from schemas.errors import DecodeError, DecodeErrorKind
+from schemas.kafka_io import ensure_topic
 from schemas.otlp import enriched_otlp_messages
 from schemas.settings import KafkaSettings
 from schemas.text import bounded_repr
-from streams.kafka_io import ensure_topic
 from streams.stage import MessageTooLarge, Outbox, Position, RuntimeSettings, Stage, StageRuntime
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
-"""The Kafka client moves every stage (enricher, detector, sink, alerts) makes the same way: a manually
-committed group consumer, produce under backpressure, dead letters that cannot fail to produce, commit
-quietly, and a group's lag."""
+"""The Kafka client moves every stage (enricher, detector, sink, alerts) and the launchers in infra/ make
+the same way: a manually committed group consumer, produce under backpressure, dead letters that cannot
+fail to produce, commit quietly, topic creation, and a group's lag."""
 
 from __future__ import annotations
 
