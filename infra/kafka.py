@@ -387,31 +387,20 @@ def create_topics(
     partitions: int,
     timeout_s: float = 30.0,
 ) -> None:
-    """Create the topics that do not exist yet (replication factor 1, with their configs). Idempotent.
+    """Create the topics that do not exist yet on a launched broker (replication factor 1, with their configs;
+    :func:`schemas.kafka_io.ensure_topics`). Idempotent.
 
     Args:
         names: topic names, or topic name -> topic configs (e.g. ``message.timestamp.type``).
-    """
-    from confluent_kafka.admin import AdminClient, NewTopic
 
-    if partitions < 1:
-        raise ValueError(f"partitions must be >= 1, got {partitions}")
-    configs = dict(names) if isinstance(names, Mapping) else {name: {} for name in names}
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 3})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config))
-        for name, config in configs.items()
-        if name not in existing
-    ]
-    if not missing:
-        return
-    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
-        try:
-            future.result(timeout=timeout_s)
-        except Exception as error:
-            if "TOPIC_ALREADY_EXISTS" not in str(error):
-                raise KafkaLauncherError(f"creating topic {name} failed: {error}") from error
+    Raises:
+        ValueError: ``partitions`` < 1.
+        TopicCreationError: a topic could not be created.
+    """
+    from schemas.kafka_io import ensure_topics
+
+    client_config = {"bootstrap.servers": bootstrap_servers, "log_level": 3}
+    ensure_topics(client_config, names, partitions=partitions, replication_factor=1, timeout_s=timeout_s)
 
 
 @contextlib.contextmanager
@@ -435,6 +424,8 @@ def _topic_names(prefix: str) -> dict[str, dict[str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from schemas.kafka_io import TopicCreationError
+
     parser = argparse.ArgumentParser(prog="python -m infra.kafka", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["jars", "up", "down", "status", "run"])
     parser.add_argument(
@@ -445,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--controller-port", type=int, default=None)
     parser.add_argument("--data-dir", default=os.environ.get("KAFKA_DATA_DIR", str(_DEFAULT_DATA_DIR)))
-    parser.add_argument("--partitions", type=int, default=int(os.environ.get("RELOADTRACE_PARTITIONS", 4)))
+    parser.add_argument("--partitions", type=int, default=int(os.environ.get("RELOADTRACE_PARTITIONS", "4")))
     parser.add_argument("--topic-prefix", default=os.environ.get("RELOADTRACE_TOPIC_PREFIX", ""))
     parser.add_argument("--fresh", action="store_true", help="wipe the data directory first")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -490,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except KeyboardInterrupt:
                 child.send_signal(signal.SIGINT)
                 return child.wait()
-    except KafkaLauncherError as error:
+    except (KafkaLauncherError, TopicCreationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

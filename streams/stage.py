@@ -436,7 +436,9 @@ class StageRuntime:
         clean = False
         try:
             if self.settings.create_topics:
-                ensure_topics(self.kafka)
+                ensure_topics(
+                    self.kafka.confluent_config(), self.kafka.topics.with_configs(), partitions=self.kafka.partitions
+                )
             self._load_tables(stop)
             self.stage.start(self)
             if self.stage.topics():

@@ -211,7 +211,9 @@ def test_the_sink_child_lands_records_and_stops_on_sigterm(kafka_settings: Kafka
     from schemas.kafka_io import ensure_topics
     from sinks.testing import enriched_spans
 
-    ensure_topics(kafka_settings)
+    ensure_topics(
+        kafka_settings.confluent_config(), kafka_settings.topics.with_configs(), partitions=kafka_settings.partitions
+    )
     codec = kafka_settings.codec("EnrichedSpan")
     records = enriched_spans(300, seed=11)
     producer = Producer(kafka_settings.confluent_config())
