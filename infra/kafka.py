@@ -27,9 +27,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from infra.processes import run_in_foreground, running
 
 INFRA_DIR = Path(__file__).resolve().parent
 JARS_DIR = INFRA_DIR / "target" / "libs"
@@ -403,16 +405,6 @@ def create_topics(
     ensure_topics(client_config, names, partitions=partitions, replication_factor=1, timeout_s=timeout_s)
 
 
-@contextlib.contextmanager
-def running_broker(broker: KafkaBroker) -> Iterator[KafkaBroker]:
-    """Start the broker for the duration of the block and stop it afterwards, whatever happens."""
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
 def _broker_from_args(args: argparse.Namespace) -> KafkaBroker:
     return KafkaBroker(port=args.port, controller_port=args.controller_port, data_dir=Path(args.data_dir))
 
@@ -472,15 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # run
         if not command:
             parser.error("run needs a command after --")
-        with running_broker(broker):
+        with running(broker):
             create_topics(broker.bootstrap_servers, _topic_names(args.topic_prefix), args.partitions)
-            env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
-            child = subprocess.Popen(command, env=env)
-            try:
-                return child.wait()
-            except KeyboardInterrupt:
-                child.send_signal(signal.SIGINT)
-                return child.wait()
+            return run_in_foreground(command, {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers})
     except (KafkaLauncherError, TopicCreationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
