@@ -336,10 +336,7 @@ class SinkConsumer(Stage):
         batch = self._open
         if batch is None or not batch.rows:
             return False
-        return (
-            batch.rows >= self.sink.flush_rows
-            or (self._monotonic() - batch.opened) * 1000 >= self.sink.flush_interval_ms
-        )
+        return self.sink.is_due(batch.rows, (self._monotonic() - batch.opened) * 1000)
 
     def _seal_and_submit(self) -> None:
         """Hand the open batch to a writer (waiting for the oldest flush when all writers are busy)."""
