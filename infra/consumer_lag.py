@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.kafka_io import topic_lag
+from schemas.kafka_io import topic_lag
 
 
 def consumer_group_lag(bootstrap_servers: str, group_id: str, topics: Iterable[str], *, timeout_s: float = 10.0) -> int:

@@ -27,9 +27,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from infra.processes import run_in_foreground, running
 
 INFRA_DIR = Path(__file__).resolve().parent
 JARS_DIR = INFRA_DIR / "target" / "libs"
@@ -387,41 +389,20 @@ def create_topics(
     partitions: int,
     timeout_s: float = 30.0,
 ) -> None:
-    """Create the topics that do not exist yet (replication factor 1, with their configs). Idempotent.
+    """Create the topics that do not exist yet on a launched broker (replication factor 1, with their configs;
+    :func:`schemas.kafka_io.ensure_topics`). Idempotent.
 
     Args:
         names: topic names, or topic name -> topic configs (e.g. ``message.timestamp.type``).
+
+    Raises:
+        ValueError: ``partitions`` < 1.
+        TopicCreationError: a topic could not be created.
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from schemas.kafka_io import ensure_topics
 
-    if partitions < 1:
-        raise ValueError(f"partitions must be >= 1, got {partitions}")
-    configs = dict(names) if isinstance(names, Mapping) else {name: {} for name in names}
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 3})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config))
-        for name, config in configs.items()
-        if name not in existing
-    ]
-    if not missing:
-        return
-    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
-        try:
-            future.result(timeout=timeout_s)
-        except Exception as error:
-            if "TOPIC_ALREADY_EXISTS" not in str(error):
-                raise KafkaLauncherError(f"creating topic {name} failed: {error}") from error
-
-
-@contextlib.contextmanager
-def running_broker(broker: KafkaBroker) -> Iterator[KafkaBroker]:
-    """Start the broker for the duration of the block and stop it afterwards, whatever happens."""
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    client_config = {"bootstrap.servers": bootstrap_servers, "log_level": 3}
+    ensure_topics(client_config, names, partitions=partitions, replication_factor=1, timeout_s=timeout_s)
 
 
 def _broker_from_args(args: argparse.Namespace) -> KafkaBroker:
@@ -435,6 +416,8 @@ def _topic_names(prefix: str) -> dict[str, dict[str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from schemas.kafka_io import TopicCreationError
+
     parser = argparse.ArgumentParser(prog="python -m infra.kafka", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["jars", "up", "down", "status", "run"])
     parser.add_argument(
@@ -445,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--controller-port", type=int, default=None)
     parser.add_argument("--data-dir", default=os.environ.get("KAFKA_DATA_DIR", str(_DEFAULT_DATA_DIR)))
-    parser.add_argument("--partitions", type=int, default=int(os.environ.get("RELOADTRACE_PARTITIONS", 4)))
+    parser.add_argument("--partitions", type=int, default=int(os.environ.get("RELOADTRACE_PARTITIONS", "4")))
     parser.add_argument("--topic-prefix", default=os.environ.get("RELOADTRACE_TOPIC_PREFIX", ""))
     parser.add_argument("--fresh", action="store_true", help="wipe the data directory first")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -481,16 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # run
         if not command:
             parser.error("run needs a command after --")
-        with running_broker(broker):
+        with running(broker):
             create_topics(broker.bootstrap_servers, _topic_names(args.topic_prefix), args.partitions)
-            env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
-            child = subprocess.Popen(command, env=env)
-            try:
-                return child.wait()
-            except KeyboardInterrupt:
-                child.send_signal(signal.SIGINT)
-                return child.wait()
-    except KafkaLauncherError as error:
+            return run_in_foreground(command, {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers})
+    except (KafkaLauncherError, TopicCreationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

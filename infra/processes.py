@@ -1,9 +1,12 @@
-"""Child processes of the demo, the fault tests and the benchmarks: started in their own group, stopped for sure.
+"""Child processes of the demo, the launchers, the fault tests and the benchmarks: started in their own group,
+stopped for sure.
 
 Guarantees: :meth:`ManagedProcess.stop` sends SIGTERM to the whole process group, waits, then
 escalates to SIGKILL, so nothing the child started outlives it; :meth:`ManagedProcess.kill` is a
 crash (SIGKILL, no clean-up) for fault injection. Output goes to a log file, quoted on failure.
-Non-guarantee: a child that double-forks into another session escapes the group.
+:func:`running` stops a service (broker, Collector) whatever its block raised; :func:`run_in_foreground`
+passes Ctrl-C on to the command and waits for it. Non-guarantee: a child that double-forks into
+another session escapes the group.
 """
 
 from __future__ import annotations
@@ -13,10 +16,22 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol, Self, TypeVar
 
 _DEFAULT_STOP_TIMEOUT_S = 30.0
+
+
+class Service(Protocol):
+    """Something started and stopped as a whole: a broker, a Collector, a managed child."""
+
+    def start(self) -> object: ...
+
+    def stop(self) -> object: ...
+
+
+ServiceT = TypeVar("ServiceT", bound=Service)
 
 
 class ProcessError(RuntimeError):
@@ -131,7 +146,7 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             raise ProcessError(f"{self.argv[0]} still running after {timeout_s:.0f}s:\n{self.log_tail()}") from None
 
-    def __enter__(self) -> ManagedProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -154,3 +169,23 @@ def wait_until(condition, *, timeout_s: float, interval_s: float = 0.5, what: st
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout_s:.0f}s")
         time.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def running(service: ServiceT) -> Iterator[ServiceT]:
+    """Start ``service`` for the duration of the block and stop it afterwards, whatever happens."""
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def run_in_foreground(command: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run ``command`` with exactly ``env`` until it exits, Ctrl-C passed on to it as SIGINT; its exit code."""
+    child = subprocess.Popen(list(command), env=dict(env))
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGINT)
+        return child.wait()

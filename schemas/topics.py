@@ -81,6 +81,7 @@ class TopicNames:
         return self.prefix + REQUESTS_BY_SERVICE
 
     def all(self) -> Iterator[str]:
+        """The topics of the record contract: every one but the internal request feed (:meth:`with_configs` has all)."""
         yield from (
             self.spans, self.otlp_spans, self.reloads, self.spans_enriched, self.reload_anomalies, self.reload_verdicts,
             self.dead_letter,

@@ -1,17 +1,17 @@
-"""The one place that owns batching, retries and dead-lettering for every sink destination.
+"""The one place that owns the flush policy, retries and dead-lettering for every sink destination.
 
 A destination subclasses :class:`BatchingSink` and implements only ``write(batch)``: store one
-:class:`SinkBatch` (one table's rows) or raise a :mod:`sinks.errors` error. Callers ``add``
-records and call ``flush`` — at commit time, as in quix-streams: when ``flush`` returns, every
-record added before it is stored (or dead-lettered with its reason); when it raises, nothing may
-be acknowledged upstream, and the pending records stay pending for the next ``flush``.
+:class:`SinkBatch` (one table's rows) or raise a :mod:`sinks.errors` error. Callers ``add`` records
+and call ``flush`` at commit time, as in quix-streams: when ``flush`` returns, every record added
+before it is stored (or dead-lettered with its reason); when it raises, nothing may be acknowledged
+upstream, and the pending records stay pending. When a batch is due is :meth:`BatchingSink.is_due`,
+which the sink stage (:mod:`streams.sink`, gathering Kafka messages into batches) asks as well.
 
-Guarantees: at-least-once storage of every added record; records of one table keep their
-``add`` order inside a batch; each batch carries a deduplication token derived from the Kafka
-coordinates it holds, so a batch re-written after an ambiguous failure does not duplicate
-(when the destination honours tokens). Non-guarantee: after a crash the re-read records may be
-cut into batches differently, so tokens differ and duplicates reach the table; the destination's
-replacing key (read with FINAL) is what makes counts exact then.
+Guarantees: at-least-once storage of every added record; records of one table keep their ``add``
+order inside a batch; each batch carries a deduplication token derived from the Kafka coordinates it
+holds, so a batch re-written after an ambiguous failure does not duplicate (when the destination
+honours tokens). Non-guarantee: after a crash the re-read records may be cut into batches
+differently, so tokens differ; the destination's replacing key (read with FINAL) makes counts exact.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ class BatchingSink:
     """Batches records per table and writes them with retries; subclasses implement :meth:`write`.
 
     Args:
-        flush_rows: :meth:`should_flush` turns true when this many records are pending.
+        flush_rows: :meth:`is_due` turns true when this many records are pending.
         flush_interval_ms: ... or when the oldest pending record waited this long.
         retry_initial_backoff_ms / retry_max_backoff_ms: exponential backoff between attempts.
         retry_timeout_ms: give up (``SinkRetriesExhaustedError``) after retrying this long.
@@ -293,12 +293,18 @@ class BatchingSink:
     def pending_rows(self) -> int:
         return self._pending_rows
 
+    def is_due(self, rows: int, waited_ms: float) -> bool:
+        """The flush policy: a batch of ``rows`` (> 0) whose oldest row waited ``waited_ms`` is due when it
+        reaches ``flush_rows`` or waited ``flush_interval_ms``. Callers gathering batches of their own
+        (the sink stage, :mod:`streams.sink`) ask this rather than keep thresholds of their own."""
+        return rows >= self.flush_rows or waited_ms >= self.flush_interval_ms
+
     def should_flush(self) -> bool:
-        """True when the pending rows reach ``flush_rows`` or the oldest waited ``flush_interval_ms``."""
+        """:meth:`is_due` of the pending rows."""
         if self._pending_rows >= self.flush_rows:
             return True
         oldest = min((p.first_added for p in self._pending.values() if p.first_added is not None), default=None)
-        return oldest is not None and (self._clock() - oldest) * 1000 >= self.flush_interval_ms
+        return oldest is not None and self.is_due(self._pending_rows, (self._clock() - oldest) * 1000)
 
     def flush(self) -> int:
         """Write every pending record (dead letters last, so rejects of this flush join them).

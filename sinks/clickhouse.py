@@ -1,18 +1,18 @@
 """The ClickHouse destination over clickhouse-connect: a server (HTTP) or the embedded chDB engine.
 
-Both backends get the same DDL (``schemas/clickhouse``), the same Arrow inserts and the same
+Both backends get the same DDL (``schemas/clickhouse``), the same Avro-container inserts and the same
 queries. Idempotence (see README "ClickHouse sink"):
 
-* Every insert carries ``insert_deduplication_token`` (from the Kafka topic/partition/offsets
-  of its rows) and every table has ``non_replicated_deduplication_window``, so the same batch
-  inserted twice — a retry after a timeout that had in fact succeeded, a flush retried after a
-  failure — is stored once, on a server and in chDB alike (the engine keeps the last 10,000
-  block tokens per table, on disk). Materialized views see only accepted blocks.
-* Rows re-inserted in differently cut batches (after a crash) are not caught by tokens; the
-  tables' ReplacingMergeTree keys collapse them, so counts are exact with FINAL (both backends).
+* Every insert carries ``insert_deduplication_token`` (from the Kafka topic/partition/offsets of its
+  rows) and every table has ``non_replicated_deduplication_window``, so the same batch inserted twice
+  (a retry after a timeout that had in fact succeeded) is stored once, on a server and in chDB alike
+  (the engine keeps the last 10,000 block tokens per table, on disk); materialized views see only
+  accepted blocks. Rows re-inserted in differently cut batches (after a crash) are not caught by
+  tokens; the tables' ReplacingMergeTree keys collapse them: counts are exact with FINAL.
 
-chDB allows one engine per process and one process per data directory: run the sink inside the
-worker process (``SinkConsumer.run`` as a thread) rather than as a second process on the same path.
+chDB allows one engine per process and one process per data directory: only the process running the
+sink opens its path (the worker's sink child by default, :mod:`streams.components`); another process
+opening it meanwhile gets :class:`~sinks.errors.SinkEngineBusyError`.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _locked_by_another_process(path: Path) -> bool:
 
 
 class ClickHouseSink(BatchingSink):
-    """Writes batches as Arrow inserts with deduplication tokens; applies the DDL when opened.
+    """Writes batches as Avro-container inserts with deduplication tokens; applies the DDL when opened.
 
     Args:
         settings: where and how (see :class:`sinks.settings.SinkSettings`).

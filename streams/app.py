@@ -199,7 +199,7 @@ def create_app(
         if settings.component_processes:
             _add_child_process(app, "sink", kafka, sink_settings)
         else:
-            from sinks.consumer import sink_runtime
+            from streams.sink import sink_runtime
 
             sink = sink_runtime(kafka, sink_settings)
             _add_thread_service(app, "clickhouse-sink", sink.run)
@@ -246,7 +246,7 @@ def consumer_groups(kafka: KafkaSettings, settings: WorkerSettings) -> dict[str,
     if settings.enriched_otlp_topic:
         groups[f"{settings.group_id}-otlp-out"] = [topics.spans_enriched]
     if settings.sink_url_value:
-        from sinks.consumer import source_tables
+        from streams.sink import source_tables
 
         groups[_sink_settings(settings).group_id] = list(source_tables(topics))
     return groups

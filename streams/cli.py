@@ -276,8 +276,8 @@ def sink(
 
     from schemas.errors import ReloadtraceError
     from schemas.settings import KafkaSettings, settings_error
-    from sinks.consumer import sink_runtime
     from sinks.settings import SinkSettings
+    from streams.sink import sink_runtime
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}

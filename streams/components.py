@@ -101,8 +101,8 @@ def _open_sink_waiting(open_sink: Callable[[], Any], stop: threading.Event, wait
 
 def _run_sink(document: dict[str, Any], stop: threading.Event) -> None:
     from schemas.settings import KafkaSettings
-    from sinks.consumer import sink_runtime
     from sinks.settings import SinkSettings
+    from streams.sink import sink_runtime
 
     kafka = KafkaSettings(**document["kafka"])
     runtime = sink_runtime(kafka, SinkSettings(**document["settings"]))

@@ -20,10 +20,10 @@ from typing import Any
 from confluent_kafka import Message
 
 from schemas.errors import DecodeError, DecodeErrorKind
+from schemas.kafka_io import ensure_topics
 from schemas.otlp import enriched_otlp_messages
 from schemas.settings import KafkaSettings
 from schemas.text import bounded_repr
-from streams.kafka_io import ensure_topic
 from streams.stage import MessageTooLarge, Outbox, Position, RuntimeSettings, Stage, StageRuntime
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class EnrichedOtlpPublisher(Stage):
         return (self._kafka.topics.spans_enriched,)
 
     def start(self, runtime: StageRuntime) -> None:
-        ensure_topic(self._kafka, self._topic)
+        ensure_topics(self._kafka.confluent_config(), [self._topic], partitions=self._kafka.partitions)
 
     def ingest(self, messages: Sequence[Message], arrivals: Sequence[int] | None, outbox: Outbox) -> None:
         spans = []

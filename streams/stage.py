@@ -38,8 +38,7 @@ from confluent_kafka import (
 
 from schemas.dead_letters import RECORD_OVERHEAD_BYTES, DeadLetterBuilder
 from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
-from schemas.settings import KafkaSettings
-from streams.kafka_io import (
+from schemas.kafka_io import (
     commit_quietly,
     ensure_topics,
     group_consumer_config,
@@ -48,6 +47,7 @@ from streams.kafka_io import (
     produce_waiting,
     topic_message_limit_bytes,
 )
+from schemas.settings import KafkaSettings
 from streams.progress import PartitionProgress
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class RuntimeSettings:
     """How often partitions read to their end are checked for progress (stages that track arrival)."""
     max_poll_interval_ms: int = 600_000
     create_topics: bool = True
-    """Create the pipeline's missing topics before starting (:func:`streams.kafka_io.ensure_topics`)."""
+    """Create the pipeline's missing topics before starting (:func:`schemas.kafka_io.ensure_topics`)."""
     consumer_config: Mapping[str, Any] = field(default_factory=dict)
     producer_config: Mapping[str, Any] = field(default_factory=dict)
 
@@ -436,7 +436,9 @@ class StageRuntime:
         clean = False
         try:
             if self.settings.create_topics:
-                ensure_topics(self.kafka)
+                ensure_topics(
+                    self.kafka.confluent_config(), self.kafka.topics.with_configs(), partitions=self.kafka.partitions
+                )
             self._load_tables(stop)
             self.stage.start(self)
             if self.stage.topics():

@@ -68,7 +68,8 @@ def kafka_bootstrap_servers(request: pytest.FixtureRequest, tmp_path_factory: py
 
 @pytest.fixture
 def topics(kafka_bootstrap_servers: str) -> TopicNames:
-    """The five contract topics under a prefix unique to this test, created with 2 partitions."""
+    """Every topic of the pipeline (:meth:`TopicNames.with_configs`) under a prefix unique to this test, created
+    with 2 partitions."""
     names = TopicNames(prefix=f"t{uuid.uuid4().hex[:10]}.")
     create_topics(kafka_bootstrap_servers, names.with_configs(), partitions=2)
     return names

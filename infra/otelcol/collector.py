@@ -27,13 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from infra.kafka import free_port, port_is_open
-from infra.processes import ManagedProcess
+from infra.processes import ManagedProcess, run_in_foreground, running
 
 OTELCOL_DIR = Path(__file__).resolve().parent
 BUILD_DIR = OTELCOL_DIR / "build"
@@ -262,7 +262,7 @@ class Collector:
             return None
         return self._process.stop(timeout_s)
 
-    def __enter__(self) -> Collector:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -280,16 +280,6 @@ def otlp_to_kafka(brokers: str, work_dir: Path | str, *, topic: str = DEFAULT_TO
         {"traces": (["otlp"], ["kafka"])},
     )
     return Collector(config, Path(work_dir), http_port=http_port, grpc_port=grpc_port)
-
-
-@contextlib.contextmanager
-def running(collector: Collector) -> Iterator[Collector]:
-    """Start ``collector`` for the duration of the block and stop it afterwards, whatever happens."""
-    collector.start()
-    try:
-        yield collector
-    finally:
-        collector.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -339,12 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if command:
                 env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.http_port}",
                        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
-                child = subprocess.Popen(command, env=env)
-                try:
-                    return child.wait()
-                except KeyboardInterrupt:
-                    child.send_signal(signal.SIGINT)
-                    return child.wait()
+                return run_in_foreground(command, env)
             stop: list[int] = []
             signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
             try:

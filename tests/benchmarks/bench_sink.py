@@ -2,7 +2,7 @@
 
 Rows are EnrichedSpan Kafka messages (single-object Avro, ~410 bytes, 5 span attributes, 2 resource
 attributes, 2 versions) pre-filled into ``spans.enriched`` (4 partitions) on the broker of
-``KAFKA_BOOTSTRAP_SERVERS``. "Sink ingest" is :class:`sinks.consumer.SinkConsumer` as the worker runs
+``KAFKA_BOOTSTRAP_SERVERS``. "Sink ingest" is :class:`streams.sink.SinkConsumer` as the worker runs
 it (default settings but the data directory): consume, header check, batches sealed every
 ``flush_rows`` and written by the writer threads as Avro containers into ``spans_enriched_v2_avro``
 (ClickHouse decodes and converts, the two materialized views run), offsets committed in order. It is
@@ -47,10 +47,10 @@ from schemas.settings import KafkaSettings
 from schemas.topics import TopicNames
 from sinks.avro_blocks import container, landing_table
 from sinks.clickhouse import ClickHouseSink, open_client
-from sinks.consumer import SinkConsumer
 from sinks.ddl import apply_schema
 from sinks.settings import SinkSettings
 from sinks.testing import FakeMessage, enriched_spans
+from streams.sink import SinkConsumer
 
 ROWS = int(os.environ.get("BENCH_SINK_ROWS", "400000"))
 REALISTIC_ROWS = int(os.environ.get("BENCH_SINK_REALISTIC_ROWS", "200000"))

@@ -57,6 +57,13 @@ def test_flush_is_due_by_rows_or_by_age_of_the_oldest_record() -> None:
     assert [item.value["n"] for item in sink.written[1].items] == [2, 3, 4]
 
 
+
+def test_the_flush_policy_is_one_method_batches_gathered_elsewhere_ask_too() -> None:
+    sink = make(FakeClock(), flush_rows=3, flush_interval_ms=500)
+    assert not sink.is_due(2, 499.9)
+    assert sink.is_due(3, 0.0)
+    assert sink.is_due(1, 500.0)
+
 def test_one_batch_per_table_in_add_order_dead_letters_last() -> None:
     clock = FakeClock()
     sink = make(clock)

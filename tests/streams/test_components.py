@@ -208,10 +208,12 @@ def test_the_child_gets_sigterm_when_its_parent_is_killed(tmp_path: Path) -> Non
 @pytest.mark.kafka
 @pytest.mark.clickhouse
 def test_the_sink_child_lands_records_and_stops_on_sigterm(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    from schemas.kafka_io import ensure_topics
     from sinks.testing import enriched_spans
-    from streams.kafka_io import ensure_topics
 
-    ensure_topics(kafka_settings)
+    ensure_topics(
+        kafka_settings.confluent_config(), kafka_settings.topics.with_configs(), partitions=kafka_settings.partitions
+    )
     codec = kafka_settings.codec("EnrichedSpan")
     records = enriched_spans(300, seed=11)
     producer = Producer(kafka_settings.confluent_config())

@@ -17,10 +17,10 @@ from confluent_kafka import TopicPartition
 from schemas.codec import codec_for
 from schemas.settings import KafkaSettings
 from sinks.base import DEAD_LETTERS_TABLE, KafkaRows, SinkBatch, dedup_token
-from sinks.consumer import SinkConsumer, SinkConsumerError, sink_runtime
 from sinks.errors import SinkFatalError
 from sinks.settings import SinkSettings
 from sinks.testing import FakeMessage, ListSink, enriched_spans
+from streams.sink import SinkConsumer, SinkConsumerError, sink_runtime
 from streams.testing import FakeConsumer, FakeProducer
 from tests.threads import start_stoppable
 

@@ -1,11 +1,11 @@
-"""The Kafka client moves every stage (enricher, detector, sink, alerts) makes the same way: a manually
-committed group consumer, produce under backpressure, dead letters that cannot fail to produce, commit
-quietly, and a group's lag."""
+"""The Kafka client moves every stage (enricher, detector, sink, alerts) and the launchers in infra/ make
+the same way: a manually committed group consumer, produce under backpressure, dead letters that cannot
+fail to produce, commit quietly, topic creation, and a group's lag."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -84,7 +84,11 @@ def produce_waiting(
 
 def is_too_large(error: KafkaException) -> bool:
     """True when ``produce`` refused a message for its size (librdkafka's MSG_SIZE_TOO_LARGE)."""
-    return bool(error.args) and isinstance(error.args[0], KafkaError) and error.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
+    return (
+        bool(error.args)
+        and isinstance(error.args[0], KafkaError)
+        and error.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
+    )
 
 
 def topic_message_limit_bytes(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0) -> int:
@@ -147,20 +151,36 @@ class TopicCreationError(ReloadtraceError):
     """A topic the pipeline needs could not be created."""
 
 
-def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0, *, topics: dict[str, dict[str, str]] | None = None) -> None:
-    """Create the pipeline's topics (or ``topics``: name -> config) that do not exist yet (``kafka.partitions``
-    each, broker-default replication, the configs the stages rely on: log-append time, reloads kept forever).
+def ensure_topics(
+    client_config: Mapping[str, Any],
+    topics: Mapping[str, Mapping[str, str]] | Iterable[str],
+    *,
+    partitions: int,
+    replication_factor: int = -1,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create the topics that do not exist yet; idempotent, and a topic another client creates meanwhile is fine.
+
+    Args:
+        client_config: librdkafka settings of the admin client (e.g. :meth:`KafkaSettings.confluent_config`).
+        topics: topic names, or name -> topic configs (e.g. :meth:`TopicNames.with_configs`: log-append
+            time, reloads kept forever).
+        partitions: partitions of each topic created.
+        replication_factor: -1 = the broker's default.
 
     Raises:
+        ValueError: ``partitions`` < 1.
         TopicCreationError: a topic could not be created.
     """
     from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient(kafka.confluent_config())
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    wanted = dict(topics) if isinstance(topics, Mapping) else {name: {} for name in topics}
+    admin = AdminClient(dict(client_config))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = kafka.topics.with_configs() if topics is None else topics
     missing = [
-        NewTopic(name, num_partitions=kafka.partitions, replication_factor=-1, config=dict(config))
+        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=dict(config))
         for name, config in wanted.items()
         if name not in existing
     ]
@@ -173,8 +193,3 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0, *, topics: dict
             if "TOPIC_ALREADY_EXISTS" not in str(error):
                 raise TopicCreationError(f"creating topic {name} failed: {error}") from error
     logger.info("created topics %s", ", ".join(topic.topic for topic in missing))
-
-
-def ensure_topic(kafka: KafkaSettings, name: str) -> None:
-    """Create topic ``name`` (default configs) when it does not exist."""
-    ensure_topics(kafka, topics={name: {}})

@@ -1,6 +1,6 @@
 """A sink consumer process for crash tests: SIGKILLs itself right after its Nth flush, before that commit.
 
-Usage: ``python -m tests.sinks.sink_child N`` with the usual ``KAFKA_BOOTSTRAP_SERVERS``,
+Usage: ``python -m tests.streams.sink_child N`` with the usual ``KAFKA_BOOTSTRAP_SERVERS``,
 ``RELOADTRACE_TOPIC_PREFIX`` and ``RELOADTRACE_SINK_*`` environment.
 """
 
@@ -12,8 +12,8 @@ import sys
 import threading
 
 from schemas.settings import KafkaSettings
-from sinks.consumer import sink_runtime
 from sinks.settings import SinkSettings
+from streams.sink import sink_runtime
 
 
 def main() -> None:

@@ -1,17 +1,17 @@
 """The sink stage: the output topics in, ClickHouse rows out, offsets committed after the flush that holds them.
 
-Each message's Avro body goes undecoded to :class:`~sinks.clickhouse.ClickHouseSink` (ClickHouse
-decodes it); Python checks only its header, once per distinct header. A due batch is sealed and
-written by one of ``SinkSettings.writers`` writer threads while consumption goes on (at most that
-many in flight); the stage runs on :class:`streams.stage.StageRuntime`, which polls and commits.
+Avro bodies go undecoded to :class:`~sinks.clickhouse.ClickHouseSink` (Python checks each distinct
+header once). A due batch is sealed and written by one of ``SinkSettings.writers`` writer threads
+while consumption goes on. The stage runs on :class:`streams.stage.StageRuntime`: in a child process
+of the worker by default (:mod:`streams.components`), in a worker thread when ``component_processes``
+is off, or alone as ``reloadtrace sink``.
 
-Guarantees: offsets become committable only after the flush holding their records returned, in
-seal order (a later flush that finishes first waits), so a crash re-inserts and never skips;
-re-inserted batches are dropped by their deduplication token and rows re-read into other batches
-collapse by the replacing keys (exact counts with FINAL); undecodable messages, tombstones, rows
-ClickHouse refuses and reloads the contract refuses (judged as the enricher does) become
-``dead_letters`` rows; revoke and stop wait for every flush in flight. A flush that keeps failing
-raises :class:`SinkConsumerError`; nothing of it or after it is committed.
+Guarantees: offsets become committable only after the flush holding their records returned, in seal
+order, so a crash re-inserts and never skips; re-inserted batches are dropped by their deduplication
+token, rows re-read into other batches collapse by the replacing keys (exact counts with FINAL);
+undecodable messages, tombstones, rows ClickHouse refuses and reloads the contract refuses (judged as
+the enricher does) become ``dead_letters`` rows; revoke and stop wait for every flush in flight. A
+flush that keeps failing raises :class:`SinkConsumerError`; nothing of it or after it is committed.
 """
 
 from __future__ import annotations
@@ -336,10 +336,7 @@ class SinkConsumer(Stage):
         batch = self._open
         if batch is None or not batch.rows:
             return False
-        return (
-            batch.rows >= self.sink.flush_rows
-            or (self._monotonic() - batch.opened) * 1000 >= self.sink.flush_interval_ms
-        )
+        return self.sink.is_due(batch.rows, (self._monotonic() - batch.opened) * 1000)
 
     def _seal_and_submit(self) -> None:
         """Hand the open batch to a writer (waiting for the oldest flush when all writers are busy)."""

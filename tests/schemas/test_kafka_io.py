@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaException
 
-from streams.kafka_io import commit_quietly, produce_waiting, uncommitted
+from schemas.kafka_io import commit_quietly, produce_waiting, uncommitted
 
 
 class _FullThenFreeProducer:
@@ -51,7 +51,7 @@ def test_commit_quietly_says_whether_the_commit_went_through() -> None:
 
 
 def test_group_consumers_commit_by_hand_and_heartbeat_well_inside_the_session() -> None:
-    from streams.kafka_io import group_consumer_config
+    from schemas.kafka_io import group_consumer_config
 
     for session_ms in (2, 6_000, 45_000):
         config = group_consumer_config("g", session_ms)

@@ -17,9 +17,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.settings import KafkaSettings
 from sinks.clickhouse import ClickHouseSink
-from sinks.consumer import sink_runtime
 from sinks.settings import SinkSettings
 from sinks.testing import BASE_TIME_UNIX_NANO, enriched_spans
+from streams.sink import sink_runtime
 from tests.threads import start_stoppable
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
@@ -166,7 +166,7 @@ def test_a_crash_between_insert_and_commit_re_inserts_and_final_counts_stay_exac
         "PYTHONPATH": str(REPO),
     }
     keys = list(end_offsets(kafka_settings, [topics.spans_enriched]))
-    crashed = run_child([sys.executable, "-m", "tests.sinks.sink_child", "2"], env)
+    crashed = run_child([sys.executable, "-m", "tests.streams.sink_child", "2"], env)
     output, _ = crashed.communicate(timeout=120)
     assert crashed.returncode == -signal.SIGKILL, output
     assert "flush 2" in output
