@@ -1,27 +1,15 @@
-"""Sink ingest rows/s into the embedded engine: the real SinkConsumer on the broker, beside the engine's limits.
+"""Sink ingest rows/s into the embedded engine: the real sink stage on the broker, beside the engine's limits.
 
-Rows are EnrichedSpan Kafka messages (single-object Avro, ~410 bytes, 5 span attributes, 2 resource
-attributes, 2 versions) pre-filled into ``spans.enriched`` (4 partitions) on the broker of
-``KAFKA_BOOTSTRAP_SERVERS``. "Sink ingest" is :class:`streams.sink.SinkConsumer` as the worker runs
-it (default settings but the data directory): consume, header check, batches sealed every
-``flush_rows`` and written by the writer threads as Avro containers into ``spans_enriched_v2_avro``
-(ClickHouse decodes and converts, the two materialized views run), offsets committed in order. It is
-timed from the first message read to the commit of the last one (the group join before is not).
+Rows are EnrichedSpan messages (~410 bytes) pre-filled into ``spans.enriched`` (4 partitions). "Sink
+ingest" is :class:`streams.sink.SinkConsumer` as the worker runs it, timed from the first message
+read to the commit of the last one. The limits, from the same run and rows with no Kafka and no
+Python per row: the same Avro containers inserted straight (one client, then two), the rows as
+Arrow tables into ``spans_enriched`` and into a bare copy (no views). Realistic rows: the sink run
+again over the e2e benchmark's simulated spans enriched by the real core (~1.6 KB, ~20 attributes).
 
-The limits, from the same run and the same rows, with no Kafka and no Python per row: the same Avro
-containers inserted straight (one client, then two clients at once), the rows as Arrow tables into
-``spans_enriched`` (same table, same views; one and two clients) and into a bare copy (no views).
-
-Realistic rows: the same sink run once more over spans of the gateway simulator (the end-to-end benchmark's),
-enriched by the real enrichment core against the simulation's reloads, as the enricher would produce them
-(LZ4-compressed batches): ~1.6 KB and ~20 attributes per row, every component's version in the three maps.
-
-Where the CPU goes: during the sink-ingest run the CPU of every thread of this process is read from
-``/proc/self/task`` and grouped by what the thread does (the writers' inserts with the engine's query
-threads, the engine's background merges, the consumer's Python thread, librdkafka), and the broker's
-process CPU over the same window is read with psutil (found by its listening port). Their sum per row,
-against the machine's cores, is the most this machine can ingest at that cost. The engine's own cost per
-row is also measured with its background merges included (2 clients, waiting for the merges to end).
+Where the CPU goes: every thread's CPU of this process from ``/proc/self/task``, grouped by job
+(inserts, background merges, the consumer thread, librdkafka), and the broker's process CPU
+(psutil); their sum per row against the machine's cores is the most this machine can ingest.
 """
 
 from __future__ import annotations
