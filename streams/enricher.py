@@ -45,7 +45,7 @@ from streams.engine import (
     restore_partition,
 )
 from streams.enriched_wire import EnrichedEncoder
-from streams.enrichment import SegmentAnswers
+from streams.enrichment import CachedAnswer, SegmentCache
 from streams.progress import overall_progress
 from streams.request_feed import RequestRow, encode_reload, encode_requests, encode_watermarks
 from streams.settings import WorkerSettings
@@ -162,7 +162,6 @@ class SpanEnricher(Stage):
         kafka: broker, topics and framing.
         settings: grace period, horizon, lateness bound, limits.
         timeline_factory: builds an empty version timeline.
-        answer_fn: computes an answer from a timeline (default: memoised per segment pair).
         wall_clock_ns: the clock of restore windows.
     """
 
@@ -175,22 +174,22 @@ class SpanEnricher(Stage):
         settings: WorkerSettings,
         *,
         timeline_factory: Callable[[], Timeline],
-        answer_fn: Callable[..., Any] | None = None,
         wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._kafka = kafka
         self._settings = settings
         self._topics = kafka.topics
         self._timeline_factory = timeline_factory
-        self._answer_fn = answer_fn if answer_fn is not None else SegmentAnswers()
         self._clock = wall_clock_ns
         self._span_codec = kafka.codec("Span")
         # The enricher never reads attributes: skip building them (most of a span's decoding cost).
         self._span_decoder = ProjectedDecoder(self._span_codec, SPAN_FIELDS_ENRICHMENT_READS)
         self._reload_codec = kafka.codec("ReloadEvent")
         self._encoder = EnrichedEncoder(self._span_codec, kafka.codec("EnrichedSpan"))
+        # An engine answer is a CachedAnswer: the Enrichment and its encoded form, computed once per segment pair.
+        self._answers = SegmentCache(derive=self._encoder.encoded_enrichment)
         self.engine = EnrichmentEngine(
-            timeline_factory(), self._answer_fn, grace_ms=settings.grace_period_ms, horizon_ms=settings.correction_horizon_ms
+            timeline_factory(), self._answers.lookup, grace_ms=settings.grace_period_ms, horizon_ms=settings.correction_horizon_ms
         )
         self.stats = EnricherStats()
         self._reloads: dict[ReloadKey, ReloadArrival] = {}
@@ -405,8 +404,10 @@ class SpanEnricher(Stage):
                     emission.revision, topic, partition, span.offset,
                 )
                 continue
+            answer: CachedAnswer = emission.answer  # type: ignore[assignment]
             try:
-                outbox.publish(self._topics.spans_enriched, key, self._encoder.encode(raw, emission.answer, emission.revision))
+                value = self._encoder.encode(raw, answer.enrichment, emission.revision, answer.derived)
+                outbox.publish(self._topics.spans_enriched, key, value)
                 self.stats.published += 1
             except MessageTooLarge as error:  # the span fits its topic, its answer does not fit spans.enriched
                 self.stats.too_large += 1
@@ -628,7 +629,7 @@ class SpanEnricher(Stage):
             return
         result = restore_partition(
             timeline_factory=self._timeline_factory,
-            answer_fn=self._answer_fn,
+            answer_fn=self._answers.lookup,
             grace_ms=self._settings.grace_period_ms,
             horizon_ms=self._settings.correction_horizon_ms,
             reloads=self._reloads.values(),

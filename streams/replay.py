@@ -6,7 +6,7 @@ too (format by name, records in any order). Loads every reload into a
 :class:`~streams.timeline.VersionTimeline` first, then streams the spans once, in file order,
 writing ``enriched_spans.jsonl`` (revision 0: with all reloads known there is nothing to correct)
 and ``anomalies.jsonl``. The answers are those the streaming worker converges to (same
-:func:`~streams.enriched_wire.enrichment_of`).
+:class:`~streams.enrichment.SegmentCache` over the same version rules).
 
 Guarantees: every input record is either written or reported as skipped (file, line, record or
 message number, reason; an OTLP span also by its index in the message); the output holds spans in
@@ -14,9 +14,8 @@ input order. Non-guarantees: a reload_id present twice
 with different content keeps its first occurrence in file order (the worker keeps the first in
 arrival order); timestamps are not checked against a clock (there is none offline).
 
-Speed: a (service, instance)'s answer can change only at the effective times of its reloads, so a
-span's enrichment is looked up by the pair of segments its start and end fall in, and the encoded
-enrichment fields are reused as bytes; the span itself is decoded and re-encoded once (orjson).
+Speed: a span's answer is looked up by the segments its start and end fall in (the segment cache),
+which keeps the encoded enrichment fields as bytes; the span is decoded and re-encoded once (orjson).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import gc
 import re
 import sys
 import time
-from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +46,7 @@ from schemas.records import (
     validate_span,
 )
 from schemas.text import bounded_repr, safe_text
-from streams.enriched_wire import enrichment_of
+from streams.enrichment import SegmentCache
 from streams.timeline import VersionTimeline
 
 ENRICHED_FILE = "enriched_spans.jsonl"
@@ -408,7 +406,8 @@ def _enrich_all(
     jsonl = not otlp and path.suffix.lower() == ".jsonl"
     loads, dumps, validate, plainly = orjson.loads, orjson.dumps, validate_span, plainly_valid
     json_error = orjson.JSONDecodeError
-    cache: dict[tuple[str, str], tuple[list[int], dict[tuple[int, int], bytes]]] = {}
+    cache = SegmentCache(derive=_enrichment_tail)
+    tail_of = cache.derived
     bar = _ProgressBar(path) if show_progress else None
     chunk: list[bytes] = []
     append = chunk.append
@@ -441,14 +440,7 @@ def _enrich_all(
                     continue
             service, instance = record["service_name"], record["service_instance_id"]
             start, end = record["start_time_unix_nano"], record["end_time_unix_nano"]
-            entry = cache.get((service, instance))
-            if entry is None:
-                entry = cache[(service, instance)] = (timeline.change_points(service, instance), {})
-            points, tails = entry
-            segments = (bisect_right(points, start), bisect_right(points, end)) if points else (0, 0)
-            tail = tails.get(segments)
-            if tail is None:
-                tail = tails[segments] = _enrichment_tail(enrichment_of(timeline, service, instance, start, end))
+            tail = tail_of(timeline, service, instance, start, end)
             if len(record) != span_fields:
                 if "resource_attributes" not in record:
                     record["resource_attributes"] = None
@@ -467,7 +459,7 @@ def _enrich_all(
     finally:
         summary.spans_read += position
         summary.spans_written += written
-        summary.distinct_answers += sum(len(tails) for _, tails in cache.values())
+        summary.distinct_answers += cache.computed
         if bar is not None:
             bar.close()
 
