@@ -1,21 +1,15 @@
 """Offline replay: enrich a file of spans with a file of reloads, every reload known (``reloadtrace replay``).
 
-Reads spans and reloads from JSON Lines or Avro container files, or spans from OTLP files
-(``.otlp.jsonl``, ``.otlp.pb``: :mod:`schemas.otlp_files`), whose reload spans are reload events
-too (format by name, records in any order). Loads every reload into a
-:class:`~streams.timeline.VersionTimeline` first, then streams the spans once, in file order,
-writing ``enriched_spans.jsonl`` (revision 0: with all reloads known there is nothing to correct)
-and ``anomalies.jsonl``. The answers are those the streaming worker converges to (same
-:class:`~streams.enrichment.SegmentCache` over the same version rules).
+Reads JSON Lines or Avro container files, or OTLP files (``.otlp.jsonl``, ``.otlp.pb``) whose reload
+spans are reloads too. Loads every reload into a :class:`~streams.timeline.VersionTimeline`, then
+streams the spans once, writing ``enriched_spans.jsonl`` (revision 0) and ``anomalies.jsonl``: the
+answers the streaming worker converges to (same :class:`~streams.enrichment.SegmentCache` and
+:func:`~streams.detection.detect_offline`).
 
-Guarantees: every input record is either written or reported as skipped (file, line, record or
-message number, reason; an OTLP span also by its index in the message); the output holds spans in
-input order. Non-guarantees: a reload_id present twice
-with different content keeps its first occurrence in file order (the worker keeps the first in
-arrival order); timestamps are not checked against a clock (there is none offline).
-
-Speed: a span's answer is looked up by the segments its start and end fall in (the segment cache),
-which keeps the encoded enrichment fields as bytes; the span is decoded and re-encoded once (orjson).
+Guarantees: every input record is written or reported as skipped (file, position, reason); spans
+are written in input order. Non-guarantees: a reload_id present twice with different content keeps
+its first occurrence in file order (the worker: the first in arrival order); timestamps are not
+checked against a clock (there is none offline).
 """
 
 from __future__ import annotations
@@ -24,10 +18,10 @@ import gc
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import fastavro
 import orjson
@@ -48,6 +42,9 @@ from schemas.records import (
 from schemas.text import bounded_repr, safe_text
 from streams.enrichment import SegmentCache
 from streams.timeline import VersionTimeline
+
+if TYPE_CHECKING:
+    from streams.detection import DetectionSettings
 
 ENRICHED_FILE = "enriched_spans.jsonl"
 ANOMALIES_FILE = "anomalies.jsonl"
@@ -182,7 +179,7 @@ class ReplaySummary:
     duplicate_reloads: int = 0
     conflicting_reloads: int = 0
     anomalies: int = 0
-    detection_built: bool = False
+    detection_ran: bool = False
     distinct_answers: int = 0
     seconds: float = 0.0
     """Wall time of the whole replay."""
@@ -308,15 +305,6 @@ def _open_input(path: Path) -> BinaryIO:
         raise RecordFileError(f"{path}: cannot open: {error.strerror or error}") from error
 
 
-def _detector() -> Callable[..., Any] | None:
-    """The offline detection entry point, once helper C's :mod:`streams.detection` provides it."""
-    try:
-        from streams import detection
-    except ImportError:
-        return None
-    return getattr(detection, "detect_offline", None)
-
-
 def _enrichment_tail(answer: Any) -> bytes:
     """``,"versions":...}`` + newline: the enrichment fields at revision 0, to splice after a span."""
     return b"," + orjson.dumps(answer.fields(0))[1:] + b"\n"
@@ -329,6 +317,7 @@ def run_replay(
     *,
     progress: bool | None = None,
     detect: bool = True,
+    detection: DetectionSettings | None = None,
 ) -> ReplaySummary:
     """Enrich every span of ``spans_path`` with every reload of ``reloads_path`` into ``out_dir``.
 
@@ -336,7 +325,8 @@ def run_replay(
 
     Args:
         progress: show a progress bar; default: only when stderr is a terminal.
-        detect: run offline anomaly detection when it is available.
+        detect: run offline anomaly detection.
+        detection: its thresholds; default: ``DetectionSettings()`` (from the environment).
 
     Raises:
         RecordFileError: an input file cannot be read (missing, unknown extension, corrupt Avro).
@@ -360,8 +350,7 @@ def run_replay(
     except OSError as error:
         handle.close()
         raise ReplayError(f"{out}: cannot write the output: {error.strerror or error}") from error
-    detect_offline = _detector() if detect else None
-    collected: list[dict[str, Any]] | None = [] if detect_offline is not None else None
+    collected: list[dict[str, Any]] | None = [] if detect else None
     show = sys.stderr.isatty() if progress is None else progress
     was_enabled = gc.isenabled()
     enrich_started = time.perf_counter()
@@ -376,12 +365,14 @@ def run_replay(
             gc.enable()
         gc.unfreeze()
         summary.enrich_seconds = time.perf_counter() - enrich_started
-    summary.detection_built = detect_offline is not None
+    summary.detection_ran = detect
     with summary.anomalies_path.open("wb") as anomalies_out:
-        if detect_offline is not None:
+        if collected is not None:
+            from streams.detection import DetectionSettings, detect_offline  # numpy and scipy: only when used
+
             reloads = [reload for service in timeline.services() for reload in timeline.reloads(service)]
             try:
-                anomalies = detect_offline(collected, reloads)
+                anomalies = detect_offline(collected, reloads, detection or DetectionSettings())
             except ReloadtraceError as error:
                 raise ReplayError(f"anomaly detection failed (the enriched spans are written): {error}") from error
             for anomaly in anomalies:
@@ -497,10 +488,10 @@ def print_summary(summary: ReplaySummary, *, shown: int = 20) -> None:
         + f"({summary.distinct_answers} distinct answers, {summary.reloads_used} reloads, "
         f"{summary.spans_per_second:,.0f} spans/s)"
     )
-    if summary.detection_built:
+    if summary.detection_ran:
         console.print(f"wrote {summary.anomalies} anomalies to {summary.anomalies_path}")
     else:
-        console.print(f"anomaly detection is not built yet: wrote an empty {summary.anomalies_path}")
+        console.print(f"anomaly detection was not run: wrote an empty {summary.anomalies_path}")
     if summary.duplicate_reloads:
         console.print(f"ignored {summary.duplicate_reloads} exact duplicate reloads")
     for label, count, path in (
