@@ -150,13 +150,13 @@ def test_the_engine_emits_the_same_with_the_real_timeline_as_with_brute_force(wo
     real, _, _, _ = engine_tests.run_live(world, random.Random(seed), engine=real_engine())
     assert [(e.span, e.revision, e.answer) for e in real] == [(e.span, e.revision, e.answer) for e in oracle]
 
-    committed, frontier = snapshots[int(commit_pick * (len(snapshots) - 1))] if snapshots else ({}, None)
+    committed, applied = snapshots[int(commit_pick * (len(snapshots) - 1))] if snapshots else ({}, None)
     for partition, log in world.span_logs.items():
         position = committed.get(partition, 0)
         restored = [
             restore_partition(timeline_factory=factory, answer_fn=answer_fn, grace_ms=engine_tests.GRACE,
                               horizon_ms=engine_tests.HORIZON, reloads=world.reload_log, emitted=log[:position],
-                              previous_frontier=frontier, unemitted=log[position:], frontier=frontier)
+                              previous_applied_position=applied, unemitted=log[position:], applied_position=applied)
             for factory, answer_fn in ((engine_tests.ListTimeline, oracle_answer), (VersionTimeline, SegmentCache()))
         ]
         shapes = [(one.adopt, [(e.span, e.answer, e.revision) for e in one.emissions], one.hold) for one in restored]
