@@ -29,6 +29,7 @@ from scipy.stats import fisher_exact, mannwhitneyu
 from schemas.errors import ReloadtraceError
 from schemas.records import SEVERITIES, ReloadEvent
 from schemas.text import bounded_repr
+from streams.request_feed import RequestRow
 
 _NANOS_PER_MS = 1_000_000
 _ANOMALY_NAMESPACE = uuid.UUID("6f1d2a34-5b1e-4c3a-9d0e-7a7c0de0a11e")
@@ -64,7 +65,7 @@ class DetectionError(ReloadtraceError):
 
 
 class DetectionSettings(BaseSettings):
-    """Thresholds of regression detection; environment ``RELOADTRACE_DETECTION_<FIELD>``.
+    """Thresholds of regression detection; environment ``RELOADTRACE_DETECTION_<FIELD>``, read where it is built.
 
     Raises:
         pydantic.ValidationError: a value is out of range (e.g. a look offset beyond the window).
@@ -333,14 +334,17 @@ class _Pending:
 class RegressionDetector:
     """Judges reloads of any number of services against their requests (pure, no clock).
 
-    Add requests and reloads in any order, then call :meth:`advance` with the event-time
-    progress (every request started before it, minus the allowance, has been added) or
-    :meth:`finish` when everything is known. Each returns the Anomaly records (Avro field names)
-    emitted by the looks it took, each ``(anomaly_id, severity)`` at most once.
+    Add requests and reloads in any order, then call :meth:`advance` with an event-time
+    watermark (every request started before it has been added) or :meth:`finish` when everything
+    is known. Each returns the Anomaly records (Avro field names) emitted by the looks it took,
+    each ``(anomaly_id, severity)`` at most once.
+
+    Args:
+        settings: thresholds and look schedule, built by the caller (the core reads no environment).
     """
 
-    def __init__(self, settings: DetectionSettings | None = None) -> None:
-        self.settings = settings or DetectionSettings()
+    def __init__(self, settings: DetectionSettings) -> None:
+        self.settings = settings
         self._looks_ns = tuple(offset * _NANOS_PER_MS for offset in self.settings.looks_ms)
         self._window_ns = self.settings.window_ms * _NANOS_PER_MS
         self._requests: dict[str, _ServiceRequests] = {}
@@ -353,13 +357,17 @@ class RegressionDetector:
     # --- input ---------------------------------------------------------------------------------
 
     def add_request(self, request: RequestObservation) -> None:
-        self.add_rows(
-            request.service_name,
-            [(request.service_instance_id, request.start_time_unix_nano, request.end_time_unix_nano, request.is_error, request.kind)],
+        row = RequestRow(
+            request.service_instance_id,
+            request.start_time_unix_nano,
+            request.end_time_unix_nano,
+            request.is_error,
+            request.kind,
         )
+        self.add_rows(request.service_name, [row])
 
-    def add_rows(self, service_name: str, rows: Iterable[tuple[str, int, int, bool, str] | list[Any]]) -> None:
-        """Rows of (instance, start ns, end ns, is_error, kind), the wire shape of the enricher's feed."""
+    def add_rows(self, service_name: str, rows: Iterable[RequestRow]) -> None:
+        """Requests of a service, as the enricher's feed carries them (:mod:`streams.request_feed`)."""
         requests = self._requests.get(service_name)
         if requests is None:
             requests = self._requests[service_name] = _ServiceRequests()
@@ -623,7 +631,7 @@ def _finite(value: float) -> float:
 def detect_offline(
     spans: Iterable[Mapping[str, Any]],
     reloads: Iterable[ReloadEvent | Mapping[str, Any]],
-    settings: DetectionSettings | None = None,
+    settings: DetectionSettings,
 ) -> list[dict[str, Any]]:
     """Every anomaly the streaming detector would emit for these spans and reloads (replay).
 
@@ -636,10 +644,10 @@ def detect_offline(
         schemas.errors.InvalidRecordError: a reload mapping breaks the contract.
     """
     detector = RegressionDetector(settings)
-    rows: dict[str, list[tuple[str, int, int, bool, str]]] = {}
+    rows: dict[str, list[RequestRow]] = {}
     for span in spans:
         try:
-            row = (
+            row = RequestRow(
                 span["service_instance_id"],
                 int(span["start_time_unix_nano"]),
                 int(span["end_time_unix_nano"]),

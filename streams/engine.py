@@ -1,26 +1,17 @@
 """Arrival-ordered merge of spans and reloads: grace-period holding, first answers, late-reload corrections.
 
-The streaming answer for a span must not depend on how fast the worker happens to run, or on
-whether it crashed and restarted. So the engine orders everything by *arrival time* — the Kafka
-log-append timestamp of each message, which the broker assigns and which is durable — and makes
-every output a pure function of the two logs:
+Every output is a pure function of the two logs ordered by *arrival time* (the broker's durable
+log-append timestamp), so a restarted or rebalanced worker agrees with one that never stopped:
 
 * A span X that arrived at ``a(X)`` gets its first answer (revision 0) from exactly the reloads
   that arrived at or before ``a(X) + grace``.
-* Every later reload R of X's service, applied in arrival order, recomputes X's answer while
-  ``a(R) - a(X) <= horizon``; when the answer changes, X is re-emitted with revision + 1.
-* A reload that would change a span but arrives after the horizon is counted in
-  :attr:`EngineStats.beyond_horizon`, never applied silently.
+* A later reload R of X's service, applied in arrival order, re-answers X while
+  ``a(R) - a(X) <= horizon``; a changed answer is re-emitted with revision + 1. One that would
+  change X later than that is counted in :attr:`EngineStats.beyond_horizon`, never applied silently.
 
-Events are processed in key order: span X at ``a(X) + grace``, reload R at ``a(R)`` (a reload
-wins a tie, so the grace period is inclusive). An event is processed only once nothing with a
-smaller key can still arrive, which the caller states through two *progress* values: every span
-with arrival < ``span_progress_ms`` and every reload with arrival < ``reload_progress_ms`` has
-been added. Replaying the same logs therefore yields the same (answer, revision) for every span,
-which is what makes a restarted or rebalanced worker agree with one that never stopped.
-
-Pure: no Kafka, no clock. The answer function is injected (``answer_fn``), so the engine knows
-nothing of version semantics; :mod:`streams.enrichment` provides it.
+Events are processed in the order span X at ``a(X) + grace``, reload R at ``a(R)`` (a reload wins
+a tie), each once the caller's two *progress* values say nothing earlier can still arrive. Pure: no
+Kafka, no clock; the answer function is injected (:class:`streams.enrichment.SegmentCache`).
 """
 
 from __future__ import annotations
@@ -37,8 +28,8 @@ NEVER = -(2**63)
 FOREVER = 2**63 - 1
 _EVICTED_SECONDS_KEPT = 86_400
 
-ReloadKey = tuple[int, int, int]
-"""(arrival_ms, partition, offset): the total order in which reloads are applied."""
+ArrivalPosition = tuple[int, int, int]
+"""(arrival_ms, partition, offset) of a reload message: the total order in which reloads are applied."""
 
 
 class Timeline(Protocol):
@@ -86,7 +77,7 @@ class ReloadArrival:
     offset: int = 0
 
     @property
-    def key(self) -> ReloadKey:
+    def arrival_position(self) -> ArrivalPosition:
         return (self.arrival_ms, self.partition, self.offset)
 
 
@@ -145,14 +136,14 @@ class EnrichmentEngine:
         self._answer_fn = answer_fn
         self.grace_ms = grace_ms
         self.horizon_ms = horizon_ms
-        self._pending: list[tuple[ReloadKey, ReloadArrival]] = []
-        self._pending_keys: set[ReloadKey] = set()
+        self._pending: list[tuple[ArrivalPosition, ReloadArrival]] = []
+        self._pending_positions: set[ArrivalPosition] = set()
         self._held: dict[int, deque[SpanArrival]] = {}
         self._held_starts: dict[int, deque[tuple[int, int, int]]] = {}
         """Per partition, (offset, index, start) of held spans whose start no later-held span undercuts:
         a monotonic queue whose head is the least start held (sliding-window minimum)."""
         self._index: dict[str, deque[_Indexed]] = {}
-        self._applied_key: ReloadKey | None = None
+        self._applied_position: ArrivalPosition | None = None
         self._evicted_end_seconds: dict[str, dict[int, int]] = {}
         self._applied_log: list[ReloadArrival] = []
         self.stats = EngineStats()
@@ -176,20 +167,22 @@ class EnrichmentEngine:
         self.stats.spans_added += 1
 
     def add_reload(self, reload: ReloadArrival) -> bool:
-        """Queue a reload for application in arrival order. False when its key was already applied or queued."""
-        key = reload.key
-        if key in self._pending_keys or (self._applied_key is not None and key <= self._applied_key):
+        """Queue a reload for application in arrival order. False when its position was already applied or queued."""
+        position = reload.arrival_position
+        if position in self._pending_positions or (
+            self._applied_position is not None and position <= self._applied_position
+        ):
             return False
-        heapq.heappush(self._pending, (key, reload))
-        self._pending_keys.add(key)
+        heapq.heappush(self._pending, (position, reload))
+        self._pending_positions.add(position)
         return True
 
     # --- processing ------------------------------------------------------------------------
 
     @property
-    def applied_key(self) -> ReloadKey | None:
-        """Key of the last reload applied (the engine's frontier), or None."""
-        return self._applied_key
+    def applied_position(self) -> ArrivalPosition | None:
+        """Arrival position of the last reload applied (every reload before it is applied too), or None."""
+        return self._applied_position
 
     def held_count(self) -> int:
         return sum(len(held) for held in self._held.values())
@@ -220,13 +213,13 @@ class EnrichmentEngine:
         out: list[Emission] = []
         grace = self.grace_ms
         while self._pending:
-            key, reload = self._pending[0]
-            arrival = key[0]
+            position, reload = self._pending[0]
+            arrival = position[0]
             if not (reload_progress_ms > arrival and span_progress_ms >= arrival - grace):
                 break
             self._emit_held(before_ms=arrival, out=out)
             heapq.heappop(self._pending)
-            self._pending_keys.discard(key)
+            self._pending_positions.discard(position)
             self._apply(reload, out)
         limit = reload_progress_ms if not self._pending else min(reload_progress_ms, self._pending[0][0][0])
         self._emit_held(before_ms=limit, out=out)
@@ -239,17 +232,17 @@ class EnrichmentEngine:
         """Process everything: no more spans or reloads will come (offline runs, restores, tests)."""
         return self.advance(FOREVER, FOREVER, evict=False)
 
-    def apply_through(self, key: ReloadKey | None) -> None:
-        """Apply every queued reload up to ``key`` at once (start-up, before any span is held).
+    def apply_through(self, position: ArrivalPosition | None) -> None:
+        """Apply every queued reload up to ``position`` at once (start-up, before any span is held).
 
         Raises:
             RuntimeError: spans are held or answered already; their answers would be skipped.
         """
         if self.held_count() or self.indexed_count():
             raise RuntimeError("apply_through is only for an engine that holds no spans yet")
-        while key is not None and self._pending and self._pending[0][0] <= key:
-            queued_key, reload = heapq.heappop(self._pending)
-            self._pending_keys.discard(queued_key)
+        while position is not None and self._pending and self._pending[0][0] <= position:
+            queued, reload = heapq.heappop(self._pending)
+            self._pending_positions.discard(queued)
             self._apply(reload, [])
 
     def _emit_held(self, *, before_ms: int, out: list[Emission]) -> None:
@@ -271,7 +264,7 @@ class EnrichmentEngine:
         return applied
 
     def _apply(self, arrival: ReloadArrival, out: list[Emission]) -> None:
-        self._applied_key = arrival.key
+        self._applied_position = arrival.arrival_position
         reload = arrival.reload
         try:
             added = self.timeline.add(reload)
@@ -370,11 +363,11 @@ class RestoredPartition:
     """What :func:`restore_partition` hands back to the live engine."""
 
     adopt: list[tuple[SpanArrival, Hashable, int]]
-    """Answered spans (answer and revision as of the frontier) to index as correctable."""
+    """Answered spans (answer and revision as of ``applied_position``) to index as correctable."""
     emissions: list[Emission]
     """Answers the previous owner never published: changed states and overdue first answers."""
     hold: list[SpanArrival]
-    """Spans still inside their grace period relative to the frontier: add them to the live engine."""
+    """Spans still inside their grace period relative to ``applied_position``: add them to the live engine."""
 
 
 def restore_partition(
@@ -385,55 +378,57 @@ def restore_partition(
     horizon_ms: int,
     reloads: Iterable[ReloadArrival],
     emitted: Iterable[SpanArrival],
-    previous_frontier: ReloadKey | None,
+    previous_applied_position: ArrivalPosition | None,
     unemitted: Iterable[SpanArrival],
-    frontier: ReloadKey | None,
+    applied_position: ArrivalPosition | None,
 ) -> RestoredPartition:
-    """Rebuild, deterministically, a partition's state for a worker whose frontier is ``frontier``.
+    """Rebuild, deterministically, a partition's state for a worker that has applied reloads up to ``applied_position``.
 
     The previous owner published answers for ``emitted`` (offsets below its commit) as of
-    ``previous_frontier`` (the last reload it had applied when it committed). Replaying the same
-    arrival-ordered rules gives the exact (answer, revision) of every span at both frontiers; what
-    changed in between, and spans whose grace period ended before ``frontier``, are emitted now.
+    ``previous_applied_position`` (of the last reload it had applied when it committed). Replaying the
+    same arrival-ordered rules gives the exact (answer, revision) of every span at both positions; what
+    changed in between, and spans whose grace period ended before ``applied_position``, are emitted now.
 
     Args:
         timeline_factory: builds an empty timeline for the replay.
-        reloads: every known reload (any order); only keys up to the frontiers are used.
+        reloads: every known reload (any order); only those up to the two positions are used.
         emitted: spans the previous owner answered, in offset order.
         unemitted: spans after the committed offset, in offset order.
     """
-    ordered = sorted(reloads, key=lambda reload: reload.key)
+    ordered = sorted(reloads, key=lambda reload: reload.arrival_position)
     replay = EnrichmentEngine(timeline_factory(), answer_fn, grace_ms=grace_ms, horizon_ms=horizon_ms)
 
-    def feed_reloads(low: ReloadKey | None, high: ReloadKey | None) -> None:
+    def feed_reloads(low: ArrivalPosition | None, high: ArrivalPosition | None) -> None:
         for reload in ordered:
-            if high is None or reload.key > high:
+            if high is None or reload.arrival_position > high:
                 break
-            if low is None or reload.key > low:
+            if low is None or reload.arrival_position > low:
                 replay.add_reload(reload)
 
-    feed_reloads(None, previous_frontier)
+    feed_reloads(None, previous_applied_position)
     emitted_spans = list(emitted)
     for span in emitted_spans:
         replay.add_span(span)
     replay.drain()
     before = {span.position: (answer, revision) for span, answer, revision in replay.indexed()}
 
-    frontier_ms = frontier[0] if frontier is not None else NEVER
+    applied_ms = applied_position[0] if applied_position is not None else NEVER
 
     def due(span: SpanArrival) -> bool:
-        # The grace period of a due span ended before the frontier's reload was applied.
-        return span.arrival_ms + grace_ms < frontier_ms
+        # The grace period of a due span ended before the last reload applied was.
+        return span.arrival_ms + grace_ms < applied_ms
 
     hold = [span for span in unemitted if not due(span)]
     behind = [span for span in unemitted if due(span)]
-    previous_is_ahead = previous_frontier is not None and (frontier is None or previous_frontier > frontier)
+    previous_is_ahead = previous_applied_position is not None and (
+        applied_position is None or previous_applied_position > applied_position
+    )
     if previous_is_ahead:
         # The previous owner applied reloads this worker has not reached yet. Replay the spans
-        # that were due at this worker's frontier; the others wait here like new ones. The live
+        # that were due at this worker's applied position; the others wait here like new ones. The live
         # engine then re-applies the rest and republishes states identical to those published.
         replay = EnrichmentEngine(timeline_factory(), answer_fn, grace_ms=grace_ms, horizon_ms=horizon_ms)
-        feed_reloads(None, frontier)
+        feed_reloads(None, applied_position)
         for span in emitted_spans:
             if due(span):
                 replay.add_span(span)
@@ -441,7 +436,7 @@ def restore_partition(
                 hold.append(span)
         hold.sort(key=lambda span: (span.offset, span.index))
     else:
-        feed_reloads(previous_frontier, frontier)
+        feed_reloads(previous_applied_position, applied_position)
     for span in behind:
         replay.add_span(span)
     replay.drain()

@@ -3,7 +3,8 @@
 An EnrichedSpan is a Span followed by six fields (see ``EnrichedSpan.v2.avsc``), and Avro encodes
 a record as the concatenation of its fields. So when a span message was written with the newest
 Span schema, its body is already the first part of the EnrichedSpan body: the worker appends the
-enrichment fields (memoised, since many spans share one answer) instead of re-encoding the span.
+encoded answer (:meth:`EnrichedEncoder.encoded_enrichment`, kept with the answer by
+:class:`streams.enrichment.SegmentCache`) and the revision instead of re-encoding the span.
 An older writer whose fields are a prefix of it (``Span.v1``) gets, between body and enrichment,
 the encoded defaults of the fields it lacks: the bytes the slow path would write for them.
 Spans from other writer versions take the slow path (decode, merge, encode).
@@ -14,17 +15,18 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import fastavro
 from fastavro import schemaless_writer
 
 from schemas.codec import Codec
 from schemas.records import ENRICHMENT_FIELDS
+from streams.enrichment import Enrichment
 
-_TAIL_CACHE_LIMIT = 65_536
 _UNKNOWN = object()
+_REVISION_FIELD = ENRICHMENT_FIELDS[-1]
+_SMALL_REVISIONS = 64
 
 
 def _field_shape(field: Mapping[str, Any]) -> tuple[Any, str]:
@@ -40,62 +42,6 @@ def _without_docs(schema: Any) -> Any:
     return schema
 
 
-@dataclass(frozen=True, slots=True)
-class Enrichment:
-    """The part of an enriched span that reloads decide; hashable, so answers can be compared."""
-
-    versions: tuple[tuple[str, str], ...] = ()
-    versions_at_end: tuple[tuple[str, str], ...] = ()
-    reload_ids: tuple[tuple[str, str], ...] = ()
-    mid_flight_reload_ids: tuple[str, ...] = ()
-
-    def fields(self, revision: int) -> dict[str, Any]:
-        """The EnrichedSpan fields (DESIGN.md names) for this answer at ``revision``."""
-        return {
-            "versions": dict(self.versions),
-            "versions_at_end": dict(self.versions_at_end),
-            "reload_ids": dict(self.reload_ids),
-            "mid_flight": bool(self.mid_flight_reload_ids),
-            "mid_flight_reload_ids": list(self.mid_flight_reload_ids),
-            "enrichment_revision": revision,
-        }
-
-    @classmethod
-    def from_fields(cls, record: Mapping[str, Any]) -> Enrichment:
-        """The answer carried by an EnrichedSpan record."""
-        return cls(
-            versions=tuple(sorted(record["versions"].items())),
-            versions_at_end=tuple(sorted(record["versions_at_end"].items())),
-            reload_ids=tuple(sorted(record["reload_ids"].items())),
-            mid_flight_reload_ids=tuple(sorted(record["mid_flight_reload_ids"])),
-        )
-
-
-class _ActiveVersion(Protocol):
-    version: str
-    reload_id: str
-
-
-class _Timeline(Protocol):
-    def versions_at(self, service_name: str, service_instance_id: str, time_unix_nano: int) -> Mapping[str, _ActiveVersion]: ...
-
-    def reloads_between(self, service_name: str, service_instance_id: str, start_exclusive: int, end_inclusive: int) -> list[Any]: ...
-
-
-def enrichment_of(timeline: _Timeline, service_name: str, service_instance_id: str, start: int, end: int) -> Enrichment:
-    """The answer for a span of (service, instance) running from ``start`` to ``end`` (ns)."""
-    at_start = timeline.versions_at(service_name, service_instance_id, start)
-    at_end = timeline.versions_at(service_name, service_instance_id, end)
-    return Enrichment(
-        versions=tuple(sorted((component, active.version) for component, active in at_start.items())),
-        versions_at_end=tuple(sorted((component, active.version) for component, active in at_end.items())),
-        reload_ids=tuple(sorted((component, active.reload_id) for component, active in at_start.items())),
-        mid_flight_reload_ids=tuple(
-            sorted(reload.reload_id for reload in timeline.reloads_between(service_name, service_instance_id, start, end))
-        ),
-    )
-
-
 class EnrichedEncoder:
     """Turns (span message, answer, revision) into an EnrichedSpan message.
 
@@ -109,37 +55,37 @@ class EnrichedEncoder:
         self._enriched_codec = enriched_codec
         span_fields = span_codec.schema.raw["fields"]
         enriched_fields = enriched_codec.schema.raw["fields"]
-        prefix_matches = [_field_shape(field) for field in enriched_fields[: len(span_fields)]] == [
-            _field_shape(field) for field in span_fields
-        ] and [field["name"] for field in enriched_fields[len(span_fields) :]] == list(ENRICHMENT_FIELDS)
+        tail_fields = enriched_fields[len(span_fields) :]
+        # The fast path appends the answer's fields, then the revision (the last field, a long) on its own.
+        prefix_matches = (
+            [_field_shape(field) for field in enriched_fields[: len(span_fields)]]
+            == [_field_shape(field) for field in span_fields]
+            and [field["name"] for field in tail_fields] == list(ENRICHMENT_FIELDS)
+            and tail_fields[-1]["type"] == "long"
+        )
         self._span_fields = span_fields if prefix_matches else None
         self._enriched_raw = enriched_codec.schema.raw
         # writer fingerprint -> bytes between its body and the enrichment tail (None: slow path)
         self._paddings: dict[bytes, bytes | None] = {}
-        self._tail_schema = fastavro.parse_schema(
+        self._answer_schema = fastavro.parse_schema(
             {
                 "type": "record",
                 "name": "EnrichmentTail",
                 "namespace": enriched_codec.schema.raw.get("namespace", ""),
-                "fields": enriched_fields[len(span_fields) :],
+                "fields": [field for field in tail_fields if field["name"] != _REVISION_FIELD],
             },
             named_schemas={},
         )
+        self._revisions = [_long(revision) for revision in range(_SMALL_REVISIONS)]
         self._enriched_field_names = [field["name"] for field in enriched_fields]
-        self._tails: dict[tuple[Enrichment, int], bytes] = {}
         self.fast_path = 0
         self.slow_path = 0
 
-    def _tail(self, enrichment: Enrichment, revision: int) -> bytes:
-        key = (enrichment, revision)
-        tail = self._tails.get(key)
-        if tail is None:
-            if len(self._tails) >= _TAIL_CACHE_LIMIT:
-                self._tails.clear()
-            buffer = io.BytesIO()
-            schemaless_writer(buffer, self._tail_schema, enrichment.fields(revision))
-            tail = self._tails[key] = buffer.getvalue()
-        return tail
+    def encoded_enrichment(self, enrichment: Enrichment) -> bytes:
+        """The answer's EnrichedSpan fields but the revision, as Avro bytes (worth caching with the answer)."""
+        buffer = io.BytesIO()
+        schemaless_writer(buffer, self._answer_schema, enrichment.fields(0))
+        return buffer.getvalue()
 
     def _padding(self, writer_raw: Mapping[str, Any]) -> bytes | None:
         """The encoded defaults of the newest Span fields a writer lacks, or None when its body is no prefix."""
@@ -169,8 +115,13 @@ class EnrichedEncoder:
             return None
         return buffer.getvalue()
 
-    def encode(self, span_message: bytes, enrichment: Enrichment, revision: int) -> bytes:
+    def encode(
+        self, span_message: bytes, enrichment: Enrichment, revision: int, encoded_enrichment: bytes | None = None
+    ) -> bytes:
         """The EnrichedSpan message for a span message that decodes (callers validated it).
+
+        Args:
+            encoded_enrichment: :meth:`encoded_enrichment` of ``enrichment``, when the caller keeps it.
 
         Raises:
             DecodeError: the span message does not decode.
@@ -181,8 +132,22 @@ class EnrichedEncoder:
             padding = self._paddings[writer.fingerprint] = self._padding(writer.raw)
         if padding is not None:
             self.fast_path += 1
-            return self._enriched_codec.frame(span_message[offset:] + padding + self._tail(enrichment, revision))
+            if encoded_enrichment is None:
+                encoded_enrichment = self.encoded_enrichment(enrichment)
+            encoded_revision = self._revisions[revision] if revision < _SMALL_REVISIONS else _long(revision)
+            return self._enriched_codec.frame(span_message[offset:] + padding + encoded_enrichment + encoded_revision)
         self.slow_path += 1
         merged = {**self._span_codec.decode(span_message), **enrichment.fields(revision)}
         # Fields the EnrichedSpan schema does not know (a newer Span) are not carried.
         return self._enriched_codec.encode({name: merged[name] for name in self._enriched_field_names if name in merged})
+
+
+def _long(value: int) -> bytes:
+    """An Avro long: zig-zag, then base-128 varint, least significant group first."""
+    number = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while number > 0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)

@@ -2,17 +2,14 @@
 
 Guarantees (on :class:`streams.stage.StageRuntime`):
     * At least once and deterministic: the engine orders spans and reloads by broker arrival time
-      (:mod:`streams.engine`), so a restarted or rebalanced worker publishes exactly what one that
-      never stopped would have. A commit carries the last reload applied; a new owner rebuilds a
-      partition from the correction-horizon window before its committed offset, never from the
-      backlog ahead of it, which the normal loop then consumes (memory bounded by grace and horizon).
-    * The request feed carries, per span partition, an event-time watermark: every request of that
-      partition that started before it, and every reload effective before it, was sent before it —
-      provided a span (or reload) reaches the broker before any span of its partition that started
-      more than ``max_lateness_ms`` after it (see :class:`streams.settings.WorkerSettings`).
-    * Undecodable or invalid messages are dead-lettered (an invalid span of an OTLP message with its
-      index; the message's good spans are kept); their offsets are committed like the others. The
-      reload spans of OTLP messages become ReloadEvents on the reloads topic, which governs them.
+      (:mod:`streams.engine`), so a restarted or rebalanced worker publishes what one that never
+      stopped would have. A commit carries the arrival position of the last reload applied; a new
+      owner rebuilds a partition from the correction-horizon window before its committed offset only.
+    * The request feed (:mod:`streams.request_feed`) carries per span partition an event-time
+      watermark covering every request and reload sent before it, provided spans respect
+      ``max_lateness_ms`` (:class:`streams.settings.WorkerSettings`).
+    * Undecodable or invalid messages (or spans of an OTLP message) are dead-lettered and committed;
+      OTLP reload spans become ReloadEvents on the reloads topic.
 
 Non-guarantee: enriched records are not published in offset order (a held span waits its grace).
 """
@@ -39,13 +36,13 @@ from streams.engine import (
     Emission,
     EnrichmentEngine,
     ReloadArrival,
-    ReloadKey,
+    ArrivalPosition,
     SpanArrival,
     Timeline,
     restore_partition,
 )
 from streams.enriched_wire import EnrichedEncoder
-from streams.enrichment import SegmentAnswers
+from streams.enrichment import CachedAnswer, SegmentCache
 from streams.progress import overall_progress
 from streams.request_feed import RequestRow, encode_reload, encode_requests, encode_watermarks
 from streams.settings import WorkerSettings
@@ -72,6 +69,8 @@ _PREFETCH_KBYTES = 16_384
 """librdkafka's read-ahead of the spans topic (default 64 MB): the enricher asks for 5,000 messages at a time."""
 _PRODUCER_QUEUE_KBYTES = 65_536
 """Bound of the producer's queue (default 1 GB); a full queue makes the enricher wait."""
+_APPLIED_POSITION_KEY = "frontier"
+"""Commit-state key of the engine's applied position (the name earlier versions wrote and still read)."""
 
 
 AVRO = "avro"
@@ -129,7 +128,7 @@ class EnricherStats:
 @dataclass
 class _Restore:
     committed: Committed
-    frontier: ReloadKey | None
+    previous_applied_position: ArrivalPosition | None
     emitted: list[SpanArrival] = field(default_factory=list)
     unemitted: list[SpanArrival] = field(default_factory=list)
 
@@ -162,7 +161,6 @@ class SpanEnricher(Stage):
         kafka: broker, topics and framing.
         settings: grace period, horizon, lateness bound, limits.
         timeline_factory: builds an empty version timeline.
-        answer_fn: computes an answer from a timeline (default: memoised per segment pair).
         wall_clock_ns: the clock of restore windows.
     """
 
@@ -175,25 +173,25 @@ class SpanEnricher(Stage):
         settings: WorkerSettings,
         *,
         timeline_factory: Callable[[], Timeline],
-        answer_fn: Callable[..., Any] | None = None,
         wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._kafka = kafka
         self._settings = settings
         self._topics = kafka.topics
         self._timeline_factory = timeline_factory
-        self._answer_fn = answer_fn if answer_fn is not None else SegmentAnswers()
         self._clock = wall_clock_ns
         self._span_codec = kafka.codec("Span")
         # The enricher never reads attributes: skip building them (most of a span's decoding cost).
         self._span_decoder = ProjectedDecoder(self._span_codec, SPAN_FIELDS_ENRICHMENT_READS)
         self._reload_codec = kafka.codec("ReloadEvent")
         self._encoder = EnrichedEncoder(self._span_codec, kafka.codec("EnrichedSpan"))
+        # An engine answer is a CachedAnswer: the Enrichment and its encoded form, computed once per segment pair.
+        self._answers = SegmentCache(derive=self._encoder.encoded_enrichment)
         self.engine = EnrichmentEngine(
-            timeline_factory(), self._answer_fn, grace_ms=settings.grace_period_ms, horizon_ms=settings.correction_horizon_ms
+            timeline_factory(), self._answers.lookup, grace_ms=settings.grace_period_ms, horizon_ms=settings.correction_horizon_ms
         )
         self.stats = EnricherStats()
-        self._reloads: dict[ReloadKey, ReloadArrival] = {}
+        self._reloads: dict[ArrivalPosition, ReloadArrival] = {}
         self._runtime: StageRuntime | None = None
         self._assigned_once = False
         self._restores: dict[int, _Restore] = {}
@@ -240,7 +238,7 @@ class SpanEnricher(Stage):
                 self._reject(outbox, message, error)
                 continue
             record = ReloadArrival(reload, arrival, message.partition(), message.offset())
-            self._reloads[record.key] = record
+            self._reloads[record.arrival_position] = record
             self.engine.add_reload(record)
 
     def ingest(self, messages: Sequence[Message], arrivals: Sequence[int] | None, outbox: Outbox) -> None:
@@ -405,8 +403,10 @@ class SpanEnricher(Stage):
                     emission.revision, topic, partition, span.offset,
                 )
                 continue
+            answer: CachedAnswer = emission.answer  # type: ignore[assignment]
             try:
-                outbox.publish(self._topics.spans_enriched, key, self._encoder.encode(raw, emission.answer, emission.revision))
+                value = self._encoder.encode(raw, answer.enrichment, emission.revision, answer.derived)
+                outbox.publish(self._topics.spans_enriched, key, value)
                 self.stats.published += 1
             except MessageTooLarge as error:  # the span fits its topic, its answer does not fit spans.enriched
                 self.stats.too_large += 1
@@ -531,7 +531,7 @@ class SpanEnricher(Stage):
     def snapshot(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Position]:
         assert self._runtime is not None
         held = self.engine.oldest_held_offsets()
-        frontier = self.engine.applied_key
+        applied = self.engine.applied_position
         positions = {}
         for topic, partition in partitions:
             source = self._sources[(topic, partition)]
@@ -541,16 +541,16 @@ class SpanEnricher(Stage):
             positions[(topic, partition)] = Position(
                 offset,
                 {
-                    "frontier": list(frontier) if frontier is not None else None,
+                    _APPLIED_POSITION_KEY: list(applied) if applied is not None else None,
                     "max_emitted_start": watermark.max_emitted_start if watermark and watermark.max_emitted_start != NEVER else None,
                 },
             )
         return positions
 
     def upgrade_state(self, metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """Version 1 metadata: ``{"v": 1, "w": frontier}``."""
+        """Version 1 metadata: ``{"v": 1, "w": applied position}``."""
         if metadata.get("v") == 1 and "w" in metadata:
-            return {"frontier": metadata["w"], "max_emitted_start": None}
+            return {_APPLIED_POSITION_KEY: metadata["w"], "max_emitted_start": None}
         return None
 
     def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
@@ -561,25 +561,27 @@ class SpanEnricher(Stage):
             self._restores.pop(source, None)
 
     def assigned(self, partitions: Sequence[Committed]) -> dict[tuple[str, int], RestorePlan]:
-        previous = {self._sources[(entry.topic, entry.partition)]: _frontier(entry.state) for entry in partitions}
+        previous = {
+            self._sources[(entry.topic, entry.partition)]: _applied_position(entry.state) for entry in partitions
+        }
         if not self._assigned_once:
-            # Start at the least advanced frontier any partition was committed with: no partition
+            # Start at the least advanced position any partition was committed with: no partition
             # then needs answers this worker could not give (see restore_partition).
-            frontiers = [frontier for found, frontier in previous.values() if found]
-            start = min(frontiers) if frontiers and all(frontier is not None for frontier in frontiers) else None
+            committed = [position for found, position in previous.values() if found]
+            start = min(committed) if committed and all(position is not None for position in committed) else None
             self.engine.apply_through(start)  # type: ignore[arg-type]
             self._assigned_once = True
-        frontier = self.engine.applied_key
-        frontier_ms = frontier[0] if frontier is not None else NEVER
+        applied = self.engine.applied_position
+        applied_ms = applied[0] if applied is not None else NEVER
         grace = self._settings.grace_period_ms
         now_ms = self._clock() // _NANOS_PER_MS
         plans = {}
         for entry in partitions:
             source = self._sources[(entry.topic, entry.partition)]
-            _, previous_frontier = previous[source]
-            anchors = [now_ms] + [key[0] for key in (frontier, previous_frontier) if key is not None]
+            _, previous_applied = previous[source]
+            anchors = [now_ms] + [position[0] for position in (applied, previous_applied) if position is not None]
             since_ms = min(anchors) - self._settings.correction_horizon_ms - 2 * grace - self._settings.clock_skew_ms
-            self._restores[source] = _Restore(entry, previous_frontier)
+            self._restores[source] = _Restore(entry, previous_applied)
             state = entry.state or {}
             emitted_start = state.get("max_emitted_start")
             if isinstance(emitted_start, int):
@@ -587,9 +589,9 @@ class SpanEnricher(Stage):
             plans[(entry.topic, entry.partition)] = RestorePlan(
                 until_offset=entry.offset,
                 since_time_ms=since_ms,
-                # A span after the commit whose grace ended before the frontier was due before it: rebuilt
-                # with the reloads it would have seen; later ones are held like new ones.
-                more=lambda message, arrival: arrival + grace < frontier_ms,
+                # A span after the commit whose grace ended before the last reload applied was due before
+                # it: rebuilt with the reloads it would have seen; later ones are held like new ones.
+                more=lambda message, arrival: arrival + grace < applied_ms,
             )
         return plans
 
@@ -628,14 +630,14 @@ class SpanEnricher(Stage):
             return
         result = restore_partition(
             timeline_factory=self._timeline_factory,
-            answer_fn=self._answer_fn,
+            answer_fn=self._answers.lookup,
             grace_ms=self._settings.grace_period_ms,
             horizon_ms=self._settings.correction_horizon_ms,
             reloads=self._reloads.values(),
             emitted=restore.emitted,
-            previous_frontier=restore.frontier,
+            previous_applied_position=restore.previous_applied_position,
             unemitted=restore.unemitted,
-            frontier=self.engine.applied_key,
+            applied_position=self.engine.applied_position,
         )
         for span, answer, revision in result.adopt:
             self.engine.adopt(span, answer, revision)
@@ -652,17 +654,17 @@ class SpanEnricher(Stage):
         )
 
 
-def _frontier(state: Mapping[str, Any] | None) -> tuple[bool, ReloadKey | None]:
-    """(found, frontier) of a commit's state."""
-    if not state or "frontier" not in state:
+def _applied_position(state: Mapping[str, Any] | None) -> tuple[bool, ArrivalPosition | None]:
+    """(found, arrival position of the last reload applied) of a commit's state."""
+    if not state or _APPLIED_POSITION_KEY not in state:
         return False, None
-    frontier = state["frontier"]
-    if frontier is None:
+    position = state[_APPLIED_POSITION_KEY]
+    if position is None:
         return True, None
     try:
-        return True, tuple(int(part) for part in frontier)  # type: ignore[return-value]
+        return True, tuple(int(part) for part in position)  # type: ignore[return-value]
     except (TypeError, ValueError):
-        logger.warning("ignoring an unreadable frontier in commit metadata: %r", frontier)
+        logger.warning("ignoring an unreadable applied position in commit metadata: %r", position)
         return False, None
 
 

@@ -1,22 +1,15 @@
 """Offline replay: enrich a file of spans with a file of reloads, every reload known (``reloadtrace replay``).
 
-Reads spans and reloads from JSON Lines or Avro container files, or spans from OTLP files
-(``.otlp.jsonl``, ``.otlp.pb``: :mod:`schemas.otlp_files`), whose reload spans are reload events
-too (format by name, records in any order). Loads every reload into a
-:class:`~streams.timeline.VersionTimeline` first, then streams the spans once, in file order,
-writing ``enriched_spans.jsonl`` (revision 0: with all reloads known there is nothing to correct)
-and ``anomalies.jsonl``. The answers are those the streaming worker converges to (same
-:func:`~streams.enriched_wire.enrichment_of`).
+Reads JSON Lines or Avro container files, or OTLP files (``.otlp.jsonl``, ``.otlp.pb``) whose reload
+spans are reloads too. Loads every reload into a :class:`~streams.timeline.VersionTimeline`, then
+streams the spans once, writing ``enriched_spans.jsonl`` (revision 0) and ``anomalies.jsonl``: the
+answers the streaming worker converges to (same :class:`~streams.enrichment.SegmentCache` and
+:func:`~streams.detection.detect_offline`).
 
-Guarantees: every input record is either written or reported as skipped (file, line, record or
-message number, reason; an OTLP span also by its index in the message); the output holds spans in
-input order. Non-guarantees: a reload_id present twice
-with different content keeps its first occurrence in file order (the worker keeps the first in
-arrival order); timestamps are not checked against a clock (there is none offline).
-
-Speed: a (service, instance)'s answer can change only at the effective times of its reloads, so a
-span's enrichment is looked up by the pair of segments its start and end fall in, and the encoded
-enrichment fields are reused as bytes; the span itself is decoded and re-encoded once (orjson).
+Guarantees: every input record is written or reported as skipped (file, position, reason); spans
+are written in input order. Non-guarantees: a reload_id present twice with different content keeps
+its first occurrence in file order (the worker: the first in arrival order); timestamps are not
+checked against a clock (there is none offline).
 """
 
 from __future__ import annotations
@@ -25,11 +18,10 @@ import gc
 import re
 import sys
 import time
-from bisect import bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import fastavro
 import orjson
@@ -48,8 +40,11 @@ from schemas.records import (
     validate_span,
 )
 from schemas.text import bounded_repr, safe_text
-from streams.enriched_wire import enrichment_of
+from streams.enrichment import SegmentCache
 from streams.timeline import VersionTimeline
+
+if TYPE_CHECKING:
+    from streams.detection import DetectionSettings
 
 ENRICHED_FILE = "enriched_spans.jsonl"
 ANOMALIES_FILE = "anomalies.jsonl"
@@ -184,7 +179,7 @@ class ReplaySummary:
     duplicate_reloads: int = 0
     conflicting_reloads: int = 0
     anomalies: int = 0
-    detection_built: bool = False
+    detection_ran: bool = False
     distinct_answers: int = 0
     seconds: float = 0.0
     """Wall time of the whole replay."""
@@ -310,15 +305,6 @@ def _open_input(path: Path) -> BinaryIO:
         raise RecordFileError(f"{path}: cannot open: {error.strerror or error}") from error
 
 
-def _detector() -> Callable[..., Any] | None:
-    """The offline detection entry point, once helper C's :mod:`streams.detection` provides it."""
-    try:
-        from streams import detection
-    except ImportError:
-        return None
-    return getattr(detection, "detect_offline", None)
-
-
 def _enrichment_tail(answer: Any) -> bytes:
     """``,"versions":...}`` + newline: the enrichment fields at revision 0, to splice after a span."""
     return b"," + orjson.dumps(answer.fields(0))[1:] + b"\n"
@@ -331,6 +317,7 @@ def run_replay(
     *,
     progress: bool | None = None,
     detect: bool = True,
+    detection: DetectionSettings | None = None,
 ) -> ReplaySummary:
     """Enrich every span of ``spans_path`` with every reload of ``reloads_path`` into ``out_dir``.
 
@@ -338,7 +325,8 @@ def run_replay(
 
     Args:
         progress: show a progress bar; default: only when stderr is a terminal.
-        detect: run offline anomaly detection when it is available.
+        detect: run offline anomaly detection.
+        detection: its thresholds; default: ``DetectionSettings()`` (from the environment).
 
     Raises:
         RecordFileError: an input file cannot be read (missing, unknown extension, corrupt Avro).
@@ -362,8 +350,7 @@ def run_replay(
     except OSError as error:
         handle.close()
         raise ReplayError(f"{out}: cannot write the output: {error.strerror or error}") from error
-    detect_offline = _detector() if detect else None
-    collected: list[dict[str, Any]] | None = [] if detect_offline is not None else None
+    collected: list[dict[str, Any]] | None = [] if detect else None
     show = sys.stderr.isatty() if progress is None else progress
     was_enabled = gc.isenabled()
     enrich_started = time.perf_counter()
@@ -378,12 +365,14 @@ def run_replay(
             gc.enable()
         gc.unfreeze()
         summary.enrich_seconds = time.perf_counter() - enrich_started
-    summary.detection_built = detect_offline is not None
+    summary.detection_ran = detect
     with summary.anomalies_path.open("wb") as anomalies_out:
-        if detect_offline is not None:
+        if collected is not None:
+            from streams.detection import DetectionSettings, detect_offline  # numpy and scipy: only when used
+
             reloads = [reload for service in timeline.services() for reload in timeline.reloads(service)]
             try:
-                anomalies = detect_offline(collected, reloads)
+                anomalies = detect_offline(collected, reloads, detection or DetectionSettings())
             except ReloadtraceError as error:
                 raise ReplayError(f"anomaly detection failed (the enriched spans are written): {error}") from error
             for anomaly in anomalies:
@@ -408,7 +397,8 @@ def _enrich_all(
     jsonl = not otlp and path.suffix.lower() == ".jsonl"
     loads, dumps, validate, plainly = orjson.loads, orjson.dumps, validate_span, plainly_valid
     json_error = orjson.JSONDecodeError
-    cache: dict[tuple[str, str], tuple[list[int], dict[tuple[int, int], bytes]]] = {}
+    cache = SegmentCache(derive=_enrichment_tail)
+    tail_of = cache.derived
     bar = _ProgressBar(path) if show_progress else None
     chunk: list[bytes] = []
     append = chunk.append
@@ -441,14 +431,7 @@ def _enrich_all(
                     continue
             service, instance = record["service_name"], record["service_instance_id"]
             start, end = record["start_time_unix_nano"], record["end_time_unix_nano"]
-            entry = cache.get((service, instance))
-            if entry is None:
-                entry = cache[(service, instance)] = (timeline.change_points(service, instance), {})
-            points, tails = entry
-            segments = (bisect_right(points, start), bisect_right(points, end)) if points else (0, 0)
-            tail = tails.get(segments)
-            if tail is None:
-                tail = tails[segments] = _enrichment_tail(enrichment_of(timeline, service, instance, start, end))
+            tail = tail_of(timeline, service, instance, start, end)
             if len(record) != span_fields:
                 if "resource_attributes" not in record:
                     record["resource_attributes"] = None
@@ -467,7 +450,7 @@ def _enrich_all(
     finally:
         summary.spans_read += position
         summary.spans_written += written
-        summary.distinct_answers += sum(len(tails) for _, tails in cache.values())
+        summary.distinct_answers += cache.computed
         if bar is not None:
             bar.close()
 
@@ -505,10 +488,10 @@ def print_summary(summary: ReplaySummary, *, shown: int = 20) -> None:
         + f"({summary.distinct_answers} distinct answers, {summary.reloads_used} reloads, "
         f"{summary.spans_per_second:,.0f} spans/s)"
     )
-    if summary.detection_built:
+    if summary.detection_ran:
         console.print(f"wrote {summary.anomalies} anomalies to {summary.anomalies_path}")
     else:
-        console.print(f"anomaly detection is not built yet: wrote an empty {summary.anomalies_path}")
+        console.print(f"anomaly detection was not run: wrote an empty {summary.anomalies_path}")
     if summary.duplicate_reloads:
         console.print(f"ignored {summary.duplicate_reloads} exact duplicate reloads")
     for label, count, path in (

@@ -1,9 +1,10 @@
 """Time-to-detect of post-reload regressions on the gateway simulator, per regression kind, over 20 seeds.
 
 Time-to-detect = ``detected_time_unix_nano`` - the reload's effective time: the event-time offset
-of the first look that sufficed (the streaming detector takes that look ``look_allowance_ms`` of
-event time later, so the alert leaves that much later still). Also: misses and false alarms over
-the same runs, and the core's judging rate.
+of the first look that sufficed (the streaming detector takes that look once the enricher's
+watermarks pass it, ``max_lateness_ms`` of event time after the latest request sent, so the alert
+leaves that much later still). Also: misses and false alarms over the same runs, and the core's
+judging rate.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from gateway.simulator import simulate
 from streams.detection import DetectionSettings, detect_offline
+from streams.settings import WorkerSettings
 from tests.streams.test_detection_simulated import SEEDS, expected_metrics, scenario
 
 _LIMIT_S = 10.0  # "an obvious regression alerts within seconds": p95 time-to-detect of service-wide regressions
@@ -31,7 +33,7 @@ def streaming_rate() -> tuple[int, float, float, int]:
     from infra.kafka import create_topics
     from schemas.settings import KafkaSettings
     from schemas.topics import TopicNames
-    from streams.detector import DetectorSettings, StreamingDetector
+    from streams.detector import DetectorSettings, detector_runtime
     from tests.streams.test_detect_traffic import generate
     from tests.streams.test_detector_kafka import feed_messages, produce
 
@@ -50,9 +52,10 @@ def streaming_rate() -> tuple[int, float, float, int]:
         data.requests = [dataclasses.replace(r, service_name=f"s{seed}-{r.service_name}") for r in data.requests]
         produce(kafka, feed_messages(data))
         rows += len(data.requests)
-    detector = StreamingDetector(kafka, settings=DetectorSettings(group_id=f"bench-{uuid.uuid4().hex}", idle_progress_ms=10**9))
+    runtime = detector_runtime(kafka, DetectionSettings(), DetectorSettings(group_id=f"bench-{uuid.uuid4().hex}"))
+    detector = runtime.stage
     stop = threading.Event()
-    thread = threading.Thread(target=detector.run, args=(stop,), daemon=True)
+    thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
     started = time.perf_counter()
     thread.start()
     first_message = None
@@ -69,7 +72,7 @@ def streaming_rate() -> tuple[int, float, float, int]:
 def main() -> str:
     settings = DetectionSettings()
     first_look_s = settings.looks_ms[0] / 1000
-    allowance_s = settings.look_allowance_ms / 1000
+    lateness_s = WorkerSettings().max_lateness_ms / 1000
     detect_times: dict[str, list[float]] = {}
     misses = false_alarms = benign = initial = requests = 0
     judging_s = 0.0
@@ -122,8 +125,8 @@ def main() -> str:
         (
             f"Misses: {misses}; false alarms (WARNING or worse on a benign reload, or a wrong metric): {false_alarms}"
             f" over {benign} benign reloads ({benign - initial} scheduled, {initial} start-up registrations)."
-            f" The streaming detector takes each look {allowance_s:g} s of event time later (`look_allowance_ms`)"
-            " so that late requests are in it."
+            f" The streaming detector takes each look once the enricher's watermarks pass it, {lateness_s:g} s of"
+            " event time after the latest request sent (`max_lateness_ms`), so that late requests are in it."
         ),
         f"Judging rate of the core: {requests / judging_s:,.0f} requests/s ({requests:,} SERVER requests in {judging_s:.1f} s).",
         (

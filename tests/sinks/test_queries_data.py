@@ -428,11 +428,11 @@ build_dataset = build_reference_dataset
 def _simulated_anomalies(final_spans: list[dict[str, Any]], reloads: Sequence[ReloadEvent]) -> list[dict[str, Any]]:
     """The detection core's verdicts on the data (streams.detection), plus a re-sent and an orphan verdict."""
     try:
-        from streams.detection import detect_offline
+        from streams.detection import DetectionSettings, detect_offline
     except ImportError:
         detected: list[dict[str, Any]] = []
     else:
-        detected = [dict(a) for a in detect_offline(final_spans, reloads)]
+        detected = [dict(a) for a in detect_offline(final_spans, reloads, DetectionSettings())]
     regression = next(r for r in reloads if r.reload_id.endswith("-r000"))
     planted = [
         # The same verdict sent first at a lower severity: the table must keep the stronger one.

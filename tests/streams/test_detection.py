@@ -22,6 +22,7 @@ from streams.detection import (
     detect_offline,
     strongest,
 )
+from streams.request_feed import RequestRow
 from tests.streams.test_detect_traffic import EPOCH_NS, generate
 
 S = 1_000_000_000
@@ -63,20 +64,20 @@ def traffic(
     instances: tuple[str, ...] = ("i0",),
     kind: str = "SERVER",
     seed: int = 0,
-) -> list[tuple[str, int, int, bool, str]]:
+) -> list[RequestRow]:
     """One request every ``every_ns`` on a grid, log-normal latencies, errors at a fixed rate."""
     rng = np.random.default_rng(seed)
     starts = list(range(start, end, every_ns))
     latencies = median_ms * rng.lognormal(0, 0.3, len(starts))
     errors = rng.random(len(starts)) < error_rate
     return [
-        (instances[i % len(instances)], s, s + int(latency * 1e6), bool(error), kind)
+        RequestRow(instances[i % len(instances)], s, s + int(latency * 1e6), bool(error), kind)
         for i, (s, latency, error) in enumerate(zip(starts, latencies, errors, strict=True))
     ]
 
 
 def detector_with(*rows_lists: list, settings: DetectionSettings | None = None, service: str = "svc") -> RegressionDetector:
-    detector = RegressionDetector(settings)
+    detector = RegressionDetector(settings or DetectionSettings())
     for rows in rows_lists:
         detector.add_rows(service, rows)
     return detector
@@ -271,8 +272,8 @@ def test_each_reload_is_judged_once_and_duplicates_are_ignored() -> None:
 
 def test_streaming_in_chunks_equals_offline() -> None:
     data = generate(7)
-    offline = detect_offline(data.spans(), data.reloads)
-    detector = RegressionDetector()
+    offline = detect_offline(data.spans(), data.reloads, DetectionSettings())
+    detector = RegressionDetector(DetectionSettings())
     requests = sorted(data.requests, key=lambda r: r.start_time_unix_nano)
     streamed: list[dict] = []
     reloads = sorted(data.reloads, key=lambda r: r.effective_time_unix_nano)
@@ -298,7 +299,7 @@ def test_streaming_in_chunks_equals_offline() -> None:
 
 
 def test_failed_reloads_in_a_row_raise_severity() -> None:
-    detector = RegressionDetector()
+    detector = RegressionDetector(DetectionSettings())
     for number in range(4):
         detector.add_reload(reload(f"f{number}", at=T + number * S, status="FAILED"))
     detector.add_reload(reload("ok", at=T + 10 * S))
@@ -308,7 +309,7 @@ def test_failed_reloads_in_a_row_raise_severity() -> None:
 
 
 def test_slow_reloads_are_reported_against_history_and_ceiling() -> None:
-    detector = RegressionDetector()
+    detector = RegressionDetector(DetectionSettings())
     for number in range(5):
         detector.add_reload(reload(f"h{number}", at=T + number * 60 * S, duration_ns=S // 5))
     detector.add_reload(reload("slow", at=T + 400 * S, duration_ns=3 * S))
@@ -335,7 +336,7 @@ def test_settings_from_environment_and_validation(monkeypatch: pytest.MonkeyPatc
 
 def test_a_span_without_the_fields_detection_needs_is_a_clear_error() -> None:
     with pytest.raises(DetectionError):
-        detect_offline([{"service_name": "svc"}], [])
+        detect_offline([{"service_name": "svc"}], [], DetectionSettings())
     observation = RequestObservation.from_span(
         {"service_name": "s", "service_instance_id": "i", "start_time_unix_nano": 1, "end_time_unix_nano": 2,
          "status_code": "ERROR", "kind": "SERVER"}

@@ -10,7 +10,7 @@ the gateway simulator's OTel spans.
 
 from __future__ import annotations
 
-from streams.detection import ERROR_RATE, LATENCY, detect_offline
+from streams.detection import ERROR_RATE, LATENCY, DetectionSettings, detect_offline
 from tests.streams.test_detect_traffic import generate
 
 SEEDS = range(24)
@@ -21,7 +21,7 @@ def test_injected_regressions_are_flagged_and_benign_reloads_stay_quiet() -> Non
     misses, false_alarms = [], []
     for seed in SEEDS:
         data = generate(seed)
-        anomalies = detect_offline(data.spans(), data.reloads)
+        anomalies = detect_offline(data.spans(), data.reloads, DetectionSettings())
         assert all(a["reload_id"] for a in anomalies)
         alarms = {(a["reload_id"], a["metric"]) for a in anomalies if a["severity"] != "INFO"}
         for expectation in data.truth:
@@ -37,5 +37,6 @@ def test_injected_regressions_are_flagged_and_benign_reloads_stay_quiet() -> Non
 
 def test_the_failed_reload_is_recorded_as_info_not_an_alarm() -> None:
     data = generate(3)
-    failed = [a for a in detect_offline(data.spans(), data.reloads) if a["reload_id"] == "steady-r2"]
+    anomalies = detect_offline(data.spans(), data.reloads, DetectionSettings())
+    failed = [a for a in anomalies if a["reload_id"] == "steady-r2"]
     assert [(a["metric"], a["severity"]) for a in failed] == [("reload_failed", "INFO")]

@@ -86,7 +86,7 @@ def deliveries(items: list[FeedItem], rng: random.Random) -> list[list[FakeMessa
 @pytest.mark.parametrize("repetition", range(20))
 def test_adversarially_delivered_feed_gives_the_offline_anomalies(repetition: int) -> None:
     data, items = adversarial_traffic(seed=100 + repetition % 5)
-    offline = detect_offline(data.spans(), data.reloads)
+    offline = detect_offline(data.spans(), data.reloads, DetectionSettings())
     assert any(a["metric"] in ("latency", "error_rate") for a in offline)
     batches = deliveries(items, random.Random(repetition))
     consumer = FakeConsumer(batches, partitions=[(TOPIC, p) for p in range(FEED_PARTITIONS)])
@@ -117,7 +117,7 @@ def test_adversarially_delivered_feed_gives_the_offline_anomalies(repetition: in
 @pytest.mark.slow
 def test_adversarially_delivered_feed_gives_the_offline_anomalies_on_the_broker(kafka_settings: KafkaSettings) -> None:
     data, items = adversarial_traffic(seed=100)
-    offline = detect_offline(data.spans(), data.reloads)
+    offline = detect_offline(data.spans(), data.reloads, DetectionSettings())
     produce_feed(kafka_settings, items, feed_partitions=kafka_settings.partitions)
     detector = detector_runtime(
         kafka_settings, DetectionSettings(), DetectorSettings(group_id=f"adv-{uuid.uuid4().hex}", commit_interval_ms=200)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from gateway.simulator import simulate
 from streams.cli import app
-from streams.detection import detect_offline
+from streams.detection import DetectionSettings, detect_offline
 from tests.streams.test_detection_simulated import scenario
 
 
@@ -24,7 +24,7 @@ def test_replay_writes_the_offline_anomalies_with_their_reload(tmp_path: Path) -
     result = CliRunner().invoke(app, [*arguments, "--no-progress"])
     assert result.exit_code == 0, result.output
     written = [orjson.loads(line) for line in (tmp_path / "out" / "anomalies.jsonl").read_bytes().splitlines()]
-    expected = detect_offline(simulation.spans, simulation.reloads)
+    expected = detect_offline(simulation.spans, simulation.reloads, DetectionSettings())
     key = lambda a: (a["anomaly_id"], a["severity"])
     assert sorted(written, key=key) == sorted(expected, key=key)
     assert {a["metric"] for a in written} >= {"latency", "error_rate"}

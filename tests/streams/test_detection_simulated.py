@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.simulator import Regression, ScheduledReload, Simulation, SimulationConfig, simulate
-from streams.detection import ERROR_RATE, LATENCY, detect_offline
+from streams.detection import ERROR_RATE, LATENCY, DetectionSettings, detect_offline
 
 SEEDS = range(20)
 
@@ -59,7 +59,7 @@ def test_simulated_regressions_are_flagged_and_benign_reloads_stay_quiet() -> No
     misses, false_alarms, regressions = [], [], 0
     for seed in SEEDS:
         simulation = simulate(scenario(seed))
-        anomalies = detect_offline(simulation.spans, simulation.reloads)
+        anomalies = detect_offline(simulation.spans, simulation.reloads, DetectionSettings())
         alarms: dict[str, set[str]] = {}
         for anomaly in anomalies:
             if anomaly["severity"] != "INFO":

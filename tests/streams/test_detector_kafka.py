@@ -66,7 +66,7 @@ def fast_settings(group: str) -> DetectorSettings:
 
 def test_streaming_anomalies_equal_offline_and_bad_messages_are_dead_lettered(kafka_settings: KafkaSettings) -> None:
     data = generate(11)
-    offline = detect_offline(data.spans(), data.reloads)
+    offline = detect_offline(data.spans(), data.reloads, DetectionSettings())
     messages = feed_of(data)
     bad = FeedItem(b"latency", b"{not json")
     produce(kafka_settings, messages[:100] + [bad] + messages[100:])
@@ -98,7 +98,7 @@ def test_streaming_anomalies_equal_offline_and_bad_messages_are_dead_lettered(ka
 
 def test_restart_rebuilds_windows_and_neither_loses_nor_repeats_anomalies(kafka_settings: KafkaSettings) -> None:
     data = generate(12)
-    offline = detect_offline(data.spans(), data.reloads)
+    offline = detect_offline(data.spans(), data.reloads, DetectionSettings())
     messages = feed_of(data)
     first, second = messages[: len(messages) * 7 // 10], messages[len(messages) * 7 // 10 :]
     group = f"det-{uuid.uuid4().hex}"
@@ -140,7 +140,7 @@ def test_detect_command_publishes_the_offline_anomalies_and_stops_on_sigterm(kaf
     from pathlib import Path
 
     data = generate(13)
-    offline = detect_offline(data.spans(), data.reloads)
+    offline = detect_offline(data.spans(), data.reloads, DetectionSettings())
     produce(kafka_settings, feed_of(data))
     env = os.environ | {"RELOADTRACE_DETECTOR_COMMIT_INTERVAL_MS": "200"}
     command = [
@@ -169,7 +169,7 @@ def test_a_detector_killed_mid_stream_loses_nothing_and_repeats_only_same_ids(ka
     from pathlib import Path
 
     data = generate(14)
-    offline = detect_offline(data.spans(), data.reloads)
+    offline = detect_offline(data.spans(), data.reloads, DetectionSettings())
     messages = feed_of(data)
     split = len(messages) * 7 // 10
     produce(kafka_settings, messages[:split])
@@ -213,7 +213,7 @@ def test_a_detector_killed_mid_stream_loses_nothing_and_repeats_only_same_ids(ka
 def test_no_look_is_taken_until_every_span_partition_has_a_watermark(kafka_settings: KafkaSettings) -> None:
     """A span partition that has not reported holds every look back: its requests may still come."""
     data = generate(15)
-    offline = detect_offline(data.spans(), data.reloads)
+    offline = detect_offline(data.spans(), data.reloads, DetectionSettings())
     assert offline
     items = feed_of(data, source_partitions=2)
     silent = [

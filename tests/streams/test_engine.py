@@ -223,7 +223,7 @@ def run_live(world: World, rng: random.Random, engine: EnrichmentEngine | None =
         out.extend(engine.advance(span_progress, reload_progress))
         if snapshots is not None:  # what a commit at this moment would store
             held = engine.oldest_held_offsets()
-            snapshots.append(({p: held.get(p, positions[p]) for p in world.span_logs}, engine.applied_key))
+            snapshots.append(({p: held.get(p, positions[p]) for p in world.span_logs}, engine.applied_position))
     return out, engine, positions, reload_position
 
 
@@ -279,7 +279,7 @@ def revision_answers(emissions: list[Emission]) -> dict[tuple[int, int, int], Ha
 
 def expected_rev0(world: World, span: SpanArrival) -> Hashable:
     timeline = ListTimeline()
-    for reload in sorted(world.reload_log, key=lambda r: r.key):
+    for reload in sorted(world.reload_log, key=lambda r: r.arrival_position):
         if reload.arrival_ms <= span.arrival_ms + GRACE:
             timeline.add(reload.reload)
     return naive_answer(timeline, span.service_name, span.service_instance_id,
@@ -314,10 +314,10 @@ def test_output_depends_only_on_the_logs_not_on_lag_or_batching(world: World, se
 
 
 @settings(max_examples=150)
-@given(world=worlds(), seed=st.integers(0, 10**6), crash_at=st.integers(0, 5_000), frontier_shift=st.integers(-3, 3),
+@given(world=worlds(), seed=st.integers(0, 10**6), crash_at=st.integers(0, 5_000), applied_shift=st.integers(-3, 3),
        commit_pick=st.floats(0, 1), read_ahead=st.integers(0, 30))
 def test_a_restart_from_committed_state_agrees_with_a_worker_that_never_stopped(
-    world: World, seed: int, crash_at: int, frontier_shift: int, commit_pick: float, read_ahead: int
+    world: World, seed: int, crash_at: int, applied_shift: int, commit_pick: float, read_ahead: int
 ) -> None:
     reference, _, _, _ = run_live(world, random.Random(seed))
 
@@ -325,28 +325,29 @@ def test_a_restart_from_committed_state_agrees_with_a_worker_that_never_stopped(
     # partition the offset below which everything was answered, and the last reload applied.
     snapshots: list = [({p: 0 for p in world.span_logs}, None)]
     before_crash, _, _, _ = run_live(world, random.Random(seed + 1), stop_at_ms=crash_at, snapshots=snapshots)
-    committed, previous_frontier = snapshots[int(commit_pick * (len(snapshots) - 1))]
+    committed, previous_applied = snapshots[int(commit_pick * (len(snapshots) - 1))]
     positions = dict(committed)  # the restarted consumer resumes at the committed offsets
 
-    # Worker B takes over with its own frontier: behind A's (a restart, or a worker further back)
+    # Worker B takes over with its own applied position: behind A's (a restart, or a worker further back)
     # or ahead of it (a worker further along, after a rebalance).
     engine_b = make_engine()
     for reload in world.reload_log:
         engine_b.add_reload(reload)
-    keys = sorted(r.key for r in world.reload_log)
-    at = sum(1 for key in keys if previous_frontier is not None and key <= previous_frontier) - 1 + frontier_shift
-    frontier = keys[min(at, len(keys) - 1)] if keys and at >= 0 else None
-    engine_b.apply_through(frontier)
-    frontier_ms = frontier[0] if frontier is not None else -1
+    positions_applied = sorted(r.arrival_position for r in world.reload_log)
+    at = sum(1 for key in positions_applied if previous_applied is not None and key <= previous_applied)
+    at += applied_shift - 1
+    applied = positions_applied[min(at, len(positions_applied) - 1)] if positions_applied and at >= 0 else None
+    engine_b.apply_through(applied)
+    applied_ms = applied[0] if applied is not None else -1
     after_restart: list[Emission] = []
     for partition, log in world.span_logs.items():
-        # B reads the partition past the commit: at least every span already due at its frontier.
-        due = sum(1 for span in log if span.arrival_ms + GRACE < frontier_ms)
+        # B reads the partition past the commit: at least every span already due at its applied position.
+        due = sum(1 for span in log if span.arrival_ms + GRACE < applied_ms)
         positions[partition] = min(len(log), max(committed[partition], due) + read_ahead)
         restored = restore_partition(
             timeline_factory=ListTimeline, answer_fn=naive_answer, grace_ms=GRACE, horizon_ms=HORIZON,
-            reloads=world.reload_log, emitted=log[: committed[partition]], previous_frontier=previous_frontier,
-            unemitted=log[committed[partition]: positions[partition]], frontier=frontier,
+            reloads=world.reload_log, emitted=log[: committed[partition]], previous_applied_position=previous_applied,
+            unemitted=log[committed[partition]: positions[partition]], applied_position=applied,
         )
         for span, answer, revision in restored.adopt:
             engine_b.adopt(span, answer, revision)

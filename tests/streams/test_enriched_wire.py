@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import AVRO_DIR, SchemaStore, SingleObjectCodec, codec_for
-from streams.enriched_wire import EnrichedEncoder, Enrichment
 from schemas.records import lossless_defaults
+from streams.enriched_wire import EnrichedEncoder
+from streams.enrichment import Enrichment
 from tests.strategies import spans, spans_v1
 
 names = st.text(min_size=1, max_size=12)
@@ -39,6 +40,9 @@ def test_appended_body_equals_the_fully_encoded_record(span: dict, enrichment: E
     assert message == enriched_codec.encode(expected)
     assert Enrichment.from_fields(expected) == enrichment
     assert encoder.fast_path == 1
+    # The encoded answer a SegmentCache keeps gives the same bytes.
+    cached = encoder.encoded_enrichment(enrichment)
+    assert encoder.encode(span_codec.encode(span), enrichment, revision, cached) == message
 
 
 SPAN_V1 = {

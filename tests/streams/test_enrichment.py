@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 from schemas.records import ReloadEvent
 from streams.engine import EnrichmentEngine, ReloadArrival, SpanArrival, restore_partition
-from streams.enriched_wire import Enrichment, enrichment_of
-from streams.enrichment import SegmentAnswers, enrich
+from streams.enrichment import Enrichment, SegmentCache, enrich, enrichment_of
 from streams.timeline import VersionTimeline
 from tests.streams import test_engine as engine_tests
 from tests.streams.test_timeline import INSTANCES, SERVICES, oracle_between, oracle_versions, reload_sets
@@ -67,7 +66,7 @@ def test_memoised_answers_equal_fresh_ones_while_reloads_keep_arriving(reloads, 
     events = [("reload", r) for r in reloads] + [("span", s) for s in spans]
     data.draw(st.randoms(use_true_random=False)).shuffle(events)
     timeline = VersionTimeline()
-    answers = SegmentAnswers(derive=lambda answer: answer.fields(0))
+    answers = SegmentCache(derive=lambda answer: answer.fields(0))
     for kind, item in events:
         if kind == "reload":
             timeline.add(item)
@@ -88,7 +87,7 @@ def test_engine_with_the_real_timeline_ends_at_the_all_known_answer(reloads, spa
     """Random arrival times for both streams (reloads before or after their spans): once everything
     has arrived and no span is beyond the horizon, every span's last answer is the oracle's."""
     rng = random.Random(seed)
-    engine = EnrichmentEngine(VersionTimeline(), SegmentAnswers(), grace_ms=5, horizon_ms=10**6)
+    engine = EnrichmentEngine(VersionTimeline(), SegmentCache(), grace_ms=5, horizon_ms=10**6)
     span_arrivals = sorted(rng.randint(0, 100) for _ in spans)
     for offset, reload in enumerate(reloads):
         engine.add_reload(ReloadArrival(reload, arrival_ms=rng.randint(0, 120), partition=0, offset=offset))
@@ -138,9 +137,9 @@ def oracle_answer(timeline: engine_tests.ListTimeline, service: str, instance: s
 @settings(max_examples=60)
 @given(world=engine_tests.worlds(), seed=st.integers(0, 10**6), commit_pick=st.floats(0, 1))
 def test_the_engine_emits_the_same_with_the_real_timeline_as_with_brute_force(world, seed, commit_pick) -> None:
-    """Live runs and partition restores: VersionTimeline + SegmentAnswers == a brute-force answer, emission for emission."""
+    """Live runs and partition restores: VersionTimeline + SegmentCache == a brute-force answer, emission for emission."""
     def real_engine() -> EnrichmentEngine:
-        return EnrichmentEngine(VersionTimeline(), SegmentAnswers(), grace_ms=engine_tests.GRACE, horizon_ms=engine_tests.HORIZON)
+        return EnrichmentEngine(VersionTimeline(), SegmentCache(), grace_ms=engine_tests.GRACE, horizon_ms=engine_tests.HORIZON)
 
     def oracle_engine() -> EnrichmentEngine:
         return EnrichmentEngine(engine_tests.ListTimeline(), oracle_answer, grace_ms=engine_tests.GRACE,
@@ -151,14 +150,14 @@ def test_the_engine_emits_the_same_with_the_real_timeline_as_with_brute_force(wo
     real, _, _, _ = engine_tests.run_live(world, random.Random(seed), engine=real_engine())
     assert [(e.span, e.revision, e.answer) for e in real] == [(e.span, e.revision, e.answer) for e in oracle]
 
-    committed, frontier = snapshots[int(commit_pick * (len(snapshots) - 1))] if snapshots else ({}, None)
+    committed, applied = snapshots[int(commit_pick * (len(snapshots) - 1))] if snapshots else ({}, None)
     for partition, log in world.span_logs.items():
         position = committed.get(partition, 0)
         restored = [
             restore_partition(timeline_factory=factory, answer_fn=answer_fn, grace_ms=engine_tests.GRACE,
                               horizon_ms=engine_tests.HORIZON, reloads=world.reload_log, emitted=log[:position],
-                              previous_frontier=frontier, unemitted=log[position:], frontier=frontier)
-            for factory, answer_fn in ((engine_tests.ListTimeline, oracle_answer), (VersionTimeline, SegmentAnswers()))
+                              previous_applied_position=applied, unemitted=log[position:], applied_position=applied)
+            for factory, answer_fn in ((engine_tests.ListTimeline, oracle_answer), (VersionTimeline, SegmentCache()))
         ]
         shapes = [(one.adopt, [(e.span, e.answer, e.revision) for e in one.emissions], one.hold) for one in restored]
         assert shapes[0] == shapes[1]
