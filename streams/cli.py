@@ -9,6 +9,7 @@ exit 0; a failure is one line, exit 1). Commands import their package lazily so 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
@@ -295,8 +296,6 @@ def sink(
     group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_SINK_GROUP_ID]"),
 ) -> None:
     """Land spans.enriched, reloads, reload.anomalies and dead-letter in ClickHouse (until SIGTERM/Ctrl-C)."""
-    from functools import partial
-
     from schemas.settings import KafkaSettings
     from sinks.settings import SinkSettings
     from streams.components import run_sink
@@ -336,8 +335,6 @@ def alerts(
     group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_ALERTS_GROUP_ID]"),
 ) -> None:
     """Post every anomaly of reload.anomalies to webhooks (retries, commit after delivery); optional rollback."""
-    from functools import partial
-
     from schemas.settings import KafkaSettings
     from schemas.text import safe_text
     from streams.alerts import AlertSettings
@@ -376,8 +373,6 @@ def detect(
 
     Thresholds come from RELOADTRACE_DETECTION_* variables (see README).
     """
-    from functools import partial
-
     from schemas.settings import KafkaSettings
     from streams.components import run_detector
     from streams.detection import DetectionSettings
