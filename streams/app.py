@@ -3,7 +3,8 @@
 Faust owns the process: logging, the services' start and stop, graceful shutdown on SIGTERM and
 SIGINT. It runs no agents or tables: every stage (enricher, detector, sink) runs on
 :class:`streams.stage.StageRuntime`, which drives Kafka itself — the enricher in a thread of this
-process, the sink and the detector in child processes by default (:mod:`streams.components`).
+process; the sink and the detector through their entries in :mod:`streams.components`, each in a
+child process by default or in a thread (``WorkerSettings.component_processes``).
 A stage that fails, or a child that exits non-zero, crashes the worker (exit 1) so a supervisor
 restarts it from the last commit; a child that stopped cleanly (its own SIGTERM or SIGINT, as when
 the whole process group is signalled) stops the worker cleanly (exit 0).
@@ -12,6 +13,7 @@ the whole process group is signalled) stops the worker cleanly (exit 0).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -24,7 +26,8 @@ import faust
 import mode
 
 from schemas.settings import KafkaSettings
-from streams.detector import DetectorSettings, detector_runtime
+from streams import components
+from streams.detector import DetectorSettings
 from streams.enricher import enricher_runtime
 from streams.settings import WorkerSettings
 from streams.stage import StageRuntime
@@ -114,8 +117,6 @@ class ChildProcessService(mode.Service):
         return f"{self._component}-process"
 
     async def on_start(self) -> None:
-        from streams import components
-
         loop = asyncio.get_running_loop()
         # Started from the event loop's thread, which lives as long as the worker: the child's
         # parent-death signal fires when the thread that forked it ends.
@@ -191,19 +192,14 @@ def create_app(
         if settings.component_processes:
             _add_child_process(app, "detector", kafka, detector_settings, detection)
         else:
-            detector = detector_runtime(kafka, detection, detector_settings)
-            _add_thread_service(app, "regression-detector", detector.run)
-            parts.append(("detector", lambda: detector.stage.stats))  # type: ignore[attr-defined]
+            entry = functools.partial(components.run_detector, kafka, detection, detector_settings)
+            _add_thread_service(app, "regression-detector", entry)
     if settings.sink_url_value:
         sink_settings = _sink_settings(settings)
         if settings.component_processes:
             _add_child_process(app, "sink", kafka, sink_settings)
         else:
-            from streams.sink import sink_runtime
-
-            sink = sink_runtime(kafka, sink_settings)
-            _add_thread_service(app, "clickhouse-sink", sink.run)
-            parts.append(("sink", lambda: sink.stage.stats))  # type: ignore[attr-defined]
+            _add_thread_service(app, "clickhouse-sink", functools.partial(components.run_sink, kafka, sink_settings))
 
     @app.timer(interval=30.0)
     async def report_stats() -> None:
@@ -223,8 +219,6 @@ def _add_thread_service(app: faust.App, name: str, target: Callable[[threading.E
 
 def _add_child_process(app: faust.App, component: str, kafka: KafkaSettings, *settings: Any) -> None:
     """Run ``component`` in a child process with the app; its exit crashes the worker."""
-    from streams import components
-
     spec_json = components.spec(component, kafka, *settings)
 
     @app.service

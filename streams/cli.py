@@ -1,12 +1,26 @@
-"""The `reloadtrace` command line: one entry point, each command a thin wrapper over its package.
+"""The `reloadtrace` command line: one entry point, each command flags → settings → its package's entry.
 
-Commands import their package lazily so that `reloadtrace --help` stays fast and a command only
-pays for the libraries it uses.
+Settings come from flags through :func:`_settings` (a flag not given leaves its environment variable
+or default in force; invalid settings are one line that quotes no value, exit 2); long-running
+commands run their component through :func:`streams.serve.serve` (SIGTERM/SIGINT stop it cleanly,
+exit 0; a failure is one line, exit 1). Commands import their package lazily so that
+`reloadtrace --help` stays fast and a command only pays for the libraries it uses.
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
 import typer
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+
+    from pydantic_settings import BaseSettings
+
+SettingsT = TypeVar("SettingsT", bound="BaseSettings")
 
 app = typer.Typer(
     name="reloadtrace",
@@ -15,6 +29,38 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _fail(command: str, message: str) -> NoReturn:
+    """End ``command`` for bad input: ``message`` as one line on stderr, exit 2."""
+    from streams.serve import EXIT_BAD_SETTINGS
+
+    typer.echo(f"reloadtrace {command}: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_SETTINGS)
+
+
+def _settings(command: str, settings_class: type[SettingsT], **flags: Any) -> SettingsT:
+    """``settings_class`` from the flags given: a flag that is None was not given, so its environment
+    variable or default applies. Invalid settings end ``command`` (:func:`_fail`) naming each setting
+    and why, never the value given (it may be a password or a URL with one)."""
+    from pydantic import ValidationError
+
+    from schemas.settings import settings_error
+
+    try:
+        return settings_class(**{name: value for name, value in flags.items() if value is not None})
+    except ValidationError as error:
+        _fail(command, settings_error(error))
+
+
+def _serve(command: str, entry: Callable[[threading.Event], None]) -> NoReturn:
+    """Run ``entry`` until SIGTERM/SIGINT and exit with its code; a failure is one line on stderr."""
+    from streams.serve import serve
+
+    def report(_name: str, error: Exception) -> None:
+        typer.echo(f"reloadtrace {command}: {error}", err=True)
+
+    raise typer.Exit(serve(command, entry, on_failure=report))
 
 
 @app.command()
@@ -39,29 +85,24 @@ def worker(
     loglevel: str = typer.Option("info", help="Log level: crit, error, warn, info, debug"),
 ) -> None:
     """Run a streaming worker: enrich spans, judge reloads, feed ClickHouse (until SIGTERM)."""
-    from pydantic import ValidationError
-
-    from schemas.settings import KafkaSettings, settings_error
+    from schemas.settings import KafkaSettings
+    from sinks.settings import SinkSettings
     from streams.app import run_worker
     from streams.settings import WorkerSettings
 
-    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix, "partitions": partitions}
-    worker_flags = {
-        "grace_period_ms": grace_period_ms,
-        "correction_horizon_ms": correction_horizon_ms,
-        "sink_url": sink_url,
-        "group_id": group_id,
-    }
-    try:
-        kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
-        settings = WorkerSettings(**{key: value for key, value in worker_flags.items() if value is not None})
-        if settings.sink_url_value:
-            from sinks.settings import SinkSettings
-
-            SinkSettings(url=settings.sink_url_value)  # a bad sink URL fails here, not in the sink's child
-    except ValidationError as error:
-        typer.echo(f"reloadtrace worker: {settings_error(error)}", err=True)
-        raise typer.Exit(2) from None
+    kafka = _settings(
+        "worker", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, partitions=partitions
+    )
+    settings = _settings(
+        "worker",
+        WorkerSettings,
+        grace_period_ms=grace_period_ms,
+        correction_horizon_ms=correction_horizon_ms,
+        sink_url=sink_url,
+        group_id=group_id,
+    )
+    if settings.sink_url_value:
+        _settings("worker", SinkSettings, url=settings.sink_url_value)  # a bad sink URL fails here, not in its child
     run_worker(kafka, settings, loglevel=loglevel)
 
 
@@ -122,12 +163,10 @@ def simulate(
     """Generate multi-service LLM-gateway traffic with reloads (and injected regressions) to Kafka or files."""
     from pathlib import Path
 
-    from pydantic import ValidationError
-
     from gateway.commands import run_simulate
     from gateway.errors import SimulationConfigError
     from gateway.simulator import Regression, SimulationConfig
-    from schemas.settings import KafkaSettings, settings_error
+    from schemas.settings import KafkaSettings
 
     names = ("llm-gateway", "chat-api", "embeddings-api", "rag-api", "moderation-api", "agent-api")
     try:
@@ -153,12 +192,8 @@ def simulate(
         typer.echo(f"reloadtrace simulate: {error}", err=True)
         raise typer.Exit(2) from None
     publish = kafka if kafka is not None else out is None
-    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
-    try:
-        settings = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None}) if publish else None
-    except ValidationError as error:
-        typer.echo(f"reloadtrace simulate: {settings_error(error)}", err=True)
-        raise typer.Exit(2) from None
+    flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
+    settings = _settings("simulate", KafkaSettings, **flags) if publish else None
     code = run_simulate(
         config, kafka=settings, out=Path(out) if out else None, file_format=file_format, realtime=realtime, speed=speed
     )
@@ -179,30 +214,23 @@ def produce(
     """Publish span and reload files to the topics (backfills, tests), reporting counts and skipped lines."""
     from pathlib import Path
 
-    from pydantic import ValidationError
-
     from gateway.commands import run_produce
     from gateway.produce import Interleaving
     from schemas.files import RecordFileError
-    from schemas.settings import KafkaSettings, settings_error
+    from schemas.settings import KafkaSettings
     from schemas.text import safe_text
 
-    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
     try:
         interleaving = Interleaving(order)
         code = run_produce(
-            KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None}),
+            _settings("produce", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix),
             Path(spans),
             Path(reloads),
             interleaving=interleaving,
             ground_truth=Path(ground_truth) if ground_truth else None,
         )
-    except ValidationError as error:
-        typer.echo(f"reloadtrace produce: {settings_error(error)}", err=True)
-        raise typer.Exit(2) from None
     except (ValueError, RecordFileError, OSError) as error:
-        typer.echo(f"reloadtrace produce: {safe_text(error, 500)}", err=True)
-        raise typer.Exit(2) from None
+        _fail("produce", safe_text(error, 500))
     raise typer.Exit(code)
 
 
@@ -268,45 +296,22 @@ def sink(
     group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_SINK_GROUP_ID]"),
 ) -> None:
     """Land spans.enriched, reloads, reload.anomalies and dead-letter in ClickHouse (until SIGTERM/Ctrl-C)."""
-    import logging
-    import signal
-    import threading
-
-    from pydantic import ValidationError
-
-    from schemas.errors import ReloadtraceError
-    from schemas.settings import KafkaSettings, settings_error
+    from schemas.settings import KafkaSettings
     from sinks.settings import SinkSettings
-    from streams.sink import sink_runtime
+    from streams.components import run_sink
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
-    sink_flags = {
-        "url": sink_url,
-        "flush_rows": flush_rows,
-        "flush_interval_ms": flush_interval_ms,
-        "ttl_days": ttl_days,
-        "group_id": group_id,
-    }
-    try:
-        kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
-        settings = SinkSettings(**{key: value for key, value in sink_flags.items() if value is not None})
-    except ValidationError as error:
-        typer.echo(f"reloadtrace sink: {settings_error(error)}", err=True)
-        raise typer.Exit(2) from None
-    stop = threading.Event()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: stop.set())
+    kafka = _settings("sink", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    settings = _settings(
+        "sink",
+        SinkSettings,
+        url=sink_url,
+        flush_rows=flush_rows,
+        flush_interval_ms=flush_interval_ms,
+        ttl_days=ttl_days,
+        group_id=group_id,
+    )
     typer.echo(f"reloadtrace sink: writing to {settings.target().describe()}", err=True)
-    try:
-        runtime = sink_runtime(kafka, settings)
-        try:
-            runtime.run(stop)
-        finally:
-            runtime.stage.close_sink()  # type: ignore[attr-defined]
-    except ReloadtraceError as error:
-        typer.echo(f"reloadtrace sink: {error}", err=True)
-        raise typer.Exit(1) from None
+    _serve("sink", partial(run_sink, kafka, settings))
 
 
 @app.command()
@@ -330,51 +335,32 @@ def alerts(
     group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_ALERTS_GROUP_ID]"),
 ) -> None:
     """Post every anomaly of reload.anomalies to webhooks (retries, commit after delivery); optional rollback."""
-    import logging
-    import signal
-    import threading
-
-    from pydantic import ValidationError
-
-    from schemas.errors import ReloadtraceError
-    from schemas.settings import KafkaSettings, settings_error
+    from schemas.settings import KafkaSettings
     from schemas.text import safe_text
-    from streams.alerts import AlertSettings, alerts_runtime
+    from streams.alerts import AlertSettings
+    from streams.components import run_alerts
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
-    alert_flags = {
-        "webhook_urls": webhook or None,
-        "min_severity": min_severity,
-        "rollback_command": rollback_command,
-        "rollback_min_severity": rollback_min_severity,
-        "max_attempts": max_attempts,
-        "group_id": group_id,
-        "format": body_format,
-        "template_file": template,
-        "report_url": report_url,
-    }
+    kafka = _settings("alerts", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    settings = _settings(
+        "alerts",
+        AlertSettings,
+        webhook_urls=webhook or None,
+        min_severity=min_severity,
+        rollback_command=rollback_command,
+        rollback_min_severity=rollback_min_severity,
+        max_attempts=max_attempts,
+        group_id=group_id,
+        format=body_format,
+        template_file=template,
+        report_url=report_url,
+    )
     try:
-        kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
-        settings = AlertSettings(**{key: value for key, value in alert_flags.items() if value is not None})
         settings.body_template()
-    except ValidationError as error:
-        typer.echo(f"reloadtrace alerts: {settings_error(error)}", err=True)
-        raise typer.Exit(2) from None
-    except ValueError as error:  # the template
-        typer.echo(f"reloadtrace alerts: {safe_text(error, 500)}", err=True)
-        raise typer.Exit(2) from None
+    except ValueError as error:
+        _fail("alerts", safe_text(error, 500))
     if not settings.webhook_urls and not settings.rollback_command:
-        typer.echo("reloadtrace alerts: nothing to do: give --webhook URL and/or --rollback-command", err=True)
-        raise typer.Exit(2)
-    stop = threading.Event()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: stop.set())
-    try:
-        alerts_runtime(kafka, settings).run(stop)
-    except ReloadtraceError as error:
-        typer.echo(f"reloadtrace alerts: {error}", err=True)
-        raise typer.Exit(1) from None
+        _fail("alerts", "nothing to do: give --webhook URL and/or --rollback-command")
+    _serve("alerts", partial(run_alerts, kafka, settings))
 
 
 @app.command()
@@ -387,34 +373,15 @@ def detect(
 
     Thresholds come from RELOADTRACE_DETECTION_* variables (see README).
     """
-    import logging
-    import signal
-    import threading
-
-    from pydantic import ValidationError
-
-    from schemas.errors import ReloadtraceError
-    from schemas.settings import KafkaSettings, settings_error
+    from schemas.settings import KafkaSettings
+    from streams.components import run_detector
     from streams.detection import DetectionSettings
-    from streams.detector import DetectorSettings, detector_runtime
+    from streams.detector import DetectorSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
-    try:
-        kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
-        detection = DetectionSettings()
-        settings = DetectorSettings(**({"group_id": group_id} if group_id else {}))
-    except ValidationError as error:
-        typer.echo(f"reloadtrace detect: {settings_error(error)}", err=True)
-        raise typer.Exit(2) from None
-    stop = threading.Event()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: stop.set())
-    try:
-        detector_runtime(kafka, detection, settings).run(stop)
-    except ReloadtraceError as error:
-        typer.echo(f"reloadtrace detect: {error}", err=True)
-        raise typer.Exit(1) from None
+    kafka = _settings("detect", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    detection = _settings("detect", DetectionSettings)
+    settings = _settings("detect", DetectorSettings, group_id=group_id or None)  # an empty --group-id: the default
+    _serve("detect", partial(run_detector, kafka, detection, settings))
 
 
 @app.command()
@@ -431,44 +398,25 @@ def gate(
 
     The bearer token comes from RELOADTRACE_GATE_TOKEN or RELOADTRACE_GATE_TOKEN_FILE (never a flag).
     """
-    import logging
-    import signal
-    import threading
-
-    from pydantic import ValidationError
-
-    from schemas.errors import ReloadtraceError
-    from schemas.settings import KafkaSettings, settings_error
+    from schemas.settings import KafkaSettings
     from streams.gate.server import GateServer
     from streams.gate.settings import GateSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kafka_flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
-    gate_flags = {
-        "host": host,
-        "port": port,
-        "fail_severity": fail_severity,
-        "flagger_pending": flagger_pending,
-        "allow_anonymous": allow_anonymous,
-    }
+    kafka = _settings("gate", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    settings = _settings(
+        "gate",
+        GateSettings,
+        host=host,
+        port=port,
+        fail_severity=fail_severity,
+        flagger_pending=flagger_pending,
+        allow_anonymous=allow_anonymous,
+    )
     try:
-        kafka = KafkaSettings(**{key: value for key, value in kafka_flags.items() if value is not None})
-        settings = GateSettings(**{key: value for key, value in gate_flags.items() if value is not None})
-        server = GateServer(kafka, settings)
-    except ValidationError as error:
-        typer.echo(f"reloadtrace gate: {settings_error(error)}", err=True)
-        raise typer.Exit(2) from None
+        server = GateServer(kafka, settings)  # its entry is server.run; building it reads the token file
     except ValueError as error:
-        typer.echo(f"reloadtrace gate: {error}", err=True)
-        raise typer.Exit(2) from None
-    stop = threading.Event()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: stop.set())
-    try:
-        server.run(stop)
-    except ReloadtraceError as error:
-        typer.echo(f"reloadtrace gate: {error}", err=True)
-        raise typer.Exit(1) from None
+        _fail("gate", str(error))
+    _serve("gate", server.run)
 
 
 def main() -> None:

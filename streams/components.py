@@ -1,21 +1,16 @@
-"""A worker's components in child processes: the ClickHouse sink and the regression detector.
+"""One entry per component — sink, detector, alerts — and the child process that runs one for a worker.
 
-``reloadtrace worker`` runs the span enricher in its own process and, by default, the sink and
-the detector each in a child process of their own (``WorkerSettings.component_processes``): a
-Python process runs one thread at a time (the GIL), and the sink's embedded ClickHouse holds most
-of a worker's memory, so apart they neither slow the enricher down nor hide in its RSS.
+An entry (``run_sink``, ``run_detector``, ``run_alerts``) takes its settings and a stop event and
+runs the component until the event is set; ``reloadtrace sink|detect|alerts`` (through
+:func:`streams.serve.serve`), a worker's thread (``WorkerSettings.component_processes`` false) and a
+worker's child process all call it, so a component is built and run one way only.
 
-The parent passes the exact settings it resolved (flags, environment, defaults) to the child as
-JSON in ``RELOADTRACE_COMPONENT_SPEC`` — secrets included, in the environment of its own child
-only, as they were in its own — so a child never re-reads a different configuration.
-
-Lifetime: the child stops gracefully (flush, commit) on SIGTERM/SIGINT, and when its parent dies:
-Linux delivers SIGTERM then (``PR_SET_PDEATHSIG``), and the child also watches its parent id. A
-child that a killed worker left behind may still hold the embedded engine's data directory for
-the seconds its last flush takes, so a new sink child waits for the directory (up to
-``_ENGINE_LOCK_WAIT_S``) instead of failing at once.
-
-Run as ``python -m streams.components sink|detector`` (the worker does this; not a user command).
+A worker runs the sink and the detector each in a child process by default (own GIL; the sink's
+embedded ClickHouse holds most of a worker's memory). The parent hands over the exact settings it
+resolved as JSON in ``RELOADTRACE_COMPONENT_SPEC`` (secrets included, in its child's environment
+only). The child stops gracefully on SIGTERM/SIGINT and when its parent dies (``PR_SET_PDEATHSIG``,
+and it watches its parent id). A sink waits up to ``_ENGINE_LOCK_WAIT_S`` for an engine data
+directory that a stopping process still holds. Run as ``python -m streams.components sink|detector``.
 """
 
 from __future__ import annotations
@@ -29,9 +24,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
+
+if TYPE_CHECKING:
+    from schemas.settings import KafkaSettings
+    from sinks.settings import SinkSettings
+    from streams.alerts import AlertSettings
+    from streams.detection import DetectionSettings
+    from streams.detector import DetectorSettings
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +101,17 @@ def _open_sink_waiting(open_sink: Callable[[], Any], stop: threading.Event, wait
             time.sleep(0.5)
 
 
-def _run_sink(document: dict[str, Any], stop: threading.Event) -> None:
-    from schemas.settings import KafkaSettings
-    from sinks.settings import SinkSettings
+def run_sink(kafka: KafkaSettings, settings: SinkSettings, stop: threading.Event) -> None:
+    """Land the sink's topics in ClickHouse until ``stop`` is set, logging its counters; closes the sink.
+
+    Waits (up to ``_ENGINE_LOCK_WAIT_S``) for an embedded engine's directory a stopping process still holds.
+
+    Raises:
+        ReloadtraceError: the sink cannot open, a flush failed for good, or Kafka failed fatally.
+    """
     from streams.sink import sink_runtime
 
-    kafka = KafkaSettings(**document["kafka"])
-    runtime = sink_runtime(kafka, SinkSettings(**document["settings"]))
+    runtime = sink_runtime(kafka, settings)
     stage = runtime.stage
     _open_sink_waiting(lambda: stage.sink, stop)  # type: ignore[attr-defined]
     threading.Thread(target=_log_stats, args=(stop, "sink", lambda: stage.stats), daemon=True).start()
@@ -115,19 +121,49 @@ def _run_sink(document: dict[str, Any], stop: threading.Event) -> None:
         stage.close_sink()  # type: ignore[attr-defined]
 
 
-def _run_detector(document: dict[str, Any], stop: threading.Event) -> None:
-    from schemas.settings import KafkaSettings
-    from streams.detection import DetectionSettings
-    from streams.detector import DetectorSettings, detector_runtime
+def run_detector(
+    kafka: KafkaSettings, detection: DetectionSettings, settings: DetectorSettings, stop: threading.Event
+) -> None:
+    """Judge reloads from requests-by-service into reload.anomalies until ``stop`` is set, logging its counters.
 
-    kafka = KafkaSettings(**document["kafka"])
-    detection = DetectionSettings(**document["detection"]) if "detection" in document else DetectionSettings()
-    runtime = detector_runtime(kafka, detection, DetectorSettings(**document["settings"]))
+    Raises:
+        ReloadtraceError: Kafka failed fatally.
+    """
+    from streams.detector import detector_runtime
+
+    runtime = detector_runtime(kafka, detection, settings)
     threading.Thread(target=_log_stats, args=(stop, "detector", lambda: runtime.stage.stats), daemon=True).start()  # type: ignore[attr-defined]
     runtime.run(stop)
 
 
-_RUNNERS = {"sink": _run_sink, "detector": _run_detector}
+def run_alerts(kafka: KafkaSettings, settings: AlertSettings, stop: threading.Event) -> None:
+    """Post every anomaly to the webhooks (and roll back, when set) until ``stop`` is set.
+
+    Raises:
+        ReloadtraceError: a webhook refused an anomaly ``max_attempts`` times, or Kafka failed fatally.
+    """
+    from streams.alerts import alerts_runtime
+
+    alerts_runtime(kafka, settings).run(stop)
+
+
+def _run_sink_spec(document: dict[str, Any], stop: threading.Event) -> None:
+    from schemas.settings import KafkaSettings
+    from sinks.settings import SinkSettings
+
+    run_sink(KafkaSettings(**document["kafka"]), SinkSettings(**document["settings"]), stop)
+
+
+def _run_detector_spec(document: dict[str, Any], stop: threading.Event) -> None:
+    from schemas.settings import KafkaSettings
+    from streams.detection import DetectionSettings
+    from streams.detector import DetectorSettings
+
+    detection = DetectionSettings(**document["detection"]) if "detection" in document else DetectionSettings()
+    run_detector(KafkaSettings(**document["kafka"]), detection, DetectorSettings(**document["settings"]), stop)
+
+
+_RUNNERS = {"sink": _run_sink_spec, "detector": _run_detector_spec}
 COMPONENTS = tuple(_RUNNERS)
 
 
@@ -135,29 +171,28 @@ def main(argv: list[str] | None = None) -> int:
     """Run the component named in ``argv`` with the settings of ``RELOADTRACE_COMPONENT_SPEC``.
 
     Returns:
-        0 after a graceful stop, 1 when the component failed (its error is logged), 2 on bad use.
+        The :func:`streams.serve.serve` exit code: 0 after a graceful stop, 1 when the component failed
+        (its error is logged); 2 on bad use.
     """
-    from schemas.errors import ReloadtraceError
+    from streams.serve import EXIT_BAD_SETTINGS, configure_logging, serve
 
     args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     if len(args) != 1 or args[0] not in _RUNNERS or SPEC_ENV not in os.environ:
         print(f"usage: {SPEC_ENV}=JSON python -m streams.components {{{'|'.join(COMPONENTS)}}}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_SETTINGS
+    component = args[0]
     document = json.loads(os.environ[SPEC_ENV])
-    if document.get("component") != args[0]:
-        print(f"{SPEC_ENV} is for {document.get('component')!r}, not {args[0]!r}", file=sys.stderr)
-        return 2
-    stop = threading.Event()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: stop.set())
-    threading.Thread(target=_watch_parent, args=(stop, os.getppid()), name="parent-watch", daemon=True).start()
-    try:
-        _RUNNERS[args[0]](document, stop)
-    except ReloadtraceError as error:
-        logger.error("%s failed: %s", args[0], error)
-        return 1
-    return 0
+    if document.get("component") != component:
+        print(f"{SPEC_ENV} is for {document.get('component')!r}, not {component!r}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    parent_pid = os.getppid()
+
+    def entry(stop: threading.Event) -> None:
+        threading.Thread(target=_watch_parent, args=(stop, parent_pid), name="parent-watch", daemon=True).start()
+        _RUNNERS[component](document, stop)
+
+    return serve(component, entry)
 
 
 if __name__ == "__main__":

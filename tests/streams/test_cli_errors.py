@@ -67,3 +67,29 @@ def test_produce_prints_skipped_lines_literally(tmp_path: Path) -> None:
     result = run(["produce", "--spans", str(spans), "--reloads", str(reloads)], {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, tmp_path)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "skipped" in result.stderr and "[/bold]" in result.stderr and "\x1b" not in result.stderr
+
+
+def test_a_flag_not_given_leaves_the_environment_or_default_in_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    from schemas.settings import KafkaSettings
+    from streams.cli import _settings
+
+    monkeypatch.setenv("RELOADTRACE_TOPIC_PREFIX", "env.")
+    monkeypatch.delenv("RELOADTRACE_PARTITIONS", raising=False)
+    from_env = _settings("sink", KafkaSettings, topic_prefix=None, partitions=None)
+    assert from_env.topic_prefix == "env." and from_env.partitions == KafkaSettings.model_fields["partitions"].default
+    assert _settings("sink", KafkaSettings, topic_prefix="flag.", partitions=7).topic_prefix == "flag."
+    assert _settings("sink", KafkaSettings, topic_prefix="").topic_prefix == ""  # given, even if empty
+
+
+def test_invalid_flags_are_one_line_without_the_value_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from sinks.settings import SinkSettings
+    from streams.cli import _settings
+
+    with pytest.raises(typer.Exit) as ended:
+        _settings("sink", SinkSettings, url="clickhouse://u:S3cr3t@host:abc/db")
+    assert ended.value.exit_code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("reloadtrace sink: invalid settings") and len(stderr.strip().splitlines()) == 1
+    assert "S3cr3t" not in stderr
