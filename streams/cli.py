@@ -124,9 +124,9 @@ def simulate(
 
     from pydantic import ValidationError
 
-    from gateway.commands import run_simulate
     from gateway.errors import SimulationConfigError
-    from gateway.simulator import Regression, SimulationConfig
+    from gateway.simulation.commands import run_simulate
+    from gateway.simulation.simulator import Regression, SimulationConfig
     from schemas.settings import KafkaSettings, settings_error
 
     names = ("llm-gateway", "chat-api", "embeddings-api", "rag-api", "moderation-api", "agent-api")
@@ -181,8 +181,8 @@ def produce(
 
     from pydantic import ValidationError
 
-    from gateway.commands import run_produce
-    from gateway.produce import Interleaving
+    from gateway.simulation.commands import run_produce
+    from gateway.simulation.produce import Interleaving
     from schemas.files import RecordFileError
     from schemas.settings import KafkaSettings, settings_error
     from schemas.text import safe_text

@@ -16,7 +16,7 @@ import uuid
 
 import numpy as np
 
-from gateway.simulator import simulate
+from gateway.simulation.simulator import simulate
 from streams.detection import DetectionSettings, detect_offline
 from tests.streams.test_detection_simulated import SEEDS, expected_metrics, scenario
 

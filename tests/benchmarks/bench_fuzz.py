@@ -25,7 +25,7 @@ PARTITIONS = 4
 
 
 def main() -> str:
-    from gateway.simulator import ScheduledReload, SimulationConfig, simulate
+    from gateway.simulation.simulator import ScheduledReload, SimulationConfig, simulate
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     topics = TopicNames(prefix=f"fuzz{uuid.uuid4().hex[:8]}.")

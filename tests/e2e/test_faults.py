@@ -30,7 +30,7 @@ PACE = 2.0
 
 @pytest.fixture(scope="module")
 def simulation():
-    from gateway.simulator import ScheduledReload, SimulationConfig, simulate
+    from gateway.simulation.simulator import ScheduledReload, SimulationConfig, simulate
 
     schedule = (
         ScheduledReload(at_s=5.0, service="llm-gateway", component="model", lateness_s=6.0),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.simulator import Regression, ScheduledReload, Simulation, SimulationConfig, simulate
+from gateway.simulation.simulator import Regression, ScheduledReload, Simulation, SimulationConfig, simulate
 from streams.detection import ERROR_RATE, LATENCY, detect_offline
 
 SEEDS = range(20)

@@ -29,8 +29,8 @@ import jsonschema
 import pytest
 import yaml
 
-from gateway.produce import ProduceReport, StreamPublisher, simulation_items
-from gateway.simulator import Regression, ScheduledReload, SimulationConfig, simulate
+from gateway.simulation.produce import ProduceReport, StreamPublisher, simulation_items
+from gateway.simulation.simulator import Regression, ScheduledReload, SimulationConfig, simulate
 from infra.kafka import create_topics
 from schemas.settings import KafkaSettings
 from schemas.topics import TopicNames

@@ -13,12 +13,12 @@ import pytest
 
 from gateway.attributes import MID_FLIGHT, MID_FLIGHT_RELOAD_IDS
 from gateway.errors import SimulationConfigError
-from gateway.output import write_simulation
-from gateway.simulator import Regression, ScheduledReload, SimulationConfig, mid_flight_reloads, simulate
+from gateway.simulation.output import write_simulation
+from gateway.simulation.simulator import Regression, ScheduledReload, SimulationConfig, mid_flight_reloads, simulate
 from gateway.versioning import COMPONENT_KINDS
 from schemas.records import ReloadEvent, validate_span
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BUSY = SimulationConfig(
     seed=11,
     duration_s=40,
@@ -237,7 +237,7 @@ def test_impossible_scenarios_are_refused() -> None:
 
 
 def test_detection_scenario_labels_match_what_happened() -> None:
-    from gateway.scenarios import BENIGN_FAILED, BENIGN_NO_PRIOR_TRAFFIC, REGRESSION, detection_scenario
+    from gateway.simulation.scenarios import BENIGN_FAILED, BENIGN_NO_PRIOR_TRAFFIC, REGRESSION, detection_scenario
 
     config = detection_scenario(seed=2, duration_s=60, late_fraction=0.5)
     assert config == detection_scenario(seed=2, duration_s=60, late_fraction=0.5)
