@@ -95,7 +95,7 @@ class OtlpHttpPublisher:
 
 def demo_config(*, duration_s: float, rate: float, start_time_unix_nano: int, seed: int = 7):
     """The demo scenario: what reloads when, which one is the bad model, which ones are late."""
-    from gateway.simulation.simulator import Regression, ScheduledReload, SimulationConfig
+    from gateway.simulation.config import Regression, ScheduledReload, SimulationConfig
 
     d = duration_s
     schedule = (

@@ -124,9 +124,8 @@ def simulate(
 
     from pydantic import ValidationError
 
-    from gateway.errors import SimulationConfigError
     from gateway.simulation.commands import run_simulate
-    from gateway.simulation.simulator import Regression, SimulationConfig
+    from gateway.simulation.config import Regression, SimulationConfig, SimulationConfigError
     from schemas.settings import KafkaSettings, settings_error
 
     names = ("llm-gateway", "chat-api", "embeddings-api", "rag-api", "moderation-api", "agent-api")

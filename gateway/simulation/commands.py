@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from gateway.simulation.config import NANOS, SimulationConfig
 from gateway.simulation.output import write_simulation
 from gateway.simulation.produce import (
     Interleaving,
@@ -20,7 +21,7 @@ from gateway.simulation.produce import (
     publication_delays,
     simulation_items,
 )
-from gateway.simulation.simulator import NANOS, SimulationConfig, simulate
+from gateway.simulation.simulator import simulate
 from schemas.settings import KafkaSettings
 from schemas.text import safe_text
 

@@ -455,7 +455,8 @@ def build_simulated_dataset(seed: int = 11) -> AnalystDataset | None:
     reloads 2 and 3 FAIL; reload 1 is a canary; reloads 0, 4 and 5 are published late.
     """
     try:
-        from gateway.simulation.simulator import Regression, ScheduledReload, SimulationConfig, simulate
+        from gateway.simulation.config import Regression, ScheduledReload, SimulationConfig
+        from gateway.simulation.simulator import simulate
     except ImportError:
         return None
     enrich: Any = _core_enrich() or reference_enrich

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.simulation.simulator import Regression, ScheduledReload, Simulation, SimulationConfig, simulate
+from gateway.simulation.config import Regression, ScheduledReload, SimulationConfig
+from gateway.simulation.simulator import Simulation, simulate
 from streams.detection import ERROR_RATE, LATENCY, detect_offline
 
 SEEDS = range(20)

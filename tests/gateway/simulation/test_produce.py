@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from gateway.simulation.commands import run_produce, run_simulate
+from gateway.simulation.config import ScheduledReload, SimulationConfig
 from gateway.simulation.output import write_simulation
 from gateway.simulation.produce import Interleaving, ProduceReport, file_stream, publication_delays
-from gateway.simulation.simulator import ScheduledReload, SimulationConfig, simulate
+from gateway.simulation.simulator import simulate
 from schemas.settings import KafkaSettings
 from tests.gateway.kafka_reading import consume
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway.attributes import MID_FLIGHT, MID_FLIGHT_RELOAD_IDS
-from gateway.errors import SimulationConfigError
+from gateway.simulation.config import Regression, ScheduledReload, SimulationConfig, SimulationConfigError
 from gateway.simulation.output import write_simulation
-from gateway.simulation.simulator import Regression, ScheduledReload, SimulationConfig, mid_flight_reloads, simulate
+from gateway.simulation.simulator import mid_flight_reloads, simulate
 from gateway.versioning import COMPONENT_KINDS
 from schemas.records import ReloadEvent, validate_span
 
