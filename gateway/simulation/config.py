@@ -14,7 +14,15 @@ from gateway.errors import GatewayError
 
 NANOS = 1_000_000_000
 _DEFAULT_START_TIME_UNIX_NANO = 1_764_547_200 * NANOS  # 2025-12-01T00:00:00Z
-_DEFAULT_SERVICES = ("llm-gateway", "chat-api", "embeddings-api")
+SERVICE_NAMES = ("llm-gateway", "chat-api", "embeddings-api", "rag-api", "moderation-api", "agent-api")
+
+
+def service_names(count: int) -> tuple[str, ...]:
+    """``count`` distinct service names: those of :data:`SERVICE_NAMES` in order, then ``service-<i>``."""
+    return tuple(SERVICE_NAMES[i] if i < len(SERVICE_NAMES) else f"service-{i}" for i in range(count))
+
+
+_DEFAULT_SERVICES = service_names(3)
 
 
 class SimulationConfigError(GatewayError, ValueError):

@@ -91,6 +91,19 @@ def test_the_command_writes_identical_files_across_processes(tmp_path: Path) -> 
     assert outputs[0] == outputs[1] and set(outputs[0]) == {"spans.avro", "reloads.avro", "ground_truth.json"}
 
 
+def test_the_command_without_flags_runs_the_default_config(monkeypatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.simulation import commands
+    from streams.cli import app
+
+    seen = []
+    monkeypatch.setattr(commands, "run_simulate", lambda config, **_: seen.append(config) or 0)
+    result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen == [SimulationConfig()]
+
+
 def test_records_follow_the_contract(busy) -> None:
     for span in busy.spans:
         validate_span(span)
