@@ -23,7 +23,3 @@ class ReloadRejectedError(GatewayError):
 
 class UnknownComponentError(GatewayError, KeyError):
     """A registry was asked for a component it does not hold."""
-
-
-class SimulationConfigError(GatewayError, ValueError):
-    """A simulation scenario that cannot be run (unknown service, reload index out of range, ...)."""

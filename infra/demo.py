@@ -42,13 +42,13 @@ _OTLP_BATCH_SPANS = 512
 
 
 class OtlpHttpPublisher:
-    """Publishes stream items like :class:`gateway.produce.StreamPublisher`, but the spans as OTLP/HTTP
+    """Publishes stream items like :class:`gateway.simulation.produce.StreamPublisher`, but the spans as OTLP/HTTP
     requests to a Collector (batched, at most ``_OTLP_BATCH_SPANS`` a request); reloads to Kafka."""
 
     def __init__(self, kafka: Any, endpoint: str) -> None:
         import httpx
 
-        from gateway.produce import StreamPublisher
+        from gateway.simulation.produce import StreamPublisher
 
         self._kafka_publisher = StreamPublisher(kafka)
         self._endpoint = endpoint
@@ -91,7 +91,7 @@ class OtlpHttpPublisher:
 
 def demo_config(*, duration_s: float, rate: float, start_time_unix_nano: int, seed: int = 7):
     """The demo scenario: what reloads when, which one is the bad model, which ones are late."""
-    from gateway.simulator import Regression, ScheduledReload, SimulationConfig
+    from gateway.simulation.config import Regression, ScheduledReload, SimulationConfig
 
     d = duration_s
     schedule = (
@@ -120,9 +120,9 @@ def demo_config(*, duration_s: float, rate: float, start_time_unix_nano: int, se
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
-    from gateway.commands import progress_bar
-    from gateway.produce import ProduceReport, StreamPublisher, simulation_items
-    from gateway.simulator import simulate
+    from gateway.simulation.commands import progress_bar
+    from gateway.simulation.produce import ProduceReport, StreamPublisher, simulation_items
+    from gateway.simulation.simulator import simulate
     from schemas.settings import KafkaSettings
 
     kafka_dir = REPO / ".kafka-demo"

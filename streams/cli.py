@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 
+# The simulate command's scenario and its defaults; no OpenTelemetry import, so cheap at startup.
+from gateway.simulation.config import Regression, SimulationConfig, SimulationConfigError, service_names
+
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable
@@ -138,16 +141,25 @@ def _caller_callee(text: str) -> tuple[str, str]:
     return caller, callee
 
 
+_SIMULATION_DEFAULTS = SimulationConfig()  # the simulate flags default to the simulator's own defaults
+
+
 @app.command()
 def simulate(
-    seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files"),
-    services: int = typer.Option(3, help="Number of services"),
-    instances: int = typer.Option(2, help="Instances per service"),
-    rate: float = typer.Option(10.0, help="Requests per second per service"),
-    duration_s: float = typer.Option(60.0, "--duration-s", help="Simulated seconds"),
-    reloads_per_service: int = typer.Option(3, help="Random reloads per service"),
-    late_fraction: float = typer.Option(0.2, help="Share of reloads published late"),
-    max_lateness_s: float = typer.Option(5.0, "--max-lateness-s", help="Latest publication delay of a late reload"),
+    seed: int = typer.Option(_SIMULATION_DEFAULTS.seed, help="Seed: the same seed gives byte-identical files"),
+    services: int = typer.Option(len(_SIMULATION_DEFAULTS.services), help="Number of services"),
+    instances: int = typer.Option(_SIMULATION_DEFAULTS.instances_per_service, help="Instances per service"),
+    rate: float = typer.Option(
+        _SIMULATION_DEFAULTS.requests_per_second_per_service, help="Requests per second per service"
+    ),
+    duration_s: float = typer.Option(_SIMULATION_DEFAULTS.duration_s, "--duration-s", help="Simulated seconds"),
+    reloads_per_service: int = typer.Option(
+        _SIMULATION_DEFAULTS.reloads_per_service, help="Random reloads per service"
+    ),
+    late_fraction: float = typer.Option(_SIMULATION_DEFAULTS.late_fraction, help="Share of reloads published late"),
+    max_lateness_s: float = typer.Option(
+        _SIMULATION_DEFAULTS.max_lateness_s, "--max-lateness-s", help="Latest publication delay of a late reload"
+    ),
     regression: list[str] = typer.Option(
         [], help="INDEX:LATENCY_FACTOR:ERROR_RATE, e.g. 2:2.0:0.15 (repeatable; ERROR_RATE may be empty)"
     ),
@@ -163,12 +175,9 @@ def simulate(
     """Generate multi-service LLM-gateway traffic with reloads (and injected regressions) to Kafka or files."""
     from pathlib import Path
 
-    from gateway.commands import run_simulate
-    from gateway.errors import SimulationConfigError
-    from gateway.simulator import Regression, SimulationConfig
+    from gateway.simulation.commands import run_simulate
     from schemas.settings import KafkaSettings
 
-    names = ("llm-gateway", "chat-api", "embeddings-api", "rag-api", "moderation-api", "agent-api")
     try:
         regressions = []
         for text in regression:
@@ -178,7 +187,7 @@ def simulate(
             )
         config = SimulationConfig(
             seed=seed,
-            services=tuple(names[i] if i < len(names) else f"service-{i}" for i in range(services)),
+            services=service_names(services),
             instances_per_service=instances,
             requests_per_second_per_service=rate,
             duration_s=duration_s,
@@ -214,8 +223,8 @@ def produce(
     """Publish span and reload files to the topics (backfills, tests), reporting counts and skipped lines."""
     from pathlib import Path
 
-    from gateway.commands import run_produce
-    from gateway.produce import Interleaving
+    from gateway.simulation.commands import run_produce
+    from gateway.simulation.produce import Interleaving
     from schemas.files import RecordFileError
     from schemas.settings import KafkaSettings
     from schemas.text import safe_text

@@ -17,7 +17,7 @@ import uuid
 
 import numpy as np
 
-from gateway.simulator import simulate
+from gateway.simulation.simulator import simulate
 from streams.detection import DetectionSettings, detect_offline
 from streams.settings import WorkerSettings
 from tests.streams.test_detection_simulated import SEEDS, expected_metrics, scenario

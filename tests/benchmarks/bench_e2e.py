@@ -50,7 +50,8 @@ TARGET_RSS_MB = 500
 def realistic_spans(count: int, start_unix_nano: int) -> tuple[list[dict], list]:
     """``count`` realistic spans and the reloads of their first minute: one simulation, repeated with fresh ids and
     shifted in time (the sink benchmark uses them too)."""
-    from gateway.simulator import SimulationConfig, simulate
+    from gateway.simulation.config import SimulationConfig
+    from gateway.simulation.simulator import simulate
 
     base = simulate(
         SimulationConfig(

@@ -25,7 +25,8 @@ PARTITIONS = 4
 
 
 def main() -> str:
-    from gateway.simulator import ScheduledReload, SimulationConfig, simulate
+    from gateway.simulation.config import ScheduledReload, SimulationConfig
+    from gateway.simulation.simulator import simulate
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     topics = TopicNames(prefix=f"fuzz{uuid.uuid4().hex[:8]}.")

@@ -20,7 +20,8 @@ from gateway.exporter import KafkaSpanExporter
 from gateway.handle import ReloadRegistry
 from gateway.pinning import pin
 from gateway.processor import ReloadStampingSpanProcessor, kafka_span_processor
-from gateway.simulator import SimulationConfig, simulate
+from gateway.simulation.config import SimulationConfig
+from gateway.simulation.simulator import simulate
 from gateway.versioning import COMPONENT_KINDS
 from infra.kafka import create_topics
 from schemas.settings import KafkaSettings

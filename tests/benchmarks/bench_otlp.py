@@ -15,7 +15,8 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from gateway.simulator import SimulationConfig, simulate
+from gateway.simulation.config import SimulationConfig
+from gateway.simulation.simulator import simulate
 from schemas.codec import ProjectedDecoder, SingleObjectCodec
 from schemas.otlp import decode_otlp_json, decode_otlp_proto, otlp_json_bytes, span_otlp_request
 from schemas.records import validate_span

@@ -30,7 +30,8 @@ PACE = 2.0
 
 @pytest.fixture(scope="module")
 def simulation():
-    from gateway.simulator import ScheduledReload, SimulationConfig, simulate
+    from gateway.simulation.config import ScheduledReload, SimulationConfig
+    from gateway.simulation.simulator import simulate
 
     schedule = (
         ScheduledReload(at_s=5.0, service="llm-gateway", component="model", lateness_s=6.0),

@@ -22,7 +22,8 @@ BAD_MESSAGES = int(os.environ.get("RELOADTRACE_SOAK_MESSAGES", "2500"))
 
 
 def test_hostile_messages_never_stop_the_worker_nor_corrupt_the_store(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    from gateway.simulator import ScheduledReload, SimulationConfig, simulate
+    from gateway.simulation.config import ScheduledReload, SimulationConfig
+    from gateway.simulation.simulator import simulate
 
     simulation = simulate(
         SimulationConfig(

@@ -49,7 +49,7 @@ def engine_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 def dataset(request: pytest.FixtureRequest) -> AnalystDataset:
     found = expected.cached_dataset(request.param)
     if found is None:
-        pytest.skip("gateway.simulator is not importable")
+        pytest.skip("gateway.simulation.simulator is not importable")
     return found
 
 

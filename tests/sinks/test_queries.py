@@ -72,7 +72,7 @@ def dataset(request: pytest.FixtureRequest) -> AnalystDataset:
         return build_reference_dataset()
     simulated = build_simulated_dataset()
     if simulated is None:
-        pytest.skip("gateway.simulator is not importable")
+        pytest.skip("gateway.simulation.simulator is not importable")
     return simulated
 
 

@@ -1,7 +1,7 @@
 """Deterministic analyst data set: enriched spans (with late corrections), reloads, anomalies, dead letters.
 
 Shared by ``test_queries.py`` and ``test_report.py`` (no tests here). Spans come from the traffic
-simulator and the enrichment core when those exist (``gateway.simulator``, ``streams.enrichment``);
+simulator and the enrichment core when those exist (``gateway.simulation.simulator``, ``streams.enrichment``);
 otherwise from the small generator below, enriched by :func:`reference_enrich`, a direct reading
 of DESIGN.md "Enrichment semantics" kept independent of the SQL under test.
 
@@ -449,13 +449,14 @@ def _simulated_anomalies(final_spans: list[dict[str, Any]], reloads: Sequence[Re
 
 
 def build_simulated_dataset(seed: int = 11) -> AnalystDataset | None:
-    """Traffic from the simulator (gateway.simulator) with a fixed reload schedule, enriched by the core.
+    """Traffic from the simulator (gateway.simulation.simulator) with a fixed reload schedule, enriched by the core.
 
     None when the simulator is not importable. Reload 0 (llm-gateway model) injects a regression;
     reloads 2 and 3 FAIL; reload 1 is a canary; reloads 0, 4 and 5 are published late.
     """
     try:
-        from gateway.simulator import Regression, ScheduledReload, SimulationConfig, simulate
+        from gateway.simulation.config import Regression, ScheduledReload, SimulationConfig
+        from gateway.simulation.simulator import simulate
     except ImportError:
         return None
     enrich: Any = _core_enrich() or reference_enrich
@@ -493,7 +494,7 @@ def build_simulated_dataset(seed: int = 11) -> AnalystDataset | None:
         reloads=reloads,
         anomalies=_simulated_anomalies(finals, reloads),
         dead_letters=sample_dead_letters(),
-        source="gateway.simulator + streams.enrichment + streams.detection",
+        source="gateway.simulation.simulator + streams.enrichment + streams.detection",
         start_unix_nano=config.start_time_unix_nano,
         regression_reload_id=f"sim{seed}-r000",
     )

@@ -14,7 +14,7 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
-from gateway.simulator import simulate
+from gateway.simulation.simulator import simulate
 from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, detect_offline
 from streams.detector import DetectorSettings, detector_runtime

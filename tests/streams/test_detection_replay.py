@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 from typer.testing import CliRunner
 
-from gateway.simulator import simulate
+from gateway.simulation.simulator import simulate
 from streams.cli import app
 from streams.detection import DetectionSettings, detect_offline
 from tests.streams.test_detection_simulated import scenario

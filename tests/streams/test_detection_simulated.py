@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.simulator import Regression, ScheduledReload, Simulation, SimulationConfig, simulate
+from gateway.simulation.config import Regression, ScheduledReload, SimulationConfig
+from gateway.simulation.simulator import Simulation, simulate
 from streams.detection import ERROR_RATE, LATENCY, DetectionSettings, detect_offline
 
 SEEDS = range(20)

@@ -29,8 +29,9 @@ import jsonschema
 import pytest
 import yaml
 
-from gateway.produce import ProduceReport, StreamPublisher, simulation_items
-from gateway.simulator import Regression, ScheduledReload, SimulationConfig, simulate
+from gateway.simulation.config import Regression, ScheduledReload, SimulationConfig
+from gateway.simulation.produce import ProduceReport, StreamPublisher, simulation_items
+from gateway.simulation.simulator import simulate
 from infra.kafka import create_topics
 from schemas.settings import KafkaSettings
 from schemas.topics import TopicNames

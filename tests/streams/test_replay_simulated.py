@@ -14,7 +14,7 @@ import pytest
 from schemas.files import write_records
 from streams.replay import run_replay
 
-simulator = pytest.importorskip("gateway.simulator")
+simulator = pytest.importorskip("gateway.simulation.simulator")
 
 
 @pytest.mark.parametrize("seed", [3, 17])

@@ -289,8 +289,8 @@ def test_the_gateway_simulators_traffic_published_in_real_time_ends_with_the_rep
     kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
     """Traffic this module did not generate: real reload handles, pinned requests, late and FAILED reloads."""
-    simulator = pytest.importorskip("gateway.simulator")
-    produce = pytest.importorskip("gateway.produce")
+    simulator = pytest.importorskip("gateway.simulation.simulator")
+    produce = pytest.importorskip("gateway.simulation.produce")
     worker = start_worker(kafka_settings, f"g-{uuid.uuid4().hex[:8]}", tmp_path / "worker.log")
     collector = EnrichedCollector(kafka_settings)
     try:

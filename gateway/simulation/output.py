@@ -7,7 +7,7 @@ from pathlib import Path
 
 import fastavro
 
-from gateway.simulator import Simulation, ground_truth_json
+from gateway.simulation.simulator import Simulation, ground_truth_json
 from schemas.codec import default_store
 from schemas.files import write_records
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from gateway.simulator import Regression, ScheduledReload, SimulationConfig
+from gateway.simulation.config import Regression, ScheduledReload, SimulationConfig
 
 REGRESSION = "regression"
 BENIGN_NO_CHANGE = "benign:no-change"

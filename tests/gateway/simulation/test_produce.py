@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from gateway.commands import run_produce, run_simulate
-from gateway.output import write_simulation
-from gateway.produce import Interleaving, ProduceReport, file_stream, publication_delays
-from gateway.simulator import ScheduledReload, SimulationConfig, simulate
+from gateway.simulation.commands import run_produce, run_simulate
+from gateway.simulation.config import ScheduledReload, SimulationConfig
+from gateway.simulation.output import write_simulation
+from gateway.simulation.produce import Interleaving, ProduceReport, file_stream, publication_delays
+from gateway.simulation.simulator import simulate
 from schemas.settings import KafkaSettings
 from tests.gateway.kafka_reading import consume
 
@@ -119,8 +119,8 @@ def test_simulate_to_kafka(small, kafka_settings: KafkaSettings) -> None:
 
 
 def test_real_time_pacing_follows_publish_times(monkeypatch) -> None:
-    from gateway import produce as produce_module
-    from gateway.produce import StreamItem, StreamPublisher
+    from gateway.simulation import produce as produce_module
+    from gateway.simulation.produce import StreamItem, StreamPublisher
     from tests.gateway.test_exporter import FakeProducer
 
     class FrozenTime:

@@ -158,7 +158,7 @@ class StreamPublisher:
 
 
 def simulation_items(simulation: Any) -> list[StreamItem]:
-    """A :class:`~gateway.simulator.Simulation` as stream items in its publication order."""
+    """A :class:`~gateway.simulation.simulator.Simulation` as stream items in its publication order."""
     items = []
     for entry in simulation.publish_order:
         if entry.kind == "span":

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from gateway.attributes import MID_FLIGHT, MID_FLIGHT_RELOAD_IDS
-from gateway.errors import SimulationConfigError
-from gateway.output import write_simulation
-from gateway.simulator import Regression, ScheduledReload, SimulationConfig, mid_flight_reloads, simulate
+from gateway.simulation.config import Regression, ScheduledReload, SimulationConfig, SimulationConfigError
+from gateway.simulation.output import write_simulation
+from gateway.simulation.simulator import mid_flight_reloads, simulate
 from gateway.versioning import COMPONENT_KINDS
 from schemas.records import ReloadEvent, validate_span
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BUSY = SimulationConfig(
     seed=11,
     duration_s=40,
@@ -89,6 +89,19 @@ def test_the_command_writes_identical_files_across_processes(tmp_path: Path) -> 
         )
         outputs.append({path.name: path.read_bytes() for path in sorted(out.iterdir())})
     assert outputs[0] == outputs[1] and set(outputs[0]) == {"spans.avro", "reloads.avro", "ground_truth.json"}
+
+
+def test_the_command_without_flags_runs_the_default_config(monkeypatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.simulation import commands
+    from streams.cli import app
+
+    seen = []
+    monkeypatch.setattr(commands, "run_simulate", lambda config, **_: seen.append(config) or 0)
+    result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen == [SimulationConfig()]
 
 
 def test_records_follow_the_contract(busy) -> None:
@@ -237,7 +250,7 @@ def test_impossible_scenarios_are_refused() -> None:
 
 
 def test_detection_scenario_labels_match_what_happened() -> None:
-    from gateway.scenarios import BENIGN_FAILED, BENIGN_NO_PRIOR_TRAFFIC, REGRESSION, detection_scenario
+    from gateway.simulation.scenarios import BENIGN_FAILED, BENIGN_NO_PRIOR_TRAFFIC, REGRESSION, detection_scenario
 
     config = detection_scenario(seed=2, duration_s=60, late_fraction=0.5)
     assert config == detection_scenario(seed=2, duration_s=60, late_fraction=0.5)

@@ -8,11 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
-from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-from gateway.output import write_simulation
-from gateway.produce import (
+from gateway.simulation.config import NANOS, SimulationConfig
+from gateway.simulation.output import write_simulation
+from gateway.simulation.produce import (
     Interleaving,
     ProduceReport,
     StreamPublisher,
@@ -20,7 +21,7 @@ from gateway.produce import (
     publication_delays,
     simulation_items,
 )
-from gateway.simulator import NANOS, SimulationConfig, simulate
+from gateway.simulation.simulator import simulate
 from schemas.settings import KafkaSettings
 from schemas.text import safe_text
 
