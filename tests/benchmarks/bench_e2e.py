@@ -256,8 +256,11 @@ def _run_until_landed(kafka: KafkaSettings, directory: Path, group_id: str, feed
         done = time.perf_counter()
     finally:
         sampler.stop.set()
+        log = directory / "worker.log"
+        log_bytes_at_stop = log.stat().st_size if log.exists() else 0  # what the stop itself logs comes after
         worker.stop()
     return {
+        "log_bytes_at_stop": log_bytes_at_stop,
         "startup_s": assigned - started,
         "seconds": done - assigned,
         "peak_rss_mb": sampler.peak / 2**20,
