@@ -147,6 +147,44 @@ def commit_quietly(consumer: Consumer, offsets: Sequence[TopicPartition]) -> boo
         return False
 
 
+class MessageView:
+    """A Kafka message rebuilt from what was kept of it: read without error, broker (log-append) time.
+
+    What a dead letter needs of a ``Message`` once the message itself is gone, and what tests and
+    benchmarks feed to a stage in place of one.
+    """
+
+    __slots__ = ("_key", "_offset", "_partition", "_timestamp_ms", "_topic", "_value")
+
+    def __init__(
+        self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = None, timestamp_ms: int = 0
+    ) -> None:
+        self._topic, self._partition, self._offset, self._value, self._key = topic, partition, offset, value, key
+        self._timestamp_ms = timestamp_ms
+
+    def timestamp(self) -> tuple[int, int]:
+        """(TIMESTAMP_LOG_APPEND_TIME, broker time in ms), as a topic of log-append time gives."""
+        return 2, self._timestamp_ms
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+
 class TopicCreationError(ReloadtraceError):
     """A topic the pipeline needs could not be created."""
 

@@ -27,16 +27,17 @@ from confluent_kafka import Message
 
 from schemas.codec import ProjectedDecoder
 from schemas.errors import DecodeError, InvalidRecordError, ReloadtraceError
+from schemas.kafka_io import MessageView
 from schemas.otlp import INVALID_SPAN, OtlpSpans, decode_otlp
 from schemas.records import ReloadEvent, check_time_plausible, validate_span
 from schemas.settings import KafkaSettings
 from schemas.text import bounded_repr
 from streams.engine import (
     NEVER,
+    ArrivalPosition,
     Emission,
     EnrichmentEngine,
     ReloadArrival,
-    ArrivalPosition,
     SpanArrival,
     Timeline,
     restore_partition,
@@ -411,7 +412,7 @@ class SpanEnricher(Stage):
             except MessageTooLarge as error:  # the span fits its topic, its answer does not fit spans.enriched
                 self.stats.too_large += 1
                 topic, partition = self._source_partitions[span.partition]
-                outbox.reject(_SpanMessageView(topic, partition, span, key, raw), error, stage="enrich", index=self._letter_index(span))
+                outbox.reject(MessageView(topic, partition, span.offset, raw, key), error, stage="enrich", index=self._letter_index(span))
                 continue
             is_first = (
                 emission.revision == 0 and emission.caused_by_reload_id is None
@@ -666,30 +667,6 @@ def _applied_position(state: Mapping[str, Any] | None) -> tuple[bool, ArrivalPos
     except (TypeError, ValueError):
         logger.warning("ignoring an unreadable applied position in commit metadata: %r", position)
         return False, None
-
-
-class _SpanMessageView:
-    """A span message rebuilt from what the enricher kept (for a dead letter of its enriched record)."""
-
-    __slots__ = ("_key", "_offset", "_partition", "_topic", "_value")
-
-    def __init__(self, topic: str, partition: int, span: SpanArrival, key: bytes | None, value: bytes | None) -> None:
-        self._topic, self._partition, self._offset, self._key, self._value = topic, partition, span.offset, key, value
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
 
 
 def enricher_runtime(

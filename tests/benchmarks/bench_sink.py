@@ -31,13 +31,14 @@ from confluent_kafka import Producer
 
 from infra.kafka import create_topics
 from schemas.codec import codec_for
+from schemas.kafka_io import MessageView
 from schemas.settings import KafkaSettings
 from schemas.topics import TopicNames
 from sinks.avro_blocks import container, landing_table
 from sinks.clickhouse import ClickHouseSink, open_client
 from sinks.ddl import apply_schema
 from sinks.settings import SinkSettings
-from sinks.testing import FakeMessage, enriched_spans
+from sinks.testing import enriched_spans
 from streams.sink import SinkConsumer
 
 ROWS = int(os.environ.get("BENCH_SINK_ROWS", "400000"))
@@ -422,7 +423,7 @@ def in_process_python(messages: list[bytes], codec: Any) -> None:
     sink = ClickHouseSink(settings, client=NoEngine(), apply_ddl=False)
     consumer = SinkConsumer(KafkaSettings(topic_prefix=""), settings, sink=sink)
     topic = KafkaSettings(topic_prefix="").topics.spans_enriched
-    fake = [FakeMessage(topic, index % PARTITIONS, index // PARTITIONS, value) for index, value in enumerate(messages)]
+    fake = [MessageView(topic, index % PARTITIONS, index // PARTITIONS, value) for index, value in enumerate(messages)]
     consumer._open_writers(sink)
     consumer._commit = lambda: None  # type: ignore[method-assign]
     try:

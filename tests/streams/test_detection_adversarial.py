@@ -18,8 +18,8 @@ from dataclasses import replace
 
 import pytest
 
+from schemas.kafka_io import MessageView
 from schemas.settings import KafkaSettings
-from sinks.testing import FakeMessage
 from streams.detection import DetectionSettings, RequestObservation, detect_offline
 from streams.detector import DetectorSettings, StreamingDetector, detector_runtime
 from streams.stage import RuntimeSettings, StageRuntime
@@ -67,7 +67,7 @@ def partition_of(item: FeedItem) -> int:
     return zlib.crc32(item.key or b"") % FEED_PARTITIONS
 
 
-def deliveries(items: list[FeedItem], rng: random.Random) -> list[list[FakeMessage]]:
+def deliveries(items: list[FeedItem], rng: random.Random) -> list[list[MessageView]]:
     """One message a batch, the feed partitions interleaved at random (order kept within each)."""
     per_partition: list[list[FeedItem]] = [[] for _ in range(FEED_PARTITIONS)]
     for item in items:
@@ -78,7 +78,7 @@ def deliveries(items: list[FeedItem], rng: random.Random) -> list[list[FakeMessa
     while any(offsets[p] < len(per_partition[p]) for p in range(FEED_PARTITIONS)):
         partition = rng.choice([p for p in range(FEED_PARTITIONS) if offsets[p] < len(per_partition[p])])
         item = per_partition[partition][offsets[partition]]
-        batches.append([FakeMessage(TOPIC, partition, offsets[partition], item.value, item.key)])
+        batches.append([MessageView(TOPIC, partition, offsets[partition], item.value, item.key)])
         offsets[partition] += 1
     return batches
 

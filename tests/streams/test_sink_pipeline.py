@@ -15,11 +15,12 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from schemas.codec import codec_for
+from schemas.kafka_io import MessageView
 from schemas.settings import KafkaSettings
 from sinks.base import DEAD_LETTERS_TABLE, KafkaRows, SinkBatch, dedup_token
 from sinks.errors import SinkFatalError
 from sinks.settings import SinkSettings
-from sinks.testing import FakeMessage, ListSink, enriched_spans
+from sinks.testing import ListSink, enriched_spans
 from streams.sink import SinkConsumer, SinkConsumerError, sink_runtime
 from streams.testing import FakeConsumer, FakeProducer
 from tests.threads import start_stoppable
@@ -30,8 +31,8 @@ CODEC = codec_for("EnrichedSpan")
 VALUES = [CODEC.encode(span) for span in enriched_spans(40, seed=5)]
 
 
-def span(partition: int, offset: int) -> FakeMessage:
-    return FakeMessage(TOPIC, partition, offset, VALUES[offset % len(VALUES)], f"k{offset}".encode())
+def span(partition: int, offset: int) -> MessageView:
+    return MessageView(TOPIC, partition, offset, VALUES[offset % len(VALUES)], f"k{offset}".encode())
 
 
 class FakeKafka(FakeConsumer):
@@ -190,7 +191,7 @@ def test_a_stop_drains_the_open_batch_and_every_flush_in_flight() -> None:
 
 def test_undecodable_messages_become_dead_letters_and_their_offsets_are_committed() -> None:
     consumer, kafka, _log, stop, thread, errors = start(
-        [[span(0, 0), FakeMessage(TOPIC, 0, 1, b"junk", b"k"), FakeMessage(TOPIC, 0, 2, None, b"k"), span(0, 3)]]
+        [[span(0, 0), MessageView(TOPIC, 0, 1, b"junk", b"k"), MessageView(TOPIC, 0, 2, None, b"k"), span(0, 3)]]
     )
     try:
         wait_until(lambda: bool(kafka.commits), "the commit")
@@ -227,7 +228,7 @@ def test_a_refused_row_among_fast_path_rows_is_isolated_with_its_coordinates(tmp
 
     spans = enriched_spans(50, seed=9)
     spans[17]["end_time_unix_nano"] = spans[17]["start_time_unix_nano"] - 1  # violates span_ends_after_start
-    messages = [FakeMessage(TOPIC, 0, offset, CODEC.encode(record), b"key%d" % offset) for offset, record in enumerate(spans)]
+    messages = [MessageView(TOPIC, 0, offset, CODEC.encode(record), b"key%d" % offset) for offset, record in enumerate(spans)]
     rows = KafkaRows("spans_enriched", TOPIC, CODEC.split(messages[0].value())[0], 10, messages, [(0, 0, 50)])
     sink = ClickHouseSink(SinkSettings(url=f"chdb://{tmp_path / 'chdb'}"))
     try:

@@ -9,8 +9,8 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from schemas.errors import InvalidRecordError
+from schemas.kafka_io import MessageView
 from schemas.settings import KafkaSettings
-from sinks.testing import FakeMessage
 from streams.stage import (
     Committed,
     Outbox,
@@ -113,8 +113,8 @@ def runtime_for(stage: Stage, consumer: FakeConsumer, producer: FakeProducer, *,
     )
 
 
-def message(offset: int, value: bytes = b"v", partition: int = 0) -> FakeMessage:
-    return FakeMessage(TOPIC, partition, offset, value, b"k%d" % offset)
+def message(offset: int, value: bytes = b"v", partition: int = 0) -> MessageView:
+    return MessageView(TOPIC, partition, offset, value, b"k%d" % offset)
 
 
 def run_until(runtime: StageRuntime, condition, what: str) -> list[BaseException]:
@@ -214,7 +214,7 @@ class _Delivered:
 
 def test_a_rejected_message_becomes_a_dead_letter_that_fits_the_topic() -> None:
     log: list[str] = []
-    consumer = LoggingConsumer(log, [[FakeMessage(TOPIC, 0, 0, b"bad", b"K" * 3_000_000)]], partitions=[(TOPIC, 0)])
+    consumer = LoggingConsumer(log, [[MessageView(TOPIC, 0, 0, b"bad", b"K" * 3_000_000)]], partitions=[(TOPIC, 0)])
     producer = OrderedProducer(log)
     runtime = runtime_for(RecordingStage(log), consumer, producer)
     errors = run_until(runtime, lambda: bool(producer.produced), "the dead letter")
