@@ -10,7 +10,7 @@ exit 0; a failure is one line, exit 1). Commands import their package lazily so 
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -23,7 +23,13 @@ if TYPE_CHECKING:
 
     from pydantic_settings import BaseSettings
 
+    from schemas.settings import KafkaSettings
+
 SettingsT = TypeVar("SettingsT", bound="BaseSettings")
+
+# The Kafka flags every Kafka command takes (None: the environment or the default applies).
+BootstrapServers = Annotated[str | None, typer.Option(help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]")]
+TopicPrefix = Annotated[str | None, typer.Option(help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]")]
 
 app = typer.Typer(
     name="reloadtrace",
@@ -56,6 +62,13 @@ def _settings(command: str, settings_class: type[SettingsT], **flags: Any) -> Se
         _fail(command, settings_error(error))
 
 
+def _kafka(command: str, bootstrap_servers: str | None, topic_prefix: str | None, **flags: Any) -> KafkaSettings:
+    """The Kafka settings of ``command`` from its Kafka flags (:func:`_settings`)."""
+    from schemas.settings import KafkaSettings
+
+    return _settings(command, KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, **flags)
+
+
 def _serve(command: str, entry: Callable[[threading.Event], None]) -> NoReturn:
     """Run ``entry`` until SIGTERM/SIGINT and exit with its code; a failure is one line on stderr."""
     from streams.serve import serve
@@ -76,8 +89,8 @@ def version() -> None:
 
 @app.command()
 def worker(
-    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
-    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    bootstrap_servers: BootstrapServers = None,
+    topic_prefix: TopicPrefix = None,
     partitions: int = typer.Option(None, help="Partitions of topics the worker creates [env RELOADTRACE_PARTITIONS]"),
     grace_period_ms: int = typer.Option(None, help="Grace period for late reloads [env RELOADTRACE_GRACE_PERIOD_MS]"),
     correction_horizon_ms: int = typer.Option(
@@ -88,14 +101,11 @@ def worker(
     loglevel: str = typer.Option("info", help="Log level: crit, error, warn, info, debug"),
 ) -> None:
     """Run a streaming worker: enrich spans, judge reloads, feed ClickHouse (until SIGTERM)."""
-    from schemas.settings import KafkaSettings
     from sinks.settings import SinkSettings
     from streams.app import run_worker
     from streams.settings import WorkerSettings
 
-    kafka = _settings(
-        "worker", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, partitions=partitions
-    )
+    kafka = _kafka("worker", bootstrap_servers, topic_prefix, partitions=partitions)
     settings = _settings(
         "worker",
         WorkerSettings,
@@ -169,14 +179,13 @@ def simulate(
     kafka: bool = typer.Option(None, "--kafka/--no-kafka", help="Publish to the topics [default: when no --out]"),
     realtime: bool = typer.Option(False, "--realtime", help="Event time = now, published at real-time pace"),
     speed: float = typer.Option(None, help="Event time = now, published at this multiple of real time (accelerated)"),
-    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
-    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    bootstrap_servers: BootstrapServers = None,
+    topic_prefix: TopicPrefix = None,
 ) -> None:
     """Generate multi-service LLM-gateway traffic with reloads (and injected regressions) to Kafka or files."""
     from pathlib import Path
 
     from gateway.simulation.commands import run_simulate
-    from schemas.settings import KafkaSettings
 
     try:
         regressions = []
@@ -201,8 +210,7 @@ def simulate(
         typer.echo(f"reloadtrace simulate: {error}", err=True)
         raise typer.Exit(2) from None
     publish = kafka if kafka is not None else out is None
-    flags = {"bootstrap_servers": bootstrap_servers, "topic_prefix": topic_prefix}
-    settings = _settings("simulate", KafkaSettings, **flags) if publish else None
+    settings = _kafka("simulate", bootstrap_servers, topic_prefix) if publish else None
     code = run_simulate(
         config, kafka=settings, out=Path(out) if out else None, file_format=file_format, realtime=realtime, speed=speed
     )
@@ -217,8 +225,8 @@ def produce(
         "reloads-first", help="reloads-first | spans-first | event-time (spans at end, reloads at effective + delay)"
     ),
     ground_truth: str = typer.Option(None, help="Simulator ground_truth.json: publication delays for event-time"),
-    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
-    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    bootstrap_servers: BootstrapServers = None,
+    topic_prefix: TopicPrefix = None,
 ) -> None:
     """Publish span and reload files to the topics (backfills, tests), reporting counts and skipped lines."""
     from pathlib import Path
@@ -226,13 +234,12 @@ def produce(
     from gateway.simulation.commands import run_produce
     from gateway.simulation.produce import Interleaving
     from schemas.files import RecordFileError
-    from schemas.settings import KafkaSettings
     from schemas.text import safe_text
 
     try:
         interleaving = Interleaving(order)
         code = run_produce(
-            _settings("produce", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix),
+            _kafka("produce", bootstrap_servers, topic_prefix),
             Path(spans),
             Path(reloads),
             interleaving=interleaving,
@@ -296,8 +303,8 @@ def report(
 
 @app.command()
 def sink(
-    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
-    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    bootstrap_servers: BootstrapServers = None,
+    topic_prefix: TopicPrefix = None,
     sink_url: str = typer.Option(None, help="chdb://PATH or clickhouse[s]://user@host:port/db [env RELOADTRACE_SINK_URL]"),
     flush_rows: int = typer.Option(None, help="Flush after this many rows [env RELOADTRACE_SINK_FLUSH_ROWS]"),
     flush_interval_ms: int = typer.Option(None, help="Flush at least this often [env RELOADTRACE_SINK_FLUSH_INTERVAL_MS]"),
@@ -305,11 +312,10 @@ def sink(
     group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_SINK_GROUP_ID]"),
 ) -> None:
     """Land spans.enriched, reloads, reload.anomalies and dead-letter in ClickHouse (until SIGTERM/Ctrl-C)."""
-    from schemas.settings import KafkaSettings
     from sinks.settings import SinkSettings
     from streams.components import run_sink
 
-    kafka = _settings("sink", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    kafka = _kafka("sink", bootstrap_servers, topic_prefix)
     settings = _settings(
         "sink",
         SinkSettings,
@@ -339,17 +345,16 @@ def alerts(
     ),
     template: str = typer.Option(None, "--template", help="JSON body template with ${field} placeholders (--format template)"),
     report_url: str = typer.Option(None, help="Alert link: a URL with {reload_id}, {service}, {component}, {new_version}"),
-    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
-    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    bootstrap_servers: BootstrapServers = None,
+    topic_prefix: TopicPrefix = None,
     group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_ALERTS_GROUP_ID]"),
 ) -> None:
     """Post every anomaly of reload.anomalies to webhooks (retries, commit after delivery); optional rollback."""
-    from schemas.settings import KafkaSettings
     from schemas.text import safe_text
     from streams.alerts import AlertSettings
     from streams.components import run_alerts
 
-    kafka = _settings("alerts", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    kafka = _kafka("alerts", bootstrap_servers, topic_prefix)
     settings = _settings(
         "alerts",
         AlertSettings,
@@ -374,20 +379,19 @@ def alerts(
 
 @app.command()
 def detect(
-    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
-    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    bootstrap_servers: BootstrapServers = None,
+    topic_prefix: TopicPrefix = None,
     group_id: str = typer.Option(None, help="Consumer group [env RELOADTRACE_DETECTOR_GROUP_ID]"),
 ) -> None:
     """Run only the regression detector: requests-by-service in, reload.anomalies out (until SIGTERM/Ctrl-C).
 
     Thresholds come from RELOADTRACE_DETECTION_* variables (see README).
     """
-    from schemas.settings import KafkaSettings
     from streams.components import run_detector
     from streams.detection import DetectionSettings
     from streams.detector import DetectorSettings
 
-    kafka = _settings("detect", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    kafka = _kafka("detect", bootstrap_servers, topic_prefix)
     detection = _settings("detect", DetectionSettings)
     settings = _settings("detect", DetectorSettings, group_id=group_id or None)  # an empty --group-id: the default
     _serve("detect", partial(run_detector, kafka, detection, settings))
@@ -400,18 +404,17 @@ def gate(
     fail_severity: str = typer.Option(None, help="Lowest severity that fails a reload [env RELOADTRACE_GATE_FAIL_SEVERITY, WARNING]"),
     flagger_pending: str = typer.Option(None, help="Flagger answer while pending: fail or pass [env RELOADTRACE_GATE_FLAGGER_PENDING, fail]"),
     allow_anonymous: bool = typer.Option(None, "--allow-anonymous/--require-token", help="Serve /v1 without a token [require]"),
-    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]"),
-    topic_prefix: str = typer.Option(None, help="Topic name prefix [env RELOADTRACE_TOPIC_PREFIX]"),
+    bootstrap_servers: BootstrapServers = None,
+    topic_prefix: TopicPrefix = None,
 ) -> None:
     """Serve reload verdicts over HTTP for Argo Rollouts, Flagger and probes (until SIGTERM/Ctrl-C).
 
     The bearer token comes from RELOADTRACE_GATE_TOKEN or RELOADTRACE_GATE_TOKEN_FILE (never a flag).
     """
-    from schemas.settings import KafkaSettings
     from streams.gate.server import GateServer
     from streams.gate.settings import GateSettings
 
-    kafka = _settings("gate", KafkaSettings, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    kafka = _kafka("gate", bootstrap_servers, topic_prefix)
     settings = _settings(
         "gate",
         GateSettings,
