@@ -7,6 +7,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from schemas.records import RELOAD_STATUSES, SPAN_KINDS, STATUS_CODES
+from schemas.reload_span import RELOAD_ID
 
 HEX = "0123456789abcdef"
 BASE_TIME = 1_763_900_000_000_000_000  # 2025-11-23, nanoseconds
@@ -21,7 +22,8 @@ attribute_values = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=False, allow_infinity=False),
 )
-attribute_maps = st.dictionaries(keys, attribute_values, max_size=8)
+# An ordinary span: the reload span convention makes any span carrying ``reload.id`` a reload event.
+attribute_maps = st.dictionaries(keys.filter(lambda key: key != RELOAD_ID), attribute_values, max_size=8)
 timestamps = st.integers(min_value=0, max_value=2**62)
 
 
