@@ -21,6 +21,8 @@ from urllib.parse import quote
 
 import orjson
 
+from schemas.records import Anomaly
+
 FIRING = "firing"
 RESOLVED = "resolved"
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -98,19 +100,19 @@ class AlertFacts:
     detected_time_unix_nano: int
 
     @classmethod
-    def from_anomaly(cls, anomaly: Mapping[str, Any]) -> AlertFacts:
+    def from_anomaly(cls, anomaly: Anomaly) -> AlertFacts:
         return cls(
-            anomaly["reload_id"],
-            anomaly["service_name"],
-            anomaly["component"],
-            anomaly.get("old_version"),
-            anomaly["new_version"],
-            anomaly["metric"],
-            anomaly["severity"],
-            float(anomaly["baseline_value"]),
-            float(anomaly["observed_value"]),
-            float(anomaly["p_value"]),
-            int(anomaly["detected_time_unix_nano"]),
+            anomaly.reload_id,
+            anomaly.service_name,
+            anomaly.component,
+            anomaly.old_version,
+            anomaly.new_version,
+            anomaly.metric,
+            anomaly.severity,
+            anomaly.baseline_value,
+            anomaly.observed_value,
+            anomaly.p_value,
+            anomaly.detected_time_unix_nano,
         )
 
     def at_severity(self, severity: str) -> AlertFacts:
