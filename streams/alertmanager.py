@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -116,19 +116,7 @@ class AlertFacts:
         )
 
     def at_severity(self, severity: str) -> AlertFacts:
-        return AlertFacts(
-            self.reload_id,
-            self.service_name,
-            self.component,
-            self.old_version,
-            self.new_version,
-            self.metric,
-            severity,
-            self.baseline_value,
-            self.observed_value,
-            self.p_value,
-            self.detected_time_unix_nano,
-        )
+        return replace(self, severity=severity)
 
     def labels(self) -> dict[str, str]:
         labels = {
