@@ -37,9 +37,7 @@ def _age_ms(now_unix_nano: int, then_unix_nano: int | None) -> int | None:
     return None if then_unix_nano is None else max(0, (now_unix_nano - then_unix_nano) // 1_000_000)
 
 
-def _metric(
-    verdict_metric: Mapping[str, Any], look_time: str | None, anomaly: Anomaly | None
-) -> dict[str, Any]:
+def _metric(verdict_metric: Mapping[str, Any], look_time: str | None, anomaly: Anomaly | None) -> dict[str, Any]:
     return {
         "metric": verdict_metric["metric"],
         "severity": verdict_metric.get("severity"),

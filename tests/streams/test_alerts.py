@@ -85,7 +85,9 @@ def anomaly(reload_id: str = "r1", metric: str = "latency", severity: str = "WAR
     } | extra
 
 
-def anomaly_record(reload_id: str = "r1", metric: str = "latency", severity: str = "WARNING", **extra: object) -> Anomaly:
+def anomaly_record(
+    reload_id: str = "r1", metric: str = "latency", severity: str = "WARNING", **extra: object
+) -> Anomaly:
     """:func:`anomaly` as the consumer reads it."""
     return Anomaly.from_dict(anomaly(reload_id, metric, severity, **extra))
 

@@ -65,7 +65,7 @@ def reload_event(reload_id: str = "r1", **extra: Any) -> dict[str, Any]:
 
 
 def anomaly(reload_id: str = "r1", metric_name: str = "latency", severity: str = "WARNING") -> Anomaly:
-    return Anomaly.from_dict({
+    record = {
         "anomaly_id": f"a-{reload_id}-{metric_name}",
         "reload_id": reload_id,
         "service_name": "svc",
@@ -80,7 +80,8 @@ def anomaly(reload_id: str = "r1", metric_name: str = "latency", severity: str =
         "observed_count": 80,
         "detected_time_unix_nano": T + 2_000_000_000,
         "severity": severity,
-    })
+    }
+    return Anomaly.from_dict(record)
 
 
 def test_phase_rule() -> None:
