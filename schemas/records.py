@@ -1,9 +1,11 @@
 """Typed views of the contract records and the rules a decodable record must also follow.
 
 Spans travel as plain dicts (:class:`Span`, :class:`EnrichedSpan` TypedDicts): that is what
-fastavro reads and writes, and the hot path stays free of conversions. Reload events are few and
-are used as keys of the version timeline, so they are frozen dataclasses (:class:`ReloadEvent`).
-The field names are exactly those of ``schemas/avro/*.avsc`` and DESIGN.md.
+fastavro reads and writes, and the hot path stays free of conversions. Reload events and anomalies
+are few, so they are frozen dataclasses (:class:`ReloadEvent`, :class:`Anomaly`) built with
+``from_dict`` (which checks the contract's rules) where a record is read and turned back into the
+Avro/JSON record with ``to_dict`` where one is written. The field names are exactly those of
+``schemas/avro/*.avsc`` and DESIGN.md.
 """
 
 from __future__ import annotations
@@ -370,3 +372,93 @@ class ReloadEvent:
         record["changed_keys"] = list(self.changed_keys)
         return record
 
+
+
+def _require_count(record: Mapping[str, Any], name: str) -> int:
+    value = record.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _INT64_MAX:
+        raise InvalidRecordError(f"{name} must be a count (integer >= 0), got {bounded_repr(value)}", name)
+    return value
+
+
+def _require_number(record: Mapping[str, Any], name: str) -> float:
+    value = record.get(name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidRecordError(f"{name} must be a number, got {bounded_repr(value)}", name)
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """A regression judged after a reload, or an unhealthy reload (see ``schemas/avro/Anomaly.v1.avsc``).
+
+    One ``anomaly_id`` per (reload, metric); a later, stronger verdict re-sends the same id with a
+    higher ``severity``. Fields are in the schema's order, so :meth:`to_dict` writes them in it.
+    """
+
+    anomaly_id: str
+    reload_id: str
+    service_name: str
+    component: str
+    old_version: str | None
+    new_version: str
+    metric: str
+    baseline_value: float
+    observed_value: float
+    p_value: float
+    baseline_count: int
+    observed_count: int
+    detected_time_unix_nano: int
+    severity: Literal["INFO", "WARNING", "CRITICAL"]
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Anomaly:
+        """Build from a decoded Avro or JSON record, checking the contract rules.
+
+        Raises:
+            InvalidRecordError: a required field is missing or a rule is broken.
+        """
+        old_version = record.get("old_version")
+        if old_version is not None and not isinstance(old_version, str):
+            raise InvalidRecordError("old_version must be a string or null", "old_version")
+        p_value = _require_number(record, "p_value")
+        if not 0.0 <= p_value <= 1.0:
+            raise InvalidRecordError(f"p_value must be in [0, 1], got {bounded_repr(p_value)}", "p_value")
+        severity = record.get("severity")
+        if severity not in SEVERITIES:
+            raise InvalidRecordError(f"severity must be one of {SEVERITIES}: {bounded_repr(severity)}", "severity")
+        return cls(
+            anomaly_id=_require_text(record, "anomaly_id"),
+            reload_id=_require_text(record, "reload_id"),
+            service_name=_require_text(record, "service_name"),
+            component=_require_text(record, "component"),
+            old_version=old_version,
+            new_version=_require_text(record, "new_version"),
+            metric=_require_text(record, "metric"),
+            baseline_value=_require_number(record, "baseline_value"),
+            observed_value=_require_number(record, "observed_value"),
+            p_value=p_value,
+            baseline_count=_require_count(record, "baseline_count"),
+            observed_count=_require_count(record, "observed_count"),
+            detected_time_unix_nano=_require_int(record, "detected_time_unix_nano"),
+            severity=severity,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Avro/JSON record, field for field, in the schema's order."""
+        return {
+            "anomaly_id": self.anomaly_id,
+            "reload_id": self.reload_id,
+            "service_name": self.service_name,
+            "component": self.component,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "metric": self.metric,
+            "baseline_value": self.baseline_value,
+            "observed_value": self.observed_value,
+            "p_value": self.p_value,
+            "baseline_count": self.baseline_count,
+            "observed_count": self.observed_count,
+            "detected_time_unix_nano": self.detected_time_unix_nano,
+            "severity": self.severity,
+        }

@@ -15,11 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
 import orjson
+
+from schemas.records import Anomaly
 
 FIRING = "firing"
 RESOLVED = "resolved"
@@ -98,35 +100,23 @@ class AlertFacts:
     detected_time_unix_nano: int
 
     @classmethod
-    def from_anomaly(cls, anomaly: Mapping[str, Any]) -> AlertFacts:
+    def from_anomaly(cls, anomaly: Anomaly) -> AlertFacts:
         return cls(
-            anomaly["reload_id"],
-            anomaly["service_name"],
-            anomaly["component"],
-            anomaly.get("old_version"),
-            anomaly["new_version"],
-            anomaly["metric"],
-            anomaly["severity"],
-            float(anomaly["baseline_value"]),
-            float(anomaly["observed_value"]),
-            float(anomaly["p_value"]),
-            int(anomaly["detected_time_unix_nano"]),
+            anomaly.reload_id,
+            anomaly.service_name,
+            anomaly.component,
+            anomaly.old_version,
+            anomaly.new_version,
+            anomaly.metric,
+            anomaly.severity,
+            anomaly.baseline_value,
+            anomaly.observed_value,
+            anomaly.p_value,
+            anomaly.detected_time_unix_nano,
         )
 
     def at_severity(self, severity: str) -> AlertFacts:
-        return AlertFacts(
-            self.reload_id,
-            self.service_name,
-            self.component,
-            self.old_version,
-            self.new_version,
-            self.metric,
-            severity,
-            self.baseline_value,
-            self.observed_value,
-            self.p_value,
-            self.detected_time_unix_nano,
-        )
+        return replace(self, severity=severity)
 
     def labels(self) -> dict[str, str]:
         labels = {

@@ -22,7 +22,7 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,8 +34,8 @@ from confluent_kafka import Message
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from schemas.errors import DecodeError, DecodeErrorKind, ReloadtraceError
-from schemas.records import SEVERITIES
+from schemas.errors import DecodeError, DecodeErrorKind, InvalidRecordError, ReloadtraceError
+from schemas.records import SEVERITIES, Anomaly
 from schemas.settings import KafkaSettings
 from schemas.text import bounded_repr, bounded_text, safe_text, visible
 from schemas.urls import UNPARSEABLE, url_origin
@@ -211,9 +211,9 @@ class WebhookSender:
         """Make a retry loop in progress give up at its next wait (the anomaly stays uncommitted)."""
         self._stop.set()
 
-    def deliver(self, anomaly: Mapping[str, Any]) -> list[DeliveryOutcome] | None:
+    def deliver(self, anomaly: Anomaly) -> list[DeliveryOutcome] | None:
         """Post the anomaly as JSON to every URL; None when stopped before all were answered."""
-        return self.post(orjson.dumps(dict(anomaly)), idempotency_key(anomaly))
+        return self.post(orjson.dumps(anomaly.to_dict()), idempotency_key(anomaly))
 
     def post(self, body: bytes, key: str) -> list[DeliveryOutcome] | None:
         """Post a JSON body with ``Idempotency-Key: key`` to every URL; None when stopped before all were answered."""
@@ -254,9 +254,9 @@ class WebhookSender:
             backoff_s = min(backoff_s * 2, self._settings.max_backoff_ms / 1000)
 
 
-def idempotency_key(anomaly: Mapping[str, Any]) -> str:
+def idempotency_key(anomaly: Anomaly) -> str:
     """``<anomaly_id>:<severity>``, percent-encoded to printable ASCII (a header value cannot hold more)."""
-    return quote(f"{anomaly['anomaly_id']}:{anomaly['severity']}", safe=":-._~")
+    return quote(f"{anomaly.anomaly_id}:{anomaly.severity}", safe=":-._~")
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,30 +287,31 @@ class RollbackHook:
         self.refused = 0
         self.failed = 0
 
-    def wants(self, anomaly: Mapping[str, Any]) -> bool:
+    def wants(self, anomaly: Anomaly) -> bool:
         return (
-            anomaly["metric"] in _ROLLBACK_METRICS
-            and _RANK.get(anomaly["severity"], -1) >= self._min_rank
-            and anomaly.get("old_version") is not None
-            and anomaly["reload_id"] not in self._done
+            anomaly.metric in _ROLLBACK_METRICS
+            and _RANK.get(anomaly.severity, -1) >= self._min_rank
+            and anomaly.old_version is not None
+            and anomaly.reload_id not in self._done
         )
 
-    def run(self, anomaly: Mapping[str, Any]) -> RollbackOutcome | None:
+    def run(self, anomaly: Anomaly) -> RollbackOutcome | None:
         """Roll back if wanted (once per reload); the outcome is logged, failures never raise."""
         try:
             if not self.wants(anomaly):
                 return None
-            self._done.add(anomaly["reload_id"])
+            self._done.add(anomaly.reload_id)
             return self._run(anomaly)
         except Exception as error:  # noqa: BLE001 - one anomaly's hook must never stop the consumer
             self.failed += 1
-            logger.error("rollback for anomaly %s failed: %s", bounded_repr(anomaly.get("anomaly_id")), bounded_repr(error))
+            shown = bounded_repr(getattr(anomaly, "anomaly_id", None))
+            logger.error("rollback for anomaly %s failed: %s", shown, bounded_repr(error))
             return RollbackOutcome(self._argv, None, bounded_text(str(error), 2_000))
 
-    def _run(self, anomaly: Mapping[str, Any]) -> RollbackOutcome:
-        values = (anomaly["service_name"], anomaly["component"], anomaly["old_version"])
+    def _run(self, anomaly: Anomaly) -> RollbackOutcome:
+        values = (anomaly.service_name, anomaly.component, anomaly.old_version)
         problem = next((why for value in values if (why := _argument_problem(value)) is not None), None)
-        reload_id = bounded_repr(anomaly["reload_id"])
+        reload_id = bounded_repr(anomaly.reload_id)
         if problem is not None:
             self.refused += 1
             logger.error(
@@ -433,15 +434,15 @@ class AlertConsumer(Stage):
         try:
             if value is None:
                 raise DecodeError(DecodeErrorKind.TRUNCATED, "empty message (tombstone)", "Anomaly")
-            anomaly = self._codec.decode(value)
-        except DecodeError as error:
+            anomaly = Anomaly.from_dict(self._codec.decode(value))
+        except (DecodeError, InvalidRecordError) as error:
             logger.error(
                 "undecodable anomaly at %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), safe_text(error, 300)
             )
             outbox.reject(message, error, stage="alerts")
             self.stats.dead_letters += 1
             return True
-        identity, rank = anomaly["anomaly_id"], _RANK[anomaly["severity"]]
+        identity, rank = anomaly.anomaly_id, _RANK[anomaly.severity]
         if rank <= self._posted_rank.get(identity, -1):
             self.stats.duplicates += 1  # the same or a lower severity of an anomaly already handled
             return True
@@ -461,7 +462,7 @@ class AlertConsumer(Stage):
 
     # --- Alertmanager and template formats -----------------------------------------------------
 
-    def _post_alerts(self, anomaly: Mapping[str, Any], rank: int) -> list[DeliveryOutcome] | None:
+    def _post_alerts(self, anomaly: Anomaly, rank: int) -> list[DeliveryOutcome] | None:
         """The anomaly's alert (resolved at once when already superseded) and the lower severities' resolutions."""
         facts = AlertFacts.from_anomaly(anomaly)
         superseded = self._supersessions.superseded(facts.reload_id)

@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from scipy.stats import fisher_exact, mannwhitneyu
 
 from schemas.errors import ReloadtraceError
-from schemas.records import SEVERITIES, ReloadEvent
+from schemas.records import SEVERITIES, Anomaly, ReloadEvent
 from schemas.text import bounded_repr
 from streams.request_feed import RequestRow
 
@@ -336,8 +336,8 @@ class RegressionDetector:
 
     Add requests and reloads in any order, then call :meth:`advance` with an event-time
     watermark (every request started before it has been added) or :meth:`finish` when everything
-    is known. Each returns the Anomaly records (Avro field names) emitted by the looks it took,
-    each ``(anomaly_id, severity)`` at most once.
+    is known. Each returns the :class:`~schemas.records.Anomaly` records emitted by the looks it
+    took, each ``(anomaly_id, severity)`` at most once.
 
     Args:
         settings: thresholds and look schedule, built by the caller (the core reads no environment).
@@ -391,13 +391,13 @@ class RegressionDetector:
 
     # --- progress ------------------------------------------------------------------------------
 
-    def advance(self, progress_unix_nano: int) -> list[dict[str, Any]]:
+    def advance(self, progress_unix_nano: int) -> list[Anomaly]:
         """Take every look due at ``progress_unix_nano``; return the anomalies they emitted.
 
         ``progress_unix_nano`` is an event-time watermark: every request that started before it,
         and every reload effective before it, has been added.
         """
-        out: list[dict[str, Any]] = []
+        out: list[Anomaly] = []
         horizon = progress_unix_nano
         for pending in sorted(self._pending.values(), key=lambda p: (p.reload.effective_time_unix_nano, p.reload.reload_id)):
             self._judge(pending, horizon, out)
@@ -405,7 +405,7 @@ class RegressionDetector:
             del self._pending[reload_id]
         return out
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Anomaly]:
         """Take every remaining look (all data is known: replay)."""
         return self.advance(2**63 - 1)
 
@@ -429,7 +429,7 @@ class RegressionDetector:
 
     # --- judging -------------------------------------------------------------------------------
 
-    def _judge(self, pending: _Pending, horizon: int, out: list[dict[str, Any]]) -> None:
+    def _judge(self, pending: _Pending, horizon: int, out: list[Anomaly]) -> None:
         reload = pending.reload
         effective = reload.effective_time_unix_nano
         if not pending.health_done and effective <= horizon:
@@ -591,7 +591,7 @@ class RegressionDetector:
             return []
         return [Verdict(RELOAD_DURATION, severity, typical, duration_ms, 1.0, len(durations), 1)]
 
-    def _emit(self, pending: _Pending, verdict: Verdict, look: int, out: list[dict[str, Any]]) -> None:
+    def _emit(self, pending: _Pending, verdict: Verdict, look: int, out: list[Anomaly]) -> None:
         if verdict.severity is None:
             return
         rank = _SEVERITY_RANK[verdict.severity]
@@ -601,22 +601,22 @@ class RegressionDetector:
         detected = pending.first_detected.setdefault(verdict.metric, look)
         reload = pending.reload
         out.append(
-            {
-                "anomaly_id": anomaly_id(reload.reload_id, verdict.metric),
-                "reload_id": reload.reload_id,
-                "service_name": reload.service_name,
-                "component": reload.component,
-                "old_version": reload.old_version,
-                "new_version": reload.new_version,
-                "metric": verdict.metric,
-                "baseline_value": float(verdict.baseline_value),
-                "observed_value": float(verdict.observed_value),
-                "p_value": float(verdict.p_value),
-                "baseline_count": int(verdict.baseline_count),
-                "observed_count": int(verdict.observed_count),
-                "detected_time_unix_nano": int(detected),
-                "severity": verdict.severity,
-            }
+            Anomaly(
+                anomaly_id=anomaly_id(reload.reload_id, verdict.metric),
+                reload_id=reload.reload_id,
+                service_name=reload.service_name,
+                component=reload.component,
+                old_version=reload.old_version,
+                new_version=reload.new_version,
+                metric=verdict.metric,
+                baseline_value=float(verdict.baseline_value),
+                observed_value=float(verdict.observed_value),
+                p_value=float(verdict.p_value),
+                baseline_count=int(verdict.baseline_count),
+                observed_count=int(verdict.observed_count),
+                detected_time_unix_nano=int(detected),
+                severity=verdict.severity,
+            )
         )
 
 
@@ -632,10 +632,10 @@ def detect_offline(
     spans: Iterable[Mapping[str, Any]],
     reloads: Iterable[ReloadEvent | Mapping[str, Any]],
     settings: DetectionSettings,
-) -> list[dict[str, Any]]:
+) -> list[Anomaly]:
     """Every anomaly the streaming detector would emit for these spans and reloads (replay).
 
-    Returns the Anomaly records in emission order: a reload whose severity rose at a later look
+    Returns the anomalies in emission order: a reload whose severity rose at a later look
     appears once per severity (same ``anomaly_id``), as on the ``reload.anomalies`` topic; see
     :func:`strongest` for one record per anomaly.
 
@@ -667,11 +667,11 @@ def detect_offline(
     return detector.finish()
 
 
-def strongest(anomalies: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def strongest(anomalies: Iterable[Anomaly]) -> dict[str, Anomaly]:
     """anomaly_id -> its record of highest severity (what a table keeping the highest severity holds)."""
-    best: dict[str, dict[str, Any]] = {}
+    best: dict[str, Anomaly] = {}
     for record in anomalies:
-        current = best.get(record["anomaly_id"])
-        if current is None or _SEVERITY_RANK[record["severity"]] > _SEVERITY_RANK[current["severity"]]:
-            best[record["anomaly_id"]] = dict(record)
+        current = best.get(record.anomaly_id)
+        if current is None or _SEVERITY_RANK[record.severity] > _SEVERITY_RANK[current.severity]:
+            best[record.anomaly_id] = record
     return best

@@ -27,6 +27,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import InvalidRecordError, ReloadtraceError
+from schemas.records import Anomaly
 from schemas.settings import KafkaSettings
 from schemas.text import bounded_repr
 from streams.detection import DetectionSettings, Look, RegressionDetector
@@ -205,9 +206,10 @@ class StreamingDetector(Stage):
         if prune:
             self._last_prune = self._monotonic()
 
-    def _publish(self, anomalies: list[dict[str, Any]], looks: list[Look], outbox: Outbox) -> None:
+    def _publish(self, anomalies: list[Anomaly], looks: list[Look], outbox: Outbox) -> None:
         for anomaly in anomalies:
-            if self._try_publish(outbox, self._topics.reload_anomalies, anomaly["service_name"].encode(), self._anomaly_codec.encode(anomaly)):
+            value = self._anomaly_codec.encode(anomaly.to_dict())
+            if self._try_publish(outbox, self._topics.reload_anomalies, anomaly.service_name.encode(), value):
                 self.stats.anomalies += 1
         self.stats.looks += len(looks)
         if self._verdict_codec is not None:

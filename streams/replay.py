@@ -376,7 +376,7 @@ def run_replay(
             except ReloadtraceError as error:
                 raise ReplayError(f"anomaly detection failed (the enriched spans are written): {error}") from error
             for anomaly in anomalies:
-                anomalies_out.write(orjson.dumps(anomaly, option=orjson.OPT_APPEND_NEWLINE))
+                anomalies_out.write(orjson.dumps(anomaly.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
                 summary.anomalies += 1
     summary.seconds = time.perf_counter() - started
     return summary

@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.records import Anomaly
 from streams.gate.phase import judge
 from streams.gate.store import ReloadEntry
 
@@ -36,9 +37,7 @@ def _age_ms(now_unix_nano: int, then_unix_nano: int | None) -> int | None:
     return None if then_unix_nano is None else max(0, (now_unix_nano - then_unix_nano) // 1_000_000)
 
 
-def _metric(
-    verdict_metric: Mapping[str, Any], look_time: str | None, anomaly: Mapping[str, Any] | None
-) -> dict[str, Any]:
+def _metric(verdict_metric: Mapping[str, Any], look_time: str | None, anomaly: Anomaly | None) -> dict[str, Any]:
     return {
         "metric": verdict_metric["metric"],
         "severity": verdict_metric.get("severity"),
@@ -49,7 +48,7 @@ def _metric(
         "baseline_count": verdict_metric["baseline_count"],
         "observed_count": verdict_metric["observed_count"],
         "look_time": look_time,
-        "detected_time": rfc3339(anomaly["detected_time_unix_nano"]) if anomaly is not None else None,
+        "detected_time": rfc3339(anomaly.detected_time_unix_nano) if anomaly is not None else None,
     }
 
 
@@ -59,7 +58,7 @@ def answer(
     """The verdict document of one reload."""
     verdict, reload = entry.verdict, entry.reload
     anomalies = entry.anomalies
-    judgment = judge(verdict, ((a["metric"], a["severity"]) for a in anomalies.values()), fail_severity=fail_severity)
+    judgment = judge(verdict, ((a.metric, a.severity) for a in anomalies.values()), fail_severity=fail_severity)
     look_time = rfc3339(verdict["look_time_unix_nano"]) if verdict is not None else None
     metrics, health = [], []
     for item in verdict["metrics"] if verdict is not None else ():
@@ -84,13 +83,13 @@ def answer(
         "metrics": metrics,
         "anomalies": [
             {
-                "anomaly_id": anomaly["anomaly_id"],
-                "metric": anomaly["metric"],
-                "severity": anomaly["severity"],
-                "baseline_value": anomaly["baseline_value"],
-                "observed_value": anomaly["observed_value"],
-                "p_value": anomaly["p_value"],
-                "detected_time": rfc3339(anomaly["detected_time_unix_nano"]),
+                "anomaly_id": anomaly.anomaly_id,
+                "metric": anomaly.metric,
+                "severity": anomaly.severity,
+                "baseline_value": anomaly.baseline_value,
+                "observed_value": anomaly.observed_value,
+                "p_value": anomaly.p_value,
+                "detected_time": rfc3339(anomaly.detected_time_unix_nano),
             }
             for _, anomaly in sorted(anomalies.items())
         ],

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from confluent_kafka import Message
 
 from schemas.errors import DecodeError, InvalidRecordError
-from schemas.records import ReloadEvent
+from schemas.records import Anomaly, ReloadEvent
 from schemas.settings import KafkaSettings
 from schemas.text import safe_text
 from streams.gate.settings import GateSettings
@@ -63,7 +63,7 @@ class GateStage(Stage):
                     published_ms = arrivals[index] if arrivals is not None else message.timestamp()[1]
                     self.store.add_verdict(self._verdict_codec.decode(value), published_ms * _NANOS_PER_MS)
                 elif topic == self._anomalies:
-                    self.store.add_anomaly(self._anomaly_codec.decode(value))
+                    self.store.add_anomaly(Anomaly.from_dict(self._anomaly_codec.decode(value)))
                 else:
                     self.store.add_reload(ReloadEvent.from_dict(self._reload_codec.decode(value)).to_dict())
             except (DecodeError, InvalidRecordError) as error:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from schemas.records import Anomaly
 from streams.gate.phase import SEVERITY_RANK
 
 _NEVER = -(2**63)
@@ -50,8 +51,8 @@ class ReloadEntry:
     """The latest look (a ReloadVerdict record), or None before the first."""
     verdict_published_unix_nano: int | None = None
     """When the detector published that look (its message's timestamp)."""
-    anomalies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    """metric -> its strongest Anomaly record."""
+    anomalies: Mapping[str, Anomaly] = field(default_factory=dict)
+    """metric -> its strongest anomaly."""
 
     @property
     def key(self) -> IdentityKey:
@@ -105,17 +106,20 @@ class VerdictStore:
                 entry = replace(entry, verdict=record, verdict_published_unix_nano=published_unix_nano)
             self._put(entry)
 
-    def add_anomaly(self, record: Mapping[str, Any]) -> None:
-        """An Anomaly record; each metric of a reload keeps its strongest."""
+    def add_anomaly(self, anomaly: Anomaly) -> None:
+        """An anomaly; each metric of a reload keeps its strongest."""
         with self._lock:
-            entry = self._entries.get(record["reload_id"])
+            entry = self._entries.get(anomaly.reload_id)
             if entry is None:
                 # Anomalies carry no times of the reload: an entry made from one has no effective time yet.
-                identity = _identity(record) | {"effective_time_unix_nano": _NEVER, "requested_time_unix_nano": _NEVER}
+                identity = _identity(anomaly.to_dict()) | {
+                    "effective_time_unix_nano": _NEVER,
+                    "requested_time_unix_nano": _NEVER,
+                }
                 entry = ReloadEntry(identity, _FROM_ANOMALY)
-            current = entry.anomalies.get(record["metric"])
-            if current is None or SEVERITY_RANK[record["severity"]] > SEVERITY_RANK[current["severity"]]:
-                entry = replace(entry, anomalies=dict(entry.anomalies) | {record["metric"]: record})
+            current = entry.anomalies.get(anomaly.metric)
+            if current is None or SEVERITY_RANK[anomaly.severity] > SEVERITY_RANK[current.severity]:
+                entry = replace(entry, anomalies=dict(entry.anomalies) | {anomaly.metric: anomaly})
             self._put(entry)
 
     @staticmethod

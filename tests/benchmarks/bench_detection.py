@@ -85,8 +85,8 @@ def main() -> str:
         rows = {row["reload_id"]: row for row in simulation.ground_truth["reloads"]}
         first: dict[tuple[str, str], int] = {}
         for anomaly in anomalies:
-            if anomaly["severity"] != "INFO":
-                first.setdefault((anomaly["reload_id"], anomaly["metric"]), anomaly["detected_time_unix_nano"])
+            if anomaly.severity != "INFO":
+                first.setdefault((anomaly.reload_id, anomaly.metric), anomaly.detected_time_unix_nano)
         for reload_id, metrics in expected_metrics(simulation).items():
             row = rows[reload_id]
             flagged = {metric for rid, metric in first if rid == reload_id}

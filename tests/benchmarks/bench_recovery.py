@@ -114,7 +114,7 @@ def _recovery(size: int, bootstrap: str, directory: Path) -> dict[str, Any]:
         "rate": size / run["seconds"],
         "exact": stored == expected,
         "differ": sum(1 for key, value in expected.items() if stored.get(key) != value) + len(set(stored) - set(expected)),
-        "anomalies_exact": streamed == {(a["anomaly_id"], a["severity"]) for a in offline.values()},
+        "anomalies_exact": streamed == {(a.anomaly_id, a.severity) for a in offline.values()},
         "anomalies": len(anomalies),
         "left_group": _left_group(directory / "worker.log", run["log_bytes_at_stop"]),
     }

@@ -127,13 +127,13 @@ class _Hook:
 
 def test_webhook_posts_retries_and_failures_log_the_origin_only(no_secret_anywhere: list[str]) -> None:
     from streams.alerts import AlertError, AlertSettings, WebhookSender
-    from tests.streams.test_alerts import anomaly
+    from tests.streams.test_alerts import anomaly_record
 
     hook = _Hook([500, 503])
     settings = AlertSettings(webhook_urls=[hook.url], initial_backoff_ms=1, max_backoff_ms=2)
     sender = WebhookSender(settings.webhook_urls, settings)
     try:
-        outcomes = sender.deliver(anomaly())
+        outcomes = sender.deliver(anomaly_record())
         assert outcomes and outcomes[0].delivered and outcomes[0].attempts == 3
         no_secret_anywhere.append(repr(outcomes))
     finally:
@@ -143,7 +143,7 @@ def test_webhook_posts_retries_and_failures_log_the_origin_only(no_secret_anywhe
     failing = WebhookSender(dead.webhook_urls, dead)
     try:
         with pytest.raises(AlertError) as caught:
-            failing.deliver(anomaly())
+            failing.deliver(anomaly_record())
         no_secret_anywhere.append(str(caught.value))
         assert "127.0.0.1" in str(caught.value)
     finally:

@@ -1,4 +1,4 @@
-"""Contract rules beyond the Avro types: span validation, reload events, plausibility."""
+"""Contract rules beyond the Avro types: span validation, reload events, anomalies, plausibility."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 
 from schemas.errors import InvalidRecordError
-from schemas.records import ReloadEvent, check_time_plausible, lossless_defaults, validate_span
+from schemas.records import Anomaly, ReloadEvent, check_time_plausible, lossless_defaults, validate_span
 from tests.schemas.test_codec import SPAN
-from tests.strategies import reload_events, spans
+from tests.strategies import anomalies, reload_events, spans
 
 
 @given(spans())
@@ -111,6 +111,48 @@ def test_invalid_reload_events(change: dict) -> None:
     }
     with pytest.raises(InvalidRecordError):
         ReloadEvent.from_dict({**base, **change})
+
+
+ANOMALY = {
+    "anomaly_id": "a1", "reload_id": "r1", "service_name": "gw", "component": "model", "old_version": "v1",
+    "new_version": "v2", "metric": "latency", "baseline_value": 40.0, "observed_value": 80.0, "p_value": 1e-9,
+    "baseline_count": 3000, "observed_count": 50, "detected_time_unix_nano": 20, "severity": "WARNING",
+}
+
+
+@given(anomalies())
+def test_anomaly_dict_round_trip_keeps_the_schema_order(record: dict) -> None:
+    anomaly = Anomaly.from_dict(record)
+    assert anomaly.to_dict() == record and list(anomaly.to_dict()) == list(record)
+
+
+def test_an_anomaly_without_old_version_has_none_and_integer_values_become_floats() -> None:
+    record = {key: value for key, value in ANOMALY.items() if key != "old_version"} | {"baseline_value": 40}
+    anomaly = Anomaly.from_dict(record)
+    assert anomaly.old_version is None and anomaly.baseline_value == 40.0 and isinstance(anomaly.baseline_value, float)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"severity": "FATAL"}, "severity"),
+        ({"anomaly_id": ""}, "anomaly_id"),
+        ({"reload_id": None}, "reload_id"),
+        ({"metric": ""}, "metric"),
+        ({"old_version": 1}, "old_version"),
+        ({"baseline_value": "40"}, "baseline_value"),
+        ({"observed_value": True}, "observed_value"),
+        ({"p_value": 1.5}, "p_value"),
+        ({"p_value": float("nan")}, "p_value"),
+        ({"baseline_count": -1}, "baseline_count"),
+        ({"observed_count": 2.0}, "observed_count"),
+        ({"detected_time_unix_nano": -1}, "detected_time_unix_nano"),
+    ],
+)
+def test_invalid_anomalies_name_the_field(change: dict, field: str) -> None:
+    with pytest.raises(InvalidRecordError) as raised:
+        Anomaly.from_dict({**ANOMALY, **change})
+    assert raised.value.field == field
 
 
 def test_time_plausibility() -> None:

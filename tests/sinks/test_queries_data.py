@@ -432,7 +432,7 @@ def _simulated_anomalies(final_spans: list[dict[str, Any]], reloads: Sequence[Re
     except ImportError:
         detected: list[dict[str, Any]] = []
     else:
-        detected = [dict(a) for a in detect_offline(final_spans, reloads, DetectionSettings())]
+        detected = [a.to_dict() for a in detect_offline(final_spans, reloads, DetectionSettings())]
     regression = next(r for r in reloads if r.reload_id.endswith("-r000"))
     planted = [
         # The same verdict sent first at a lower severity: the table must keep the stronger one.

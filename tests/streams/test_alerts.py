@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from schemas.records import Anomaly
 from schemas.settings import KafkaSettings
 from streams.alerts import AlertError, AlertSettings, RollbackHook, WebhookSender, alerts_runtime
 from streams.detection import anomaly_id
@@ -84,6 +85,13 @@ def anomaly(reload_id: str = "r1", metric: str = "latency", severity: str = "WAR
     } | extra
 
 
+def anomaly_record(
+    reload_id: str = "r1", metric: str = "latency", severity: str = "WARNING", **extra: object
+) -> Anomaly:
+    """:func:`anomaly` as the consumer reads it."""
+    return Anomaly.from_dict(anomaly(reload_id, metric, severity, **extra))
+
+
 FAST = {"initial_backoff_ms": 10, "max_backoff_ms": 40, "timeout_ms": 2_000}
 
 
@@ -95,7 +103,7 @@ def test_a_failing_server_is_retried_with_growing_backoff_until_it_accepts() -> 
     waits: list[float] = []
     sender = WebhookSender([hook.url], AlertSettings(**FAST), sleep=lambda s: waits.append(s) is None and False)
     try:
-        outcomes = sender.deliver(anomaly())
+        outcomes = sender.deliver(anomaly_record())
     finally:
         sender.close()
         hook.close()
@@ -117,7 +125,7 @@ def test_connection_refused_is_retried_until_the_server_comes_up() -> None:
     waits: list[float] = []
     sender = WebhookSender([f"http://127.0.0.1:{port}/hook"], AlertSettings(**FAST), sleep=sleep)
     try:
-        outcomes = sender.deliver(anomaly())
+        outcomes = sender.deliver(anomaly_record())
         assert outcomes is not None and outcomes[0].delivered and outcomes[0].attempts == 4
         assert started[0].bodies == [anomaly()]
     finally:
@@ -130,7 +138,7 @@ def test_a_permanent_refusal_is_not_retried_and_max_attempts_raises() -> None:
     refusing = Hook(failures=10, status=400)
     sender = WebhookSender([refusing.url], AlertSettings(**FAST), sleep=lambda s: False)
     try:
-        outcome = sender.deliver(anomaly())
+        outcome = sender.deliver(anomaly_record())
         assert outcome is not None and not outcome[0].delivered and outcome[0].status_code == 400
         assert refusing.attempts == 1
     finally:
@@ -140,7 +148,7 @@ def test_a_permanent_refusal_is_not_retried_and_max_attempts_raises() -> None:
     limited = WebhookSender([failing.url], AlertSettings(**FAST, max_attempts=3), sleep=lambda s: False)
     try:
         with pytest.raises(AlertError):
-            limited.deliver(anomaly())
+            limited.deliver(anomaly_record())
         assert failing.attempts == 3
     finally:
         limited.close()
@@ -168,17 +176,17 @@ def test_rollback_runs_once_per_reload_with_arguments_not_a_shell(tmp_path: Path
     )
     marker = tmp_path / "injected"
     hook = RollbackHook(f"{sys.executable} {script} --dry-run", min_severity="CRITICAL")
-    hostile = anomaly(severity="CRITICAL", component=f"model; touch {marker}", old_version="$(touch x)")
-    assert hook.run(anomaly(severity="WARNING")) is None  # below the rollback severity
+    hostile = anomaly_record(severity="CRITICAL", component=f"model; touch {marker}", old_version="$(touch x)")
+    assert hook.run(anomaly_record(severity="WARNING")) is None  # below the rollback severity
     outcome = hook.run(hostile)
     assert outcome is not None and outcome.returncode == 0
-    assert hook.run(anomaly("r1", "error_rate", severity="CRITICAL")) is None  # same reload: once
-    assert hook.run(anomaly("r2", "reload_failed", severity="CRITICAL")) is None  # not a regression
+    assert hook.run(anomaly_record("r1", "error_rate", severity="CRITICAL")) is None  # same reload: once
+    assert hook.run(anomaly_record("r2", "reload_failed", severity="CRITICAL")) is None  # not a regression
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     assert calls == [["--dry-run", "--", "svc", f"model; touch {marker}", "$(touch x)"]]
     assert not marker.exists()
     failing = RollbackHook(f"{sys.executable} -c 'import sys; sys.exit(3)'")
-    assert failing.run(anomaly("r3", severity="CRITICAL")).returncode == 3  # logged, never raised
+    assert failing.run(anomaly_record("r3", severity="CRITICAL")).returncode == 3  # logged, never raised
 
 
 @pytest.mark.parametrize(
@@ -197,20 +205,20 @@ def test_rollback_refuses_values_with_control_characters_or_a_leading_dash(
 ) -> None:
     record = tmp_path / "calls"
     hook = RollbackHook(f"{sys.executable} -c \"open({str(record)!r}, 'w').write('ran')\" --dry-run")
-    outcome = hook.run(anomaly(severity="CRITICAL", **{field: value}))
+    outcome = hook.run(anomaly_record(severity="CRITICAL", **{field: value}))
     assert outcome is not None and outcome.returncode is None and outcome.output.startswith("refused")
     assert hook.refused == 1 and not record.exists()
     logged = "\n".join(entry.getMessage() for entry in caplog.records)
     assert "refused" in logged and "\x00" not in logged and "\x1b" not in logged and "\n--force" not in logged
-    assert hook.run(anomaly(severity="CRITICAL", **{field: value})) is None  # once per reload, refused or not
+    assert hook.run(anomaly_record(severity="CRITICAL", **{field: value})) is None  # once per reload, refused or not
 
 
 def test_a_failing_rollback_command_never_raises(tmp_path: Path) -> None:
     missing = RollbackHook(str(tmp_path / "no-such-command"))
-    outcome = missing.run(anomaly("r9", severity="CRITICAL"))
+    outcome = missing.run(anomaly_record("r9", severity="CRITICAL"))
     assert outcome is not None and outcome.returncode is None and missing.failed == 1
     slow = RollbackHook(f"{sys.executable} -c 'import time; time.sleep(5)'", timeout_ms=100)
-    assert slow.run(anomaly("r10", severity="CRITICAL")).returncode is None
+    assert slow.run(anomaly_record("r10", severity="CRITICAL")).returncode is None
     assert missing.run({"metric": "latency", "severity": "CRITICAL", "old_version": "v"}) is not None  # no reload_id
     assert missing.failed == 2
 
@@ -218,10 +226,10 @@ def test_a_failing_rollback_command_never_raises(tmp_path: Path) -> None:
 def test_the_idempotency_key_is_printable_ascii_whatever_the_anomaly_id() -> None:
     from streams.alerts import idempotency_key
 
-    hostile = anomaly(anomaly_id="a\r\nX-Evil: 1\x00\u00e9\u202e")
+    hostile = anomaly_record(anomaly_id="a\r\nX-Evil: 1\x00\u00e9\u202e")
     key = idempotency_key(hostile)
     assert key.isascii() and key.isprintable() and "\r" not in key and key.endswith(":WARNING")
-    assert idempotency_key(anomaly()) == f"{anomaly_id('r1', 'latency')}:WARNING"
+    assert idempotency_key(anomaly_record()) == f"{anomaly_id('r1', 'latency')}:WARNING"
 
 
 # --- the consumer on the real broker -------------------------------------------------------------
@@ -412,7 +420,7 @@ def test_alertmanager_payload_has_the_documented_shape_labels_and_fingerprint() 
     from streams.alertmanager import FIRING, AlertFacts, alert, fingerprint, webhook_payload
     from tests.streams.alertmanager_shape import WEBHOOK_V4
 
-    facts = AlertFacts.from_anomaly(anomaly("sim0-r003", "latency", "CRITICAL", service_name="llm-gateway", old_version=None))
+    facts = AlertFacts.from_anomaly(anomaly_record("sim0-r003", "latency", "CRITICAL", service_name="llm-gateway", old_version=None))
     shown = alert(facts, status=FIRING, ends_at_unix_nano=None, report_url="https://g.example/d?r={reload_id}&s={service}")
     payload = webhook_payload([shown])
     jsonschema.validate(payload, WEBHOOK_V4)
@@ -433,7 +441,7 @@ def test_a_template_renders_valid_json_whatever_the_values_hold(tmp_path: Path) 
     from streams.alertmanager import FIRING, AlertFacts, BodyTemplate, TemplateError, alert
 
     template = BodyTemplate('{"text": "[${status}] ${summary}", "k": ["${service}", 3], "cost": "$$5"}')
-    hostile = AlertFacts.from_anomaly(anomaly(service_name='a"b\\c\n${status}\x00'))
+    hostile = AlertFacts.from_anomaly(anomaly_record(service_name='a"b\\c\n${status}\x00'))
     body = json.loads(template.render(alert(hostile, status=FIRING, ends_at_unix_nano=None, report_url=None)))
     assert body["k"] == ['a"b\\c\n${status}\x00', 3] and body["text"].startswith("[firing] latency") and body["cost"] == "$5"
     for bad in ('{"a": "${nope}"}', "not json", '{"a": "$ 5"}'):

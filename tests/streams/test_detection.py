@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas.records import ReloadEvent
+from schemas.records import Anomaly, ReloadEvent
 from streams.detection import (
     ERROR_RATE,
     LATENCY,
@@ -84,7 +84,7 @@ def detector_with(*rows_lists: list, settings: DetectionSettings | None = None, 
 
 
 def metrics(anomalies: list[dict]) -> set[tuple[str, str]]:
-    return {(a["reload_id"], a["metric"]) for a in anomalies}
+    return {(a.reload_id, a.metric) for a in anomalies}
 
 
 # --- windows ---------------------------------------------------------------------------------
@@ -117,9 +117,9 @@ def test_a_failed_next_reload_does_not_cut_the_window() -> None:
     detector.add_reload(reload("r1"))
     detector.add_reload(reload("r2", at=T + 20 * S, status="FAILED"))
     anomalies = detector.finish()
-    latency = [a for a in anomalies if a["metric"] == LATENCY]
-    assert [a["reload_id"] for a in latency] == ["r1"]
-    assert latency[0]["detected_time_unix_nano"] == T + 60 * S  # only the full window saw the slowdown
+    latency = [a for a in anomalies if a.metric == LATENCY]
+    assert [a.reload_id for a in latency] == ["r1"]
+    assert latency[0].detected_time_unix_nano == T + 60 * S  # only the full window saw the slowdown
 
 
 # --- one-sidedness, floors, minimum counts ------------------------------------------------------
@@ -210,9 +210,9 @@ def test_canary_is_compared_with_its_peers_over_the_same_period() -> None:
         settings=settings,
     )
     detector.add_reload(reload("c1", instance="canary"))
-    anomalies = [a for a in detector.finish() if a["metric"] == LATENCY]
-    assert len(anomalies) >= 1 and anomalies[0]["baseline_value"] == pytest.approx(40.0, rel=0.1)
-    assert anomalies[0]["observed_value"] == pytest.approx(90.0, rel=0.1)
+    anomalies = [a for a in detector.finish() if a.metric == LATENCY]
+    assert len(anomalies) >= 1 and anomalies[0].baseline_value == pytest.approx(40.0, rel=0.1)
+    assert anomalies[0].observed_value == pytest.approx(90.0, rel=0.1)
 
 
 def test_canary_unchanged_while_the_whole_service_slows_is_not_blamed() -> None:
@@ -233,7 +233,7 @@ def test_look_waits_for_the_watermark_and_uses_only_requests_started_before_it()
     detector.add_reload(reload())
     assert detector.advance(T + 2 * S - 1) == []  # the 2 s look is not due yet
     anomalies = detector.advance(T + 2 * S)
-    assert [(a["metric"], a["observed_count"], a["detected_time_unix_nano"]) for a in anomalies] == [
+    assert [(a.metric, a.observed_count, a.detected_time_unix_nano) for a in anomalies] == [
         (LATENCY, 20, T + 2 * S)
     ]
 
@@ -251,15 +251,15 @@ def test_first_sufficient_look_sets_detection_time_and_severity_only_rises() -> 
     detector = detector_with(traffic(T - 300 * S, T), traffic(T, T + 300 * S, median_ms=60.0, seed=1))
     detector.add_reload(reload())
     anomalies = detector.finish()
-    latency = [a for a in anomalies if a["metric"] == LATENCY]
-    assert [a["severity"] for a in latency] == ["WARNING"]  # 1.5x: never CRITICAL (ratio 1.8)
+    latency = [a for a in anomalies if a.metric == LATENCY]
+    assert [a.severity for a in latency] == ["WARNING"]  # 1.5x: never CRITICAL (ratio 1.8)
     double = detector_with(traffic(T - 300 * S, T), traffic(T, T + 300 * S, median_ms=80.0, seed=1))
     double.add_reload(reload())
-    records = [a for a in double.finish() if a["metric"] == LATENCY]
-    severities = [a["severity"] for a in records]
+    records = [a for a in double.finish() if a.metric == LATENCY]
+    severities = [a.severity for a in records]
     assert severities in (["CRITICAL"], ["WARNING", "CRITICAL"])
-    assert len({a["anomaly_id"] for a in records}) == 1 == len({a["detected_time_unix_nano"] for a in records})
-    assert records[0]["anomaly_id"] == anomaly_id("r1", LATENCY)
+    assert len({a.anomaly_id for a in records}) == 1 == len({a.detected_time_unix_nano for a in records})
+    assert records[0].anomaly_id == anomaly_id("r1", LATENCY)
 
 
 def test_each_reload_is_judged_once_and_duplicates_are_ignored() -> None:
@@ -291,7 +291,7 @@ def test_streaming_in_chunks_equals_offline() -> None:
     for remaining in reloads:
         detector.add_reload(remaining)
     streamed += detector.finish()
-    key = lambda a: (a["anomaly_id"], a["severity"])
+    key = lambda a: (a.anomaly_id, a.severity)
     assert sorted(streamed, key=key) == sorted(offline, key=key) and offline
 
 
@@ -304,7 +304,7 @@ def test_failed_reloads_in_a_row_raise_severity() -> None:
         detector.add_reload(reload(f"f{number}", at=T + number * S, status="FAILED"))
     detector.add_reload(reload("ok", at=T + 10 * S))
     detector.add_reload(reload("f-after", at=T + 20 * S, status="FAILED"))
-    failed = {a["reload_id"]: a["severity"] for a in detector.finish() if a["metric"] == RELOAD_FAILED}
+    failed = {a.reload_id: a.severity for a in detector.finish() if a.metric == RELOAD_FAILED}
     assert failed == {"f0": "INFO", "f1": "WARNING", "f2": "CRITICAL", "f3": "CRITICAL", "f-after": "INFO"}
 
 
@@ -314,7 +314,7 @@ def test_slow_reloads_are_reported_against_history_and_ceiling() -> None:
         detector.add_reload(reload(f"h{number}", at=T + number * 60 * S, duration_ns=S // 5))
     detector.add_reload(reload("slow", at=T + 400 * S, duration_ns=3 * S))
     detector.add_reload(reload("stuck", at=T + 800 * S, duration_ns=90 * S, component="credentials"))
-    health = {a["reload_id"]: (a["severity"], a["observed_value"]) for a in detector.finish() if a["metric"] == RELOAD_DURATION}
+    health = {a.reload_id: (a.severity, a.observed_value) for a in detector.finish() if a.metric == RELOAD_DURATION}
     assert health == {"slow": ("WARNING", 3000.0), "stuck": ("CRITICAL", 90000.0)}
 
 
@@ -345,12 +345,11 @@ def test_a_span_without_the_fields_detection_needs_is_a_clear_error() -> None:
 
 
 def test_strongest_keeps_the_highest_severity_per_anomaly() -> None:
-    records = [
-        {"anomaly_id": "a", "severity": "WARNING", "n": 1},
-        {"anomaly_id": "a", "severity": "CRITICAL", "n": 2},
-        {"anomaly_id": "b", "severity": "INFO", "n": 3},
-    ]
-    assert {k: v["n"] for k, v in strongest(records).items()} == {"a": 2, "b": 3}
+    def record(identity: str, severity: str, n: int) -> Anomaly:
+        return Anomaly(identity, "r1", "svc", "model", "v1", "v2", LATENCY, 40.0, 80.0, 1e-9, 100, n, T, severity)
+
+    records = [record("a", "WARNING", 1), record("a", "CRITICAL", 2), record("b", "INFO", 3)]
+    assert {k: v.observed_count for k, v in strongest(records).items()} == {"a": 2, "b": 3}
 
 
 @given(seed=st.integers(0, 10_000), max_delay_s=st.floats(0.0, 90.0), chunk=st.integers(1, 500))
@@ -376,7 +375,7 @@ def test_any_arrival_order_within_the_watermark_bound_gives_the_offline_answer(s
                 detector.add_reload(data.reloads[index])
         streamed += detector.advance(batch[-1][0] - max_delay)  # what arrives later started after this
     streamed += detector.finish()
-    key = lambda a: (a["anomaly_id"], a["severity"])
+    key = lambda a: (a.anomaly_id, a.severity)
     assert sorted(streamed, key=key) == sorted(offline, key=key)
 
 

@@ -22,8 +22,8 @@ def test_injected_regressions_are_flagged_and_benign_reloads_stay_quiet() -> Non
     for seed in SEEDS:
         data = generate(seed)
         anomalies = detect_offline(data.spans(), data.reloads, DetectionSettings())
-        assert all(a["reload_id"] for a in anomalies)
-        alarms = {(a["reload_id"], a["metric"]) for a in anomalies if a["severity"] != "INFO"}
+        assert all(a.reload_id for a in anomalies)
+        alarms = {(a.reload_id, a.metric) for a in anomalies if a.severity != "INFO"}
         for expectation in data.truth:
             flagged = {metric for reload_id, metric in alarms if reload_id == expectation.reload_id}
             if expectation.metric is not None and expectation.metric not in flagged:
@@ -38,5 +38,5 @@ def test_injected_regressions_are_flagged_and_benign_reloads_stay_quiet() -> Non
 def test_the_failed_reload_is_recorded_as_info_not_an_alarm() -> None:
     data = generate(3)
     anomalies = detect_offline(data.spans(), data.reloads, DetectionSettings())
-    failed = [a for a in anomalies if a["reload_id"] == "steady-r2"]
-    assert [(a["metric"], a["severity"]) for a in failed] == [("reload_failed", "INFO")]
+    failed = [a for a in anomalies if a.reload_id == "steady-r2"]
+    assert [(a.metric, a.severity) for a in failed] == [("reload_failed", "INFO")]

@@ -19,6 +19,7 @@ from dataclasses import replace
 import pytest
 
 from schemas.kafka_io import MessageView
+from schemas.records import Anomaly
 from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, RequestObservation, detect_offline
 from streams.detector import DetectorSettings, StreamingDetector, detector_runtime
@@ -87,7 +88,7 @@ def deliveries(items: list[FeedItem], rng: random.Random) -> list[list[MessageVi
 def test_adversarially_delivered_feed_gives_the_offline_anomalies(repetition: int) -> None:
     data, items = adversarial_traffic(seed=100 + repetition % 5)
     offline = detect_offline(data.spans(), data.reloads, DetectionSettings())
-    assert any(a["metric"] in ("latency", "error_rate") for a in offline)
+    assert any(a.metric in ("latency", "error_rate") for a in offline)
     batches = deliveries(items, random.Random(repetition))
     consumer = FakeConsumer(batches, partitions=[(TOPIC, p) for p in range(FEED_PARTITIONS)])
     producer = FakeProducer()
@@ -109,7 +110,11 @@ def test_adversarially_delivered_feed_gives_the_offline_anomalies(repetition: in
     thread.join(30)
     assert errors == [] and not consumer.script
     codec = KAFKA.codec("Anomaly")
-    streamed = [codec.decode(value) for topic, _, value, _ in producer.produced if topic == KAFKA.topics.reload_anomalies]
+    streamed = [
+        Anomaly.from_dict(codec.decode(value))
+        for topic, _, value, _ in producer.produced
+        if topic == KAFKA.topics.reload_anomalies
+    ]
     assert sorted(streamed, key=key) == sorted(offline, key=key)
 
 

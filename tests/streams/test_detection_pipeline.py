@@ -33,7 +33,7 @@ def test_enricher_feed_and_detector_give_the_offline_anomalies(kafka_settings: K
     config = dataclasses.replace(scenario(5), start_time_unix_nano=time.time_ns() - 600 * 1_000_000_000)
     simulation = simulate(config)
     offline = detect_offline(simulation.spans, simulation.reloads, DetectionSettings())
-    assert {a["metric"] for a in offline} >= {"latency", "error_rate"}
+    assert {a.metric for a in offline} >= {"latency", "error_rate"}
 
     producer = Producer(kafka_settings.confluent_config() | {"linger.ms": 5})
     span_codec, reload_codec = kafka_settings.codec("Span"), kafka_settings.codec("ReloadEvent")

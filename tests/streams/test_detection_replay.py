@@ -8,6 +8,7 @@ import orjson
 from typer.testing import CliRunner
 
 from gateway.simulation.simulator import simulate
+from schemas.records import Anomaly
 from streams.cli import app
 from streams.detection import DetectionSettings, detect_offline
 from tests.streams.test_detection_simulated import scenario
@@ -23,10 +24,11 @@ def test_replay_writes_the_offline_anomalies_with_their_reload(tmp_path: Path) -
     arguments = ["replay", "--spans", str(spans_path), "--reloads", str(reloads_path), "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(app, [*arguments, "--no-progress"])
     assert result.exit_code == 0, result.output
-    written = [orjson.loads(line) for line in (tmp_path / "out" / "anomalies.jsonl").read_bytes().splitlines()]
+    lines = (tmp_path / "out" / "anomalies.jsonl").read_bytes().splitlines()
+    written = [Anomaly.from_dict(orjson.loads(line)) for line in lines]
     expected = detect_offline(simulation.spans, simulation.reloads, DetectionSettings())
-    key = lambda a: (a["anomaly_id"], a["severity"])
+    key = lambda a: (a.anomaly_id, a.severity)
     assert sorted(written, key=key) == sorted(expected, key=key)
-    assert {a["metric"] for a in written} >= {"latency", "error_rate"}
+    assert {a.metric for a in written} >= {"latency", "error_rate"}
     reload_ids = {reload.reload_id for reload in simulation.reloads}
-    assert all(a["reload_id"] in reload_ids for a in written)
+    assert all(a.reload_id in reload_ids for a in written)

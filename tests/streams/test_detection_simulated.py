@@ -63,8 +63,8 @@ def test_simulated_regressions_are_flagged_and_benign_reloads_stay_quiet() -> No
         anomalies = detect_offline(simulation.spans, simulation.reloads, DetectionSettings())
         alarms: dict[str, set[str]] = {}
         for anomaly in anomalies:
-            if anomaly["severity"] != "INFO":
-                alarms.setdefault(anomaly["reload_id"], set()).add(anomaly["metric"])
+            if anomaly.severity != "INFO":
+                alarms.setdefault(anomaly.reload_id, set()).add(anomaly.metric)
         for reload_id, metrics in expected_metrics(simulation).items():
             regressions += bool(metrics)
             flagged = alarms.get(reload_id, set())

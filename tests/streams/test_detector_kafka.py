@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 from confluent_kafka import Consumer
 
+from schemas.records import Anomaly
 from schemas.settings import KafkaSettings
 from streams.detection import DetectionSettings, detect_offline
 from streams.detector import DetectorSettings, detector_runtime
@@ -36,15 +37,15 @@ class AnomalyReader:
             kafka.confluent_config() | {"group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
         )
         self._consumer.subscribe([kafka.topics.reload_anomalies])
-        self.records: list[dict] = []
+        self.records: list[Anomaly] = []
         self.keys: list[bytes] = []
 
-    def read_until(self, count: int, timeout_s: float) -> list[dict]:
+    def read_until(self, count: int, timeout_s: float) -> list[Anomaly]:
         deadline = time.monotonic() + timeout_s
         while len(self.records) < count and time.monotonic() < deadline:
             for message in self._consumer.consume(100, timeout=0.5):
                 if message.error() is None:
-                    self.records.append(self._codec.decode(message.value()))
+                    self.records.append(Anomaly.from_dict(self._codec.decode(message.value())))
                     self.keys.append(message.key())
         return self.records
 
@@ -56,8 +57,8 @@ def start(detector: StageRuntime) -> tuple[threading.Thread, threading.Event, li
     return start_stoppable(detector.run)
 
 
-def key(record: dict) -> tuple[str, str]:
-    return record["anomaly_id"], record["severity"]
+def key(record: Anomaly) -> tuple[str, str]:
+    return record.anomaly_id, record.severity
 
 
 def fast_settings(group: str) -> DetectorSettings:
@@ -83,7 +84,7 @@ def test_streaming_anomalies_equal_offline_and_bad_messages_are_dead_lettered(ka
         reader.close()
     assert errors == []
     assert sorted(streamed, key=key) == sorted(offline, key=key)
-    assert all(k == r["service_name"].encode() for k, r in zip(reader.keys, streamed, strict=True))
+    assert all(k == r.service_name.encode() for k, r in zip(reader.keys, streamed, strict=True))
     assert detector.stage.stats.dead_letters == 1
     dead = Consumer(kafka_settings.confluent_config() | {"group.id": f"dl-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
     dead.subscribe([kafka_settings.topics.dead_letter])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from schemas.records import Anomaly
 from streams.gate.answer import answer, rfc3339
 from streams.gate.phase import FAILED, PASSED, PENDING, judge
 from streams.gate.store import VerdictStore
@@ -63,8 +64,8 @@ def reload_event(reload_id: str = "r1", **extra: Any) -> dict[str, Any]:
     } | extra
 
 
-def anomaly(reload_id: str = "r1", metric_name: str = "latency", severity: str = "WARNING") -> dict[str, Any]:
-    return {
+def anomaly(reload_id: str = "r1", metric_name: str = "latency", severity: str = "WARNING") -> Anomaly:
+    record = {
         "anomaly_id": f"a-{reload_id}-{metric_name}",
         "reload_id": reload_id,
         "service_name": "svc",
@@ -80,6 +81,7 @@ def anomaly(reload_id: str = "r1", metric_name: str = "latency", severity: str =
         "detected_time_unix_nano": T + 2_000_000_000,
         "severity": severity,
     }
+    return Anomaly.from_dict(record)
 
 
 def test_phase_rule() -> None:
@@ -98,7 +100,7 @@ def test_phase_rule() -> None:
     assert judge(failed_once, [], fail_severity="INFO").phase == FAILED
 
 
-def feed(store: VerdictStore, item: tuple[str, dict[str, Any], int]) -> None:
+def feed(store: VerdictStore, item: tuple[str, Any, int]) -> None:
     kind, record, published = item
     if kind == "reload":
         store.add_reload(record)
@@ -153,7 +155,7 @@ def test_a_look_names_what_was_judged_over_an_anomaly_that_came_first() -> None:
     assert store.by_reload_id("r1").reload["effective_time_unix_nano"] == -(2**63)
     store.add_verdict(verdict(), 1)
     entry = store.by_reload_id("r1")
-    assert entry.reload["effective_time_unix_nano"] == T and entry.anomalies["latency"]["severity"] == "WARNING"
+    assert entry.reload["effective_time_unix_nano"] == T and entry.anomalies["latency"].severity == "WARNING"
     document = answer(entry, fail_severity="WARNING", now_unix_nano=T, detector_last_published_unix_nano=None)
     assert document["phase"] == FAILED and document["freshness"]["detector_age_ms"] is None
 
