@@ -35,7 +35,7 @@ def streaming_rate() -> tuple[int, float, float, int]:
     from schemas.topics import TopicNames
     from streams.detector import DetectorSettings, detector_runtime
     from tests.streams.test_detect_traffic import generate
-    from tests.streams.test_detector_kafka import feed_messages, produce
+    from tests.streams.test_detector_kafka import feed_of, produce
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     topics = TopicNames(prefix=f"bench{uuid.uuid4().hex[:8]}.")
@@ -50,7 +50,7 @@ def streaming_rate() -> tuple[int, float, float, int]:
             for r in data.reloads
         ]
         data.requests = [dataclasses.replace(r, service_name=f"s{seed}-{r.service_name}") for r in data.requests]
-        produce(kafka, feed_messages(data))
+        produce(kafka, feed_of(data))
         rows += len(data.requests)
     runtime = detector_runtime(kafka, DetectionSettings(), DetectorSettings(group_id=f"bench-{uuid.uuid4().hex}"))
     detector = runtime.stage
