@@ -201,16 +201,7 @@ def _encoded(kafka: KafkaSettings, spans: list[dict]) -> list[tuple[bytes, bytes
 
 
 def _produce_raw(kafka: KafkaSettings, messages: list[tuple[bytes, bytes]]) -> None:
-    producer = Producer(kafka.confluent_config() | {"linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4"})
-    topic = kafka.topics.spans
-    for key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(120) == 0
+    _produce_raw_to(kafka, kafka.topics.spans, messages)
 
 
 OTLP_SPANS_PER_MESSAGE = 512

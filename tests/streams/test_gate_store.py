@@ -29,16 +29,7 @@ def metric(name: str, severity: str | None = None, emitted: str | None = None) -
 def verdict(
     reload_id: str = "r1", index: int = 0, total: int = 3, metrics: list | None = None, **extra: Any
 ) -> dict[str, Any]:
-    record = {
-        "reload_id": reload_id,
-        "service_name": "svc",
-        "service_instance_id": None,
-        "component": "model",
-        "old_version": "v1",
-        "new_version": "v2",
-        "status": "SUCCEEDED",
-        "requested_time_unix_nano": T - 10,
-        "effective_time_unix_nano": T,
+    record = {key: value for key, value in reload_event(reload_id).items() if key != "source"} | {
         "look_time_unix_nano": T + (index + 1) * 1_000_000_000,
         "look_index": index,
         "looks_total": total,
