@@ -6,7 +6,7 @@
 value cut short, a negative length), ``ValueError`` for its other failures (a varint cut inside, a
 union or enum index out of range, UTF-8 that does not decode). Its quirks are kept: a negative union or enum index counts from
 the end, a boolean is any byte, a varint is as long as it goes on, a negative block's byte size is
-read and ignored. ``program`` comes from :func:`schemas.avro_walk.compile_schema`.
+read and ignored. ``program`` comes from :func:`schemas.avro_program.compile_schema`.
 """
 
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -14,7 +14,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 ctypedef unsigned long long u64
 ctypedef long long i64
 
-cdef enum Op:  # the numbers of schemas.avro_walk
+cdef enum Op:  # the numbers of schemas.avro_program
     OP_NULL = 0
     OP_BOOLEAN = 1
     OP_LONG = 2
@@ -28,6 +28,7 @@ cdef enum Op:  # the numbers of schemas.avro_walk
     OP_MAP = 10
     OP_UNION = 11
     OP_RECORD = 12
+    OP_INT = 13
 
 
 cdef inline i64 _long(const unsigned char[:] data, Py_ssize_t* at, Py_ssize_t end) except? -1:
@@ -63,7 +64,7 @@ cdef void _walk(tuple node, const unsigned char[:] data, Py_ssize_t* at, Py_ssiz
     cdef Py_ssize_t start
     if op == OP_NULL:
         return
-    if op == OP_LONG:
+    if op == OP_LONG or op == OP_INT:
         _long(data, at, end)
     elif op == OP_STRING:
         size = _long(data, at, end)

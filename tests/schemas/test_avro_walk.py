@@ -10,7 +10,7 @@ from fastavro import parse_schema, schemaless_reader
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.avro_walk import compile_schema, walker
+from schemas.avro_program import compile_schema, walker
 from schemas.codec import AVRO_DIR
 
 WALK = walker()

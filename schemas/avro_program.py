@@ -1,9 +1,11 @@
-"""Programs for the native Avro walker (``schemas._avro_walk``): a schema as nested ``(op, argument)`` tuples.
+"""Programs for the native Avro walker and writer (``schemas._avro_walk``, ``schemas._avro_write``).
 
-:func:`compile_schema` turns a writer schema (its ``.avsc`` JSON) into what ``walk`` follows, or
-None when the walker cannot stand for fastavro's full read of it (a logical type, which fastavro
-converts and may refuse; an array whose items can take no bytes, which a hostile count would make
-loop). :func:`walker` is None when the extension is not built (the full decode is used then).
+A program is a schema as nested ``(op, argument, ...)`` tuples: a record also carries its field
+names and defaults (``None``, or the default in a 1-tuple), an enum its symbols' indexes.
+:func:`compile_schema` turns a schema (its ``.avsc`` JSON) into one, or None when the native code
+cannot stand for fastavro on it (a logical type, which fastavro converts and may refuse; an array
+whose items can take no bytes, which a hostile count would make the walk loop on). :func:`walker`
+and :func:`writer` are None when their extension is not built (fastavro is used then).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-NULL, BOOLEAN, LONG, FLOAT, DOUBLE, BYTES, STRING, FIXED, ENUM, ARRAY, MAP, UNION, RECORD = range(13)
+NULL, BOOLEAN, LONG, FLOAT, DOUBLE, BYTES, STRING, FIXED, ENUM, ARRAY, MAP, UNION, RECORD, INT = range(14)
 _PRIMITIVES = {
-    "null": NULL, "boolean": BOOLEAN, "int": LONG, "long": LONG, "float": FLOAT, "double": DOUBLE,
+    "null": NULL, "boolean": BOOLEAN, "int": INT, "long": LONG, "float": FLOAT, "double": DOUBLE,
     "bytes": BYTES, "string": STRING,
 }  # fmt: skip
 
@@ -31,6 +33,15 @@ def walker() -> Callable[[Program, bytes, int], int] | None:
     except ImportError:
         return None
     return walk
+
+
+def writer() -> Callable[[Program, Any], bytes | None] | None:
+    """The native ``write(program, record) -> body or None``, or None when the extension is not built."""
+    try:
+        from schemas._avro_write import write
+    except ImportError:
+        return None
+    return write
 
 
 def compile_schema(schema: Any) -> Program | None:
@@ -66,14 +77,16 @@ def _compile(schema: Any, named: dict[str, Program], namespace: str) -> Program:
         space = schema.get("namespace", namespace)
         full = _full_name(schema["name"], space)
         fields: list[Program] = []
-        node = (RECORD, fields)
+        names = tuple(field["name"] for field in schema["fields"])
+        defaults = tuple((field["default"],) if "default" in field else None for field in schema["fields"])
+        node = (RECORD, fields, names, defaults)
         named[full] = named[schema["name"]] = node  # a record may refer to itself
         fields.extend(_compile(field["type"], named, space) for field in schema["fields"])
-        program = (RECORD, tuple(fields))
+        program = (RECORD, tuple(fields), names, defaults)
         named[full] = named[schema["name"]] = program
         return program
     if kind == "enum":
-        program = (ENUM, len(schema["symbols"]))
+        program = (ENUM, len(schema["symbols"]), {symbol: index for index, symbol in enumerate(schema["symbols"])})
     elif kind == "fixed":
         program = (FIXED, int(schema["size"]))
     elif kind == "array":
@@ -92,7 +105,7 @@ def _compile(schema: Any, named: dict[str, Program], namespace: str) -> Program:
 
 
 def _can_be_empty(program: Program) -> bool:
-    op, argument = program
+    op, argument = program[0], program[1]
     if op == NULL:
         return True
     if op == FIXED:
