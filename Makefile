@@ -21,7 +21,7 @@ help:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml schemas/_avro_walk.pyx schemas/_avro_write.pyx
+$(VENV)/.installed: pyproject.toml schemas/_avro_walk.pyx schemas/_avro_write.pyx schemas/_avro_ops.pxd
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -14,21 +14,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 ctypedef unsigned long long u64
 ctypedef long long i64
 
-cdef enum Op:  # the numbers of schemas.avro_program
-    OP_NULL = 0
-    OP_BOOLEAN = 1
-    OP_LONG = 2
-    OP_FLOAT = 3
-    OP_DOUBLE = 4
-    OP_BYTES = 5
-    OP_STRING = 6
-    OP_FIXED = 7
-    OP_ENUM = 8
-    OP_ARRAY = 9
-    OP_MAP = 10
-    OP_UNION = 11
-    OP_RECORD = 12
-    OP_INT = 13
+from schemas._avro_ops cimport *  # the op numbers of schemas.avro_program
 
 
 cdef inline i64 _long(const unsigned char[:] data, Py_ssize_t* at, Py_ssize_t end) except? -1:
