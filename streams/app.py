@@ -29,6 +29,7 @@ from schemas.settings import KafkaSettings
 from streams import components
 from streams.detector import DetectorSettings
 from streams.enricher import enricher_runtime
+from streams.serve import LOGLEVEL_ENV
 from streams.settings import WorkerSettings
 from streams.stage import StageRuntime
 
@@ -101,10 +102,12 @@ class ChildProcessService(mode.Service):
         *,
         stop_timeout_s: float = 60.0,
         argv: list[str] | None = None,
+        loglevel: str = "info",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._component = component
+        self._loglevel = loglevel
         self._argv = argv
         self._spec = spec_json
         self._app = app
@@ -122,7 +125,7 @@ class ChildProcessService(mode.Service):
         # parent-death signal fires when the thread that forked it ends.
         self.process = subprocess.Popen(  # noqa: ASYNC220 - fork only; must run on the loop's thread
             self._argv or components.command(self._component),
-            env=os.environ | {components.SPEC_ENV: self._spec},
+            env=os.environ | {components.SPEC_ENV: self._spec, LOGLEVEL_ENV: self._loglevel},
             preexec_fn=components.die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
         )
         logger.info("%s process started (pid %d)", self._component, self.process.pid)
@@ -162,8 +165,9 @@ def create_app(
     settings: WorkerSettings,
     *,
     timeline_factory: Callable[[], Any] | None = None,
+    loglevel: str = "info",
 ) -> tuple[faust.App, StageRuntime]:
-    """Build the worker's Faust app and its enricher's runtime (not started)."""
+    """Build the worker's Faust app and its enricher's runtime (not started); child processes log at ``loglevel``."""
     app = faust.App(
         f"{settings.group_id}-app",
         broker=_faust_broker_url(kafka.bootstrap_servers),
@@ -190,14 +194,14 @@ def create_app(
 
         detection, detector_settings = DetectionSettings(), _detector_settings(settings)
         if settings.component_processes:
-            _add_child_process(app, "detector", kafka, detector_settings, detection)
+            _add_child_process(app, "detector", loglevel, kafka, detector_settings, detection)
         else:
             entry = functools.partial(components.run_detector, kafka, detection, detector_settings)
             _add_thread_service(app, "regression-detector", entry)
     if settings.sink_url_value:
         sink_settings = _sink_settings(settings)
         if settings.component_processes:
-            _add_child_process(app, "sink", kafka, sink_settings)
+            _add_child_process(app, "sink", loglevel, kafka, sink_settings)
         else:
             _add_thread_service(app, "clickhouse-sink", functools.partial(components.run_sink, kafka, sink_settings))
 
@@ -217,14 +221,14 @@ def _add_thread_service(app: faust.App, name: str, target: Callable[[threading.E
             super().__init__(name, target, app, **kwargs)
 
 
-def _add_child_process(app: faust.App, component: str, kafka: KafkaSettings, *settings: Any) -> None:
+def _add_child_process(app: faust.App, component: str, loglevel: str, kafka: KafkaSettings, *settings: Any) -> None:
     """Run ``component`` in a child process with the app; its exit crashes the worker."""
     spec_json = components.spec(component, kafka, *settings)
 
     @app.service
     class _Service(ChildProcessService):
         def __init__(self, **kwargs: Any) -> None:
-            super().__init__(component, spec_json, app, **kwargs)
+            super().__init__(component, spec_json, app, loglevel=loglevel, **kwargs)
 
 
 def consumer_groups(kafka: KafkaSettings, settings: WorkerSettings) -> dict[str, list[str]]:
@@ -269,6 +273,6 @@ def _derived(component_settings: Any, worker_group_id: str, suffix: str) -> Any:
 
 def run_worker(kafka: KafkaSettings, settings: WorkerSettings, *, loglevel: str = "info") -> None:
     """Run a worker in the foreground until SIGTERM/SIGINT (exits the process when done)."""
-    app, _ = create_app(kafka, settings)
+    app, _ = create_app(kafka, settings, loglevel=loglevel)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -12,6 +12,7 @@ refused before serving (the caller checks them).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -27,9 +28,25 @@ EXIT_BAD_SETTINGS = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+LOGLEVEL_ENV = "RELOADTRACE_LOGLEVEL"
+"""The log level of a component, by the names of the worker's ``--loglevel``; a worker sets it for its children."""
+_LEVELS = {
+    "crit": logging.CRITICAL, "critical": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
+    "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG,
+}  # fmt: skip
+
+
+def log_level(name: str | None) -> int:
+    """The logging level of a ``--loglevel`` name (crit, error, warn, info, debug); INFO when unset or unknown."""
+    return _LEVELS.get((name or "").strip().lower(), logging.INFO)
+
+
 def configure_logging() -> None:
-    """INFO and above to stderr, one timestamped line each (a no-op when logging is configured already)."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    """``RELOADTRACE_LOGLEVEL`` (default INFO) and above to stderr, one timestamped line each.
+
+    A no-op when logging is configured already.
+    """
+    logging.basicConfig(level=log_level(os.environ.get(LOGLEVEL_ENV)), format=LOG_FORMAT)
 
 
 def _log_failure(name: str, error: ReloadtraceError) -> None:

@@ -17,6 +17,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
+from streams.serve import LOGLEVEL_ENV
+
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 
 # (title, "module:Class", who reads it); in the order a newcomer meets them.
@@ -90,6 +92,17 @@ def render() -> str:
     for title, path, readers in SECTIONS:
         lines += [f"## {title}", "", f"`{path.replace(':', '.')}`, read by {readers}.", ""]
         lines += ["| Variable | Default | Meaning |", "|---|---|---|", *_rows(_settings_class(path)), ""]
+    lines += [
+        "## Logging",
+        "",
+        "`streams.serve.configure_logging`, read by `sink`, `detect`, `alerts`, `gate` and a worker's child processes"
+        " (the worker sets it to its `--loglevel` for them).",
+        "",
+        "| Variable | Default | Meaning |",
+        "|---|---|---|",
+        f"| `{LOGLEVEL_ENV}` | `info` | The lowest level logged: crit, error, warn, info or debug |",
+        "",
+    ]
     return "\n".join(lines)
 
 

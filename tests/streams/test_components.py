@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from confluent_kafka import Producer
@@ -252,3 +254,30 @@ def test_the_sink_child_lands_records_and_stops_on_sigterm(kafka_settings: Kafka
     )
     counted = subprocess.run([sys.executable, "-c", code, url], cwd=REPO, check=True, capture_output=True, text=True)
     assert int(counted.stdout.strip().splitlines()[-1]) == len(records)
+
+
+def test_a_child_logs_at_the_workers_level(tmp_path: Path) -> None:
+    """The worker's ``--loglevel`` reaches its children: at warn, a child's INFO lines are not written."""
+    child = (
+        "import logging\n"
+        "from streams.serve import serve\n"
+        "def entry(stop):\n"
+        "    logging.getLogger('child').info('an info line')\n"
+        "    logging.getLogger('child').warning('a warning line')\n"
+        "raise SystemExit(serve('detector', entry))\n"
+    )
+    log = tmp_path / "child.log"
+
+    async def scenario(loglevel: str) -> int | None:
+        app = FakeApp()
+        service = ChildProcessService("detector", "{}", app, argv=[sys.executable, "-c", child], loglevel=loglevel)  # type: ignore[arg-type]
+        service._stopping = True  # its clean exit is this test's, not a reason to stop the test process
+        with log.open("wb") as out, patch.object(subprocess, "Popen", functools.partial(subprocess.Popen, stderr=out, cwd=REPO)):
+            await service.on_start()
+            assert service.process is not None
+            return await asyncio.to_thread(service.process.wait, 30)
+
+    assert asyncio.run(scenario("warn")) == 0
+    assert "a warning line" in log.read_text() and "an info line" not in log.read_text()
+    assert asyncio.run(scenario("info")) == 0
+    assert "an info line" in log.read_text()
