@@ -163,7 +163,8 @@ def test_late_reloads_are_corrected_until_the_output_equals_the_replay(kafka_set
         assert max(revisions) >= 1, "no span was corrected: the late reloads were not late"
         assert sum(1 for revision in revisions if revision >= 1) >= 5
         assert any(record["mid_flight"] for record in collector.best.values())
-        assert "re-read" in (tmp_path / "worker.log").read_text()  # corrections re-read the dropped span bytes
+        # That a correction re-reads the span bytes dropped once answered is held, deterministically, by
+        # tests/streams/test_enricher_refetch.py (a log line here depended on the machine's timing).
     finally:
         collector.close()
         worker.stop()
