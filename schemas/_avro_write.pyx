@@ -75,6 +75,15 @@ cdef inline int _put_long(Buffer* out, i64 value) except -1:
     return 0
 
 
+cdef inline int _put_little_endian(Buffer* out, u64 bits, int size) except -1:
+    """The low ``size`` bytes of ``bits``, least significant first (an IEEE float's bytes in Avro)."""
+    cdef char raw[8]
+    cdef int index
+    for index in range(size):
+        raw[index] = <char>((bits >> (8 * index)) & 0xFF)
+    return _put(out, raw, size)
+
+
 cdef inline bint _known(object value):
     """``value`` is of a type whose validity fastavro judges by ``isinstance`` alone, as here."""
     cdef type kind = type(value)
@@ -153,7 +162,6 @@ cdef int _write(tuple node, object value, Buffer* out, int depth) except -1:
     cdef float single
     cdef u64 bits
     cdef u32 bits32
-    cdef char raw[8]
     cdef int verdict
     cdef tuple children, names, defaults
     cdef dict record
@@ -180,17 +188,13 @@ cdef int _write(tuple node, object value, Buffer* out, int depth) except -1:
             return FALLBACK
         number = value
         memcpy(&bits, &number, 8)
-        for index in range(8):
-            raw[index] = <char>((bits >> (8 * index)) & 0xFF)
-        _put(out, raw, 8)
+        _put_little_endian(out, bits, 8)
     elif op == OP_FLOAT:
         if kind is not float:
             return FALLBACK
         single = <float>(<double>value)
         memcpy(&bits32, &single, 4)
-        for index in range(4):
-            raw[index] = <char>((bits32 >> (8 * index)) & 0xFF)
-        _put(out, raw, 4)
+        _put_little_endian(out, bits32, 4)
     elif op == OP_BYTES:
         if kind is not bytes:
             return FALLBACK

@@ -45,7 +45,7 @@ def writer() -> Callable[[Program, Any], bytes | None] | None:
 
 
 def compile_schema(schema: Any) -> Program | None:
-    """The walk program of ``schema`` (parsed JSON of an ``.avsc``), or None when it cannot be walked."""
+    """The program of ``schema`` (parsed JSON of an ``.avsc``), or None when the native code cannot stand for fastavro."""
     try:
         return _compile(schema, {}, "")
     except _NotWalkable:

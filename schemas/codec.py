@@ -1,18 +1,11 @@
 """Avro encoding and decoding of contract records: single-object framing by default, Confluent framing with a registry.
 
-Single-object encoding (the Avro spec): ``0xC3 0x01`` + the 8-byte little-endian CRC-64-AVRO
-fingerprint of the writer schema's parsing canonical form + the Avro binary body. A reader
-resolves the writer schema by fingerprint among every version it knows (``schemas/avro/*.avsc``)
-and reads it into its own, newest version with Avro's resolution rules, so an older writer's
-message still decodes after a field with a default is added, and a newer writer's message decodes
-in an older reader as long as that reader has the newer ``.avsc`` file.
-
-Confluent framing (when a schema-registry URL is configured): magic byte ``0x00`` + 4-byte
-big-endian schema id + body; ids come from confluent-kafka's schema-registry client and subjects
-follow the record-name strategy (``dev.reloadtrace.Span``), so one subject serves every topic.
-
-Every decoding failure raises :class:`~schemas.errors.DecodeError` with a :class:`DecodeErrorKind`
-that says why; no other exception escapes ``decode`` for any input bytes.
+Single-object: ``C3 01`` + the writer schema's CRC-64-AVRO fingerprint + body; a reader finds the
+writer schema by fingerprint among every known ``.avsc`` version and resolves it into its newest, so
+old and (with the newer file) new writers' messages decode. Confluent (with a registry URL): ``00``
++ 4-byte schema id + body, record-name subjects. Bodies are fastavro's bytes (the native writer's
+where it vouches for them). Every decoding failure raises :class:`~schemas.errors.DecodeError` with
+a :class:`DecodeErrorKind` that says why; no other exception escapes ``decode`` for any input bytes.
 """
 
 from __future__ import annotations

@@ -277,13 +277,10 @@ def throughput(bootstrap: str, directory: Path) -> dict:
     # OTLP, Avro, so that a machine drifting during the runs weighs on both alike.
     avro_messages = _encoded(KafkaSettings(), spans)
     otlp_messages = _otlp_messages(spans)
+    feeds = {"avro": (lambda t: t.spans, avro_messages), "otlp": (lambda t: t.otlp_spans, otlp_messages)}
     runs: dict[str, list[dict]] = {"avro": [], "otlp": []}
     for number, kind in enumerate(("avro", "otlp", "otlp", "avro")):
-        if kind == "avro":
-            run = _sustained(bootstrap, directory / f"avro{number}", reloads, lambda t: t.spans, avro_messages)
-        else:
-            run = _sustained(bootstrap, directory / f"otlp{number}", reloads, lambda t: t.otlp_spans, otlp_messages)
-        runs[kind].append(run)
+        runs[kind].append(_sustained(bootstrap, directory / f"{kind}{number}", reloads, *feeds[kind]))
     live = runs["avro"][0]
     # Catch-up: the same spans already in the topic when the worker starts (a restart after an outage).
     backlog = _fresh_kafka(bootstrap)
